@@ -416,12 +416,13 @@ fn load_input(
 pub fn evaluate_nodes(f: &LossFn, batch: &HostBatch) -> Result<Vec<Value>, EvalError> {
     let mut warnings = Vec::new();
     let mut sig = Sig(0xcbf2_9ce4_8422_2325);
-    eval_all(f, batch, &mut warnings, &mut sig)
+    eval_all(f, batch, &[], &mut warnings, &mut sig)
 }
 
 fn eval_all(
     f: &LossFn,
     batch: &HostBatch,
+    pins: &[(ValueId, Value)],
     warnings: &mut Vec<EvalWarning>,
     sig: &mut Sig,
 ) -> Result<Vec<Value>, EvalError> {
@@ -486,6 +487,10 @@ fn eval_all(
             }
             m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
         };
+        if let Some((_, v)) = pins.iter().find(|(p, _)| p.index() == i) {
+            vals.push(v.clone());
+            continue;
+        }
         let data = match node.op {
             Op::Input(id) => {
                 let input = &f.inputs[id.index()];
@@ -751,10 +756,21 @@ fn argmax(row: &[f64]) -> (usize, f64) {
 
 /// Evaluates `f` on `batch`: the loss, metrics and (for a gradient IR) head gradients.
 pub fn evaluate(f: &LossFn, batch: &HostBatch) -> Result<Evaluation, EvalError> {
+    evaluate_pinned(f, batch, &[])
+}
+
+/// Like [`evaluate`], with the values of some nodes fixed instead of computed. Finite-difference
+/// checks pin every `stop_gradient` node at its unperturbed value, since autodiff treats it as
+/// a constant.
+pub fn evaluate_pinned(
+    f: &LossFn,
+    batch: &HostBatch,
+    pins: &[(ValueId, Value)],
+) -> Result<Evaluation, EvalError> {
     crate::verify::verify(f).map_err(EvalError::InvalidIr)?;
     let mut warnings = Vec::new();
     let mut sig = Sig(0xcbf2_9ce4_8422_2325);
-    let vals = eval_all(f, batch, &mut warnings, &mut sig)?;
+    let vals = eval_all(f, batch, pins, &mut warnings, &mut sig)?;
     let d = Dims {
         s: batch.num_seqs,
         t: batch.seq_len,

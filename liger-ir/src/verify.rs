@@ -11,17 +11,19 @@
 //!    `seq_sum` of a vocab value, `sum`/`mean` of a vocab value are errors.
 //! 4. **Annotations** (`type-annotation`): the recorded type equals the inferred one.
 //! 5. **Forward group rule** (`group-dependency`): in the forward (what the loss and metrics
-//!    depend on), a vocab-level value may use row-level values of its own row, but no seq,
-//!    pair or batch value derived from logits: those exist only after the group stage.
-//!    Hyperparameters and side inputs broadcast freely. (The backward may use them.)
+//!    depend on), a vocab-level value may use row-level values of its own row, but nothing
+//!    that exists only after the group stage: a seq, pair or batch value derived from logits,
+//!    or any value computed from one (see [`after_group`]). Hyperparameters and side inputs
+//!    broadcast freely. (The backward may use them.)
 //! 6. **Outputs** (`missing-loss`, `multiple-loss`, `output-level`, `duplicate-output`):
 //!    exactly one loss, of type `f32[batch]`; metrics are f32 values not at vocab level, with
 //!    unique names; at most one gradient per head.
 //! 7. **Gradients** (`frozen-gradient`): a `grad` output names a `logits` head (never a
 //!    `frozen` head or a non-head input) and is `f32[vocab]`.
-//! 8. **Differentiability** (`not-differentiable`): the loss depends on every `logits` head
-//!    through differentiable operands (not only through `argmax`, comparisons, `valid` or
-//!    `stop_gradient`); otherwise the head should be declared `frozen`.
+//! 8. **Differentiability** (`not-differentiable`): in a forward function (no `grad` outputs),
+//!    the loss depends on every `logits` head through differentiable operands (not only
+//!    through `argmax`, comparisons, `valid` or `stop_gradient`); otherwise the head should
+//!    be declared `frozen`.
 //!
 //! A node whose operands are broken is not re-checked, so one mistake gives one error.
 
@@ -31,6 +33,24 @@ use crate::diag::{DiagKind, Diagnostic, Diagnostics, Site};
 use crate::func::{InputKind, LossFn, OutputKind, ValueId};
 use crate::op::Op;
 use crate::types::{DType, Level, Type};
+
+/// For every node, whether its value exists only after the group stage: it is a seq, pair or
+/// batch value computed from logits, or is computed from one (at any level).
+pub fn after_group(f: &LossFn) -> Vec<bool> {
+    let n = f.nodes.len();
+    let mut from_logits = vec![false; n];
+    let mut after = vec![false; n];
+    for (i, node) in f.nodes.iter().enumerate() {
+        let args = || node.args.iter().filter(|a| a.index() < i);
+        from_logits[i] = match node.op {
+            Op::Input(id) => f.inputs.get(id.index()).is_some_and(|x| x.kind.is_head()),
+            _ => args().any(|a| from_logits[a.index()]),
+        };
+        after[i] =
+            (from_logits[i] && node.ty.level > Level::Row) || args().any(|a| after[a.index()]);
+    }
+    after
+}
 
 /// Checks `f`; `Ok` when every invariant of the module doc holds.
 pub fn verify(f: &LossFn) -> Result<(), Diagnostics> {
@@ -301,34 +321,34 @@ pub fn verify(f: &LossFn) -> Result<(), Diagnostics> {
             }
         }
     }
-    let mut from_logits = vec![false; n];
-    for (i, node) in f.nodes.iter().enumerate() {
-        from_logits[i] = match node.op {
-            Op::Input(id) => f.inputs.get(id.index()).is_some_and(|x| x.kind.is_head()),
-            _ => node.args.iter().any(|a| from_logits[a.index()]),
-        };
-    }
+    let after_group = after_group(f);
     for (i, node) in f.nodes.iter().enumerate() {
         if !forward[i] || poisoned[i] || node.ty.level != Level::Vocab {
             continue;
         }
-        for a in &node.args {
+        if let Some(a) = node.args.iter().find(|a| after_group[a.index()]) {
             let at = f.nodes[a.index()].ty.level;
-            if from_logits[a.index()] && at > Level::Row {
-                d.push(Diagnostic::new(
-                    DiagKind::GroupDependency,
-                    Site::Node(ValueId(i as u32)),
-                    format!(
-                        "a vocab-level value cannot use a {at}-level value computed from logits in the forward: it exists only after the {at} reduction; use row-level values of the same row, or move the term above the reduction"
-                    ),
-                ));
-                break;
-            }
+            let how = if at > Level::Row {
+                format!("a {at}-level value computed from logits")
+            } else {
+                "a row-level value computed from a seq, pair or batch reduction of logits".into()
+            };
+            d.push(Diagnostic::new(
+                DiagKind::GroupDependency,
+                Site::Node(ValueId(i as u32)),
+                format!(
+                    "a vocab-level value cannot use {how} in the forward: it exists only after the group stage; use row-level values of the same row, or move the term above the reduction"
+                ),
+            ));
         }
     }
 
     // 8. Differentiability from every `logits` head.
-    if let Some(loss) = f.loss().filter(|l| l.index() < n) {
+    // (A gradient IR is exempt: simplification may have proven a gradient zero.)
+    if let Some(loss) = f
+        .loss()
+        .filter(|l| l.index() < n && f.grads().next().is_none())
+    {
         let mut reach = vec![false; n];
         reach[loss.index()] = true;
         for i in (0..n).rev() {

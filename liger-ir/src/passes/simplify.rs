@@ -106,12 +106,15 @@ impl Rw<'_> {
             return self.push(op, args, ty);
         };
         if op.is_elementwise() {
+            let mut t2 = tys.clone();
             for k in 0..args.len() {
                 if let Some(inner) = self.unwrap(args[k], Op::Broadcast(self.ty(args[k]).level)) {
-                    let mut t2 = tys.clone();
+                    let before = t2[k];
                     t2[k] = self.ty(inner);
                     if op.infer(&t2).map(|t| t.level) == Ok(ty.level) {
                         args[k] = inner;
+                    } else {
+                        t2[k] = before;
                     }
                 }
             }
