@@ -15,6 +15,8 @@ struct Names {
 impl Names {
     fn new(f: &LossFn, anonymous: bool) -> Names {
         let mut next = 0;
+        let taken: std::collections::HashSet<&str> =
+            f.inputs.iter().map(|i| i.name.as_str()).collect();
         let names = f
             .nodes
             .iter()
@@ -25,10 +27,15 @@ impl Names {
                     .get(id.index())
                     .map(|i| i.name.clone())
                     .unwrap_or_else(|| format!("in{}", id.0)),
-                _ => {
+                _ => loop {
+                    // Skip numbers an (invalid) input name already took, so printing stays
+                    // unambiguous even for IR the verifier rejects.
+                    let name = format!("v{next}");
                     next += 1;
-                    format!("v{}", next - 1)
-                }
+                    if anonymous || !taken.contains(name.as_str()) {
+                        break name;
+                    }
+                },
             })
             .collect();
         Names { names }

@@ -256,10 +256,10 @@ impl G {
             return false;
         };
         let val = &vals[v.index()];
-        if let Data::F(x) = &val.data {
-            if x.iter().any(|a| !a.is_finite() || a.abs() > 1e4) {
-                return false;
-            }
+        if let Data::F(x) = &val.data
+            && x.iter().any(|a| !a.is_finite() || a.abs() > 1e4)
+        {
+            return false;
         }
         self.f = f;
         self.vals = vals;
@@ -529,7 +529,7 @@ impl G {
     }
 
     /// Reduces `v` to a Batch-level value.
-    fn to_batch(&mut self, v: ValueId) -> Option<ValueId> {
+    fn reduce_to_batch(&mut self, v: ValueId) -> Option<ValueId> {
         let mut b = Builder::from_fn(self.f.clone());
         let mut x = v;
         if b.ty(x).level == Level::Vocab {
@@ -654,7 +654,7 @@ pub fn random_case(seed: u64, focus: Option<&str>) -> Case {
     }
     let mut reduced = Vec::new();
     for t in terms {
-        if let Some(r) = g.to_batch(t) {
+        if let Some(r) = g.reduce_to_batch(t) {
             reduced.push(r);
         }
     }
