@@ -1,8 +1,48 @@
 //! `liger`: chunked, fused post-training losses for language models.
 //!
-//! This is the facade crate: it re-exports the pipeline's crates. Today that is the IR
-//! (`liger-ir`: levels, text form, verifier, autodiff, simplification and the f64 reference
-//! interpreter); the `#[chunked_loss]` macro, the built-in losses, the executors and the
-//! `liger` binary arrive with their issues.
+//! The facade of the pipeline (DESIGN.md §4): the `#[chunked_loss]` macro and the
+//! [`ChunkedLoss`] trait it implements, host tensor views, untyped inputs and parameters, the
+//! built-in losses written with the macro ([`losses`]), and the f64 reference path
+//! ([`reference`]) that evaluates any loss through the liger-ir interpreter. The IR itself is
+//! re-exported as [`ir`].
+//!
+//! ```
+//! use liger::prelude::*;
+//!
+//! /// Cross-entropy, mean over valid rows.
+//! #[chunked_loss]
+//! pub fn ce(logits: Logits, target: Target) -> Loss {
+//!     mean(-logprob(logits, target))
+//! }
+//!
+//! let x = [0.5f32, -1.0, 0.25, 2.0];          // [S=1, T=2, H=2]
+//! let w = [1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0];  // [V=3, H=2]
+//! let t = [2i64, 0];
+//! let out = Ce.reference(
+//!     &CeInputs {
+//!         logits: Head::new(TensorView::new(&x[..], &[1, 2, 2])?, TensorView::new(&w[..], &[3, 2])?),
+//!         target: TensorView::new(&t[..], &[1, 2])?,
+//!     },
+//!     &CeParams::default(),
+//!     -100,
+//! )?;
+//! assert!(out.loss > 0.0);
+//! # Ok::<(), liger::Error>(())
+//! ```
 
+extern crate self as liger;
+
+pub mod error;
+pub mod inputs;
+pub mod loss;
+pub mod losses;
+pub mod prelude;
+pub mod reference;
+pub mod tensor;
+
+pub use error::Error;
+pub use inputs::{InputSet, InputValue, ParamSet, ResolvedParams};
 pub use liger_ir as ir;
+pub use liger_macros::chunked_loss;
+pub use loss::{ChunkedLoss, DefaultValue, ParamInfo, ParamKind, SpecInfo};
+pub use tensor::{DType, Head, TensorData, TensorView};

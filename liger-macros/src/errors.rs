@@ -1,0 +1,65 @@
+//! Collecting compile errors: every problem is recorded on its token and reported at once.
+//!
+//! The same mistake found while lowering several specialisations is reported once (keyed by
+//! span and message).
+
+use std::collections::HashSet;
+
+use proc_macro2::{Span, TokenStream};
+
+/// The errors found so far.
+#[derive(Default)]
+pub struct Errors {
+    list: Vec<syn::Error>,
+    seen: HashSet<String>,
+}
+
+impl Errors {
+    /// Records `msg` at `span` (once).
+    pub fn push(&mut self, span: Span, msg: impl Into<String>) {
+        let msg = msg.into();
+        let key = format!("{span:?}|{msg}");
+        if self.seen.insert(key) {
+            self.list.push(syn::Error::new(span, msg));
+        }
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// `compile_error!` invocations for every error.
+    pub fn to_compile_errors(&self) -> TokenStream {
+        self.list.iter().map(syn::Error::to_compile_error).collect()
+    }
+}
+
+/// Levenshtein distance, for "did you mean" suggestions.
+pub fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// `; did you mean `x`?` for the closest candidate, when one is close.
+pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    let best = candidates
+        .into_iter()
+        .map(|c| (distance(name, c), c))
+        .filter(|(d, c)| *d <= 2.max(name.len() / 3) && *d < c.len())
+        .min_by_key(|(d, _)| *d);
+    match best {
+        Some((_, c)) => format!("; did you mean `{c}`?"),
+        None => String::new(),
+    }
+}

@@ -1,0 +1,371 @@
+//! Generating the items of SURFACE.md §5 for a loss `fn name(…)`:
+//!
+//! - `Name`: a unit type implementing `liger::ChunkedLoss` (name, doc, parameter table, every
+//!   specialisation with its IR text or the input that refuses it) with `Name::reference`;
+//! - one enum per `#[variant]` enum parameter, variants in arm order, `Default` from
+//!   `#[default(..)]` or the first arm, with `ALL`, `name()` and `FromStr`;
+//! - `NameParams`: hyperparameters and variants; `Default` when every field has one, else
+//!   `NameParams::new(required…)`;
+//! - `NameInputs<'a>`: one field per input, heads as `liger::Head`, `Option` for optional
+//!   inputs, so a missing input is a compile error.
+//!
+//! On errors the same items are generated with an empty specialisation table, next to the
+//! `compile_error!`s, so code using them does not add errors of its own.
+
+use liger_ir::InputKind;
+use proc_macro2::{Literal, Span, TokenStream};
+use quote::{format_ident, quote};
+use syn::Ident;
+
+use crate::lower::{Choice, Outcome, Spec};
+use crate::sig::{DefaultVal, Kind, Sig};
+use crate::variants::Enums;
+
+/// `grpo_dapo` → `GrpoDapo`.
+pub fn camel(s: &str) -> String {
+    s.split('_')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let mut c = p.chars();
+            match c.next() {
+                Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+                None => String::new(),
+            }
+        })
+        .collect()
+}
+
+fn kind_tokens(k: &Kind) -> TokenStream {
+    match k {
+        Kind::Hyper => quote!(::liger::ParamKind::Hyper),
+        Kind::Flag => quote!(::liger::ParamKind::VariantBool),
+        Kind::Enum(_) => quote!(::liger::ParamKind::VariantEnum),
+        Kind::Input(i) => match i {
+            InputKind::Logits => quote!(::liger::ParamKind::Logits),
+            InputKind::Frozen => quote!(::liger::ParamKind::Frozen),
+            InputKind::Target => quote!(::liger::ParamKind::Target),
+            InputKind::Tokens => quote!(::liger::ParamKind::Tokens),
+            InputKind::RowInput => quote!(::liger::ParamKind::RowInput),
+            InputKind::RowMask => quote!(::liger::ParamKind::RowMask),
+            InputKind::SeqInput => quote!(::liger::ParamKind::SeqInput),
+            InputKind::SeqMask => quote!(::liger::ParamKind::SeqMask),
+            InputKind::VocabInput => quote!(::liger::ParamKind::VocabInput),
+            InputKind::ScalarInput | InputKind::Param => quote!(::liger::ParamKind::ScalarInput),
+        },
+    }
+}
+
+/// The generated items.
+pub fn expand(sig: &Sig, enums: &Enums, specs: &[(Spec, Outcome)], ok: bool) -> TokenStream {
+    let vis = &sig.vis;
+    let fname = sig.ident.to_string();
+    let ty = format_ident!("{}", camel(&fname), span = sig.ident.span());
+    let params_ty = format_ident!("{}Params", ty);
+    let inputs_ty = format_ident!("{}Inputs", ty);
+    let doc = if sig.doc.is_empty() {
+        format!("The `{fname}` loss.")
+    } else {
+        sig.doc.clone()
+    };
+
+    // Variant enums.
+    let mut enum_items = Vec::new();
+    for (i, p) in sig.params.iter().enumerate() {
+        let Kind::Enum(ety) = &p.kind else { continue };
+        let variants: Vec<Ident> = enums.get(&i).cloned().unwrap_or_default();
+        let default_idx = match &p.default {
+            Some(DefaultVal::Variant(d)) => variants.iter().position(|v| v == d).unwrap_or(0),
+            _ => 0,
+        };
+        let names: Vec<String> = variants.iter().map(ToString::to_string).collect();
+        let decls = variants.iter().enumerate().map(|(k, v)| {
+            if k == default_idx {
+                quote!(#[default] #v)
+            } else {
+                quote!(#v)
+            }
+        });
+        let edoc = format!(
+            "The choices of `{}` of [`{ty}`] (one specialisation each).",
+            p.ident
+        );
+        let default_derive = if variants.is_empty() {
+            quote!()
+        } else {
+            quote!(Default,)
+        };
+        enum_items.push(quote! {
+            #[doc = #edoc]
+            #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, #default_derive)]
+            #vis enum #ety { #(#[allow(missing_docs)] #decls),* }
+            impl #ety {
+                /// Every variant, in arm order.
+                pub const ALL: &'static [#ety] = &[#(#ety::#variants),*];
+                /// The variant's name.
+                pub fn name(self) -> &'static str {
+                    match self { #(#ety::#variants => #names),* }
+                }
+            }
+            impl ::std::str::FromStr for #ety {
+                type Err = ::liger::Error;
+                fn from_str(s: &str) -> ::std::result::Result<Self, ::liger::Error> {
+                    Self::ALL.iter().copied().find(|v| v.name().eq_ignore_ascii_case(s)).ok_or_else(|| {
+                        ::liger::Error::BadVariant {
+                            param: ::std::string::String::from(stringify!(#ety)),
+                            value: ::std::string::String::from(s),
+                            allowed: Self::ALL.iter().map(|v| v.name()).collect::<::std::vec::Vec<_>>().join(", "),
+                        }
+                    })
+                }
+            }
+        });
+    }
+
+    // Parameter table.
+    let infos = sig.params.iter().enumerate().map(|(i, p)| {
+        let name = p.ident.to_string();
+        let kind = kind_tokens(&p.kind);
+        let optional = p.optional;
+        let default = match (&p.default, &p.kind) {
+            (Some(DefaultVal::Float(x)), _) => {
+                let lit = Literal::f32_suffixed(*x as f32);
+                quote!(::liger::DefaultValue::Float(#lit))
+            }
+            (Some(DefaultVal::Bool(b)), _) => quote!(::liger::DefaultValue::Bool(#b)),
+            (None, Kind::Flag) => quote!(::liger::DefaultValue::Bool(false)),
+            (Some(DefaultVal::Variant(v)), _) => {
+                let v = v.to_string();
+                quote!(::liger::DefaultValue::Variant(#v))
+            }
+            (None, Kind::Enum(_)) => match enums.get(&i).and_then(|v| v.first()) {
+                Some(v) => {
+                    let v = v.to_string();
+                    quote!(::liger::DefaultValue::Variant(#v))
+                }
+                None => quote!(::liger::DefaultValue::None),
+            },
+            _ => quote!(::liger::DefaultValue::None),
+        };
+        let choices: Vec<String> = match &p.kind {
+            Kind::Flag => vec!["false".into(), "true".into()],
+            Kind::Enum(_) => enums
+                .get(&i)
+                .map(|v| v.iter().map(ToString::to_string).collect())
+                .unwrap_or_default(),
+            _ => vec![],
+        };
+        let type_text = &p.type_text;
+        quote! {
+            ::liger::ParamInfo {
+                name: #name, kind: #kind, optional: #optional, default: #default,
+                choices: &[#(#choices),*], type_name: #type_text,
+            }
+        }
+    });
+
+    // Specialisations.
+    let spec_items: Vec<TokenStream> = if ok {
+        specs
+            .iter()
+            .map(|(spec, outcome)| {
+                let choices = spec.choices.iter().map(|(i, c)| {
+                    let p = &sig.params[*i];
+                    let name = p.ident.to_string();
+                    let value = match c {
+                        Choice::Flag(b) => b.to_string(),
+                        Choice::Arm(a) => enums
+                            .get(i)
+                            .and_then(|v| v.get(*a))
+                            .map(ToString::to_string)
+                            .unwrap_or_default(),
+                        Choice::Present(true) => "present".into(),
+                        Choice::Present(false) => "absent".into(),
+                    };
+                    quote!((#name, #value))
+                });
+                let (ir, refused) = match outcome {
+                    Outcome::Ir(f) => {
+                        let text = liger_ir::print(f);
+                        (
+                            quote!(::std::option::Option::Some(#text)),
+                            quote!(::std::option::Option::None),
+                        )
+                    }
+                    Outcome::Refused(input) => (
+                        quote!(::std::option::Option::None),
+                        quote!(::std::option::Option::Some(#input)),
+                    ),
+                    Outcome::Failed => (
+                        quote!(::std::option::Option::None),
+                        quote!(::std::option::Option::None),
+                    ),
+                };
+                quote!(::liger::SpecInfo { choices: &[#(#choices),*], ir: #ir, refused: #refused })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+
+    // Params struct.
+    let mut fields = Vec::new();
+    let mut defaults = Vec::new();
+    let mut required = Vec::new();
+    let mut to_set = Vec::new();
+    for (i, p) in sig.params.iter().enumerate() {
+        let id = &p.ident;
+        let name = id.to_string();
+        match &p.kind {
+            Kind::Hyper => {
+                let fdoc = format!(
+                    "Hyperparameter `{name}` (a kernel argument: changing it never recompiles)."
+                );
+                fields.push(quote!(#[doc = #fdoc] pub #id: f32));
+                match &p.default {
+                    Some(DefaultVal::Float(x)) => {
+                        let lit = Literal::f32_suffixed(*x as f32);
+                        defaults.push(quote!(#id: #lit));
+                    }
+                    _ => required.push(id.clone()),
+                }
+                to_set.push(quote!(let s = s.float(#name, self.#id);));
+            }
+            Kind::Flag => {
+                let fdoc = format!("Variant flag `{name}` (a specialisation).");
+                fields.push(quote!(#[doc = #fdoc] pub #id: bool));
+                let b = matches!(p.default, Some(DefaultVal::Bool(true)));
+                defaults.push(quote!(#id: #b));
+                to_set.push(
+                    quote!(let s = s.variant(#name, if self.#id { "true" } else { "false" });),
+                );
+            }
+            Kind::Enum(ety) => {
+                let fdoc = format!("Variant choice `{name}` (a specialisation).");
+                fields.push(quote!(#[doc = #fdoc] pub #id: #ety));
+                if enums.get(&i).is_some_and(|v| !v.is_empty()) {
+                    defaults.push(quote!(#id: <#ety as ::std::default::Default>::default()));
+                } else {
+                    required.push(id.clone());
+                }
+                to_set.push(quote!(let s = s.variant(#name, self.#id.name());));
+            }
+            Kind::Input(_) => {}
+        }
+    }
+    let pdoc = format!("Hyperparameters and variants of [`{ty}`].");
+    let params_impl = if required.is_empty() {
+        quote! {
+            impl ::std::default::Default for #params_ty {
+                fn default() -> Self { Self { #(#defaults),* } }
+            }
+        }
+    } else {
+        let tys = required.iter().map(|r| {
+            let p = sig.params.iter().find(|p| &p.ident == r);
+            match p.map(|p| &p.kind) {
+                Some(Kind::Enum(e)) => quote!(#e),
+                _ => quote!(f32),
+            }
+        });
+        quote! {
+            impl #params_ty {
+                /// Parameters with defaults where the loss declares them; the others given here.
+                pub fn new(#(#required: #tys),*) -> Self { Self { #(#required,)* #(#defaults),* } }
+            }
+        }
+    };
+
+    // Inputs struct.
+    let mut in_fields = Vec::new();
+    let mut in_set = Vec::new();
+    for p in &sig.params {
+        let Kind::Input(k) = &p.kind else { continue };
+        let id = &p.ident;
+        let name = id.to_string();
+        let (fty, wrap) = if k.is_head() {
+            (quote!(::liger::Head<'a>), quote!(::liger::InputValue::Head))
+        } else {
+            (
+                quote!(::liger::TensorView<'a>),
+                quote!(::liger::InputValue::Tensor),
+            )
+        };
+        let fdoc = format!("Input `{name}` ({}).", p.type_text);
+        if p.optional {
+            in_fields.push(quote!(#[doc = #fdoc] pub #id: ::std::option::Option<#fty>));
+            in_set.push(quote!(if let ::std::option::Option::Some(v) = &self.#id { s.insert(#name, #wrap(v.clone())); }));
+        } else {
+            in_fields.push(quote!(#[doc = #fdoc] pub #id: #fty));
+            in_set.push(quote!(s.insert(#name, #wrap(self.#id.clone()));));
+        }
+    }
+    let idoc = format!("Inputs of [`{ty}`], one field per input parameter.");
+
+    quote! {
+        #[doc = #doc]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+        #vis struct #ty;
+
+        #(#enum_items)*
+
+        #[doc = #pdoc]
+        #[derive(Clone, Debug, PartialEq)]
+        #vis struct #params_ty { #(#fields),* }
+
+        #params_impl
+
+        impl #params_ty {
+            /// The values by name, for the untyped API.
+            pub fn to_param_set(&self) -> ::liger::ParamSet {
+                let s = ::liger::ParamSet::new();
+                #(#to_set)*
+                s
+            }
+        }
+
+        #[doc = #idoc]
+        #[derive(Clone, Debug, PartialEq)]
+        #vis struct #inputs_ty<'a> { #(#in_fields),* }
+
+        impl<'a> #inputs_ty<'a> {
+            /// The inputs by name, for the untyped API.
+            pub fn to_input_set(&self) -> ::liger::InputSet<'a> {
+                let mut s = ::liger::InputSet::new();
+                #(#in_set)*
+                s
+            }
+        }
+
+        impl ::liger::ChunkedLoss for #ty {
+            fn name(&self) -> &'static str { #fname }
+            fn doc(&self) -> &'static str { #doc }
+            fn params(&self) -> &'static [::liger::ParamInfo] {
+                const PARAMS: &[::liger::ParamInfo] = &[#(#infos),*];
+                PARAMS
+            }
+            fn specializations(&self) -> &'static [::liger::SpecInfo] {
+                const SPECS: &[::liger::SpecInfo] = &[#(#spec_items),*];
+                SPECS
+            }
+        }
+
+        impl #ty {
+            /// Evaluates the loss, its metrics and head gradients with the f64 reference
+            /// interpreter (`liger::reference`): exact and slow, the oracle for executors.
+            pub fn reference(
+                &self,
+                inputs: &#inputs_ty<'_>,
+                params: &#params_ty,
+                ignore_index: i64,
+            ) -> ::std::result::Result<::liger::reference::Output, ::liger::Error> {
+                ::liger::reference::evaluate(self, &inputs.to_input_set(), &params.to_param_set(), ignore_index)
+            }
+        }
+    }
+}
+
+/// Items for a fn whose signature could not be read at all: just the loss type.
+pub fn stub(vis: &syn::Visibility, ident: &Ident) -> TokenStream {
+    let ty = format_ident!("{}", camel(&ident.to_string()), span = Span::call_site());
+    quote!(#[allow(dead_code)] #vis struct #ty;)
+}

@@ -1,0 +1,230 @@
+//! The [`ChunkedLoss`] trait every `#[chunked_loss]` fn implements, with its parameter table
+//! and its specialisations.
+//!
+//! A loss's identity is its name, its parameters ([`ParamInfo`]: kind, optionality, default,
+//! variant choices) and its specialisations ([`SpecInfo`]): one per combination of variant
+//! values and optional-input presence, each with the canonical IR text the macro lowered and
+//! verified at compile time, or the input whose absence refuses it.
+
+use std::fmt;
+
+use crate::Error;
+use crate::inputs::ResolvedParams;
+
+/// What kind of parameter a loss parameter is (SURFACE.md §1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ParamKind {
+    /// A head with gradients.
+    Logits,
+    /// A forward-only head.
+    Frozen,
+    /// Token ids with `ignore_index`.
+    Target,
+    /// Token ids, every row valid.
+    Tokens,
+    /// f32 per row.
+    RowInput,
+    /// bool per row.
+    RowMask,
+    /// f32 per sequence.
+    SeqInput,
+    /// bool per sequence.
+    SeqMask,
+    /// f32 per vocab entry.
+    VocabInput,
+    /// An f32 scalar tensor.
+    ScalarInput,
+    /// An f32 hyperparameter (kernel argument).
+    Hyper,
+    /// A compile-time flag.
+    VariantBool,
+    /// A compile-time enum choice.
+    VariantEnum,
+}
+
+impl ParamKind {
+    /// The name used in tables and errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            ParamKind::Logits => "logits",
+            ParamKind::Frozen => "frozen logits",
+            ParamKind::Target => "target",
+            ParamKind::Tokens => "tokens",
+            ParamKind::RowInput => "row input",
+            ParamKind::RowMask => "row mask",
+            ParamKind::SeqInput => "seq input",
+            ParamKind::SeqMask => "seq mask",
+            ParamKind::VocabInput => "vocab input",
+            ParamKind::ScalarInput => "scalar input",
+            ParamKind::Hyper => "hyperparameter",
+            ParamKind::VariantBool => "variant flag",
+            ParamKind::VariantEnum => "variant choice",
+        }
+    }
+
+    /// Whether the caller passes it as an input (a tensor or a head).
+    pub fn is_input(self) -> bool {
+        !matches!(
+            self,
+            ParamKind::Hyper | ParamKind::VariantBool | ParamKind::VariantEnum
+        )
+    }
+
+    /// Whether it is a head.
+    pub fn is_head(self) -> bool {
+        matches!(self, ParamKind::Logits | ParamKind::Frozen)
+    }
+
+    /// Whether it is a compile-time variant.
+    pub fn is_variant(self) -> bool {
+        matches!(self, ParamKind::VariantBool | ParamKind::VariantEnum)
+    }
+}
+
+impl fmt::Display for ParamKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A parameter's default.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DefaultValue {
+    /// No default: the caller must give a value.
+    None,
+    /// A hyperparameter default.
+    Float(f32),
+    /// A flag default.
+    Bool(bool),
+    /// An enum default (variant name).
+    Variant(&'static str),
+}
+
+impl fmt::Display for DefaultValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DefaultValue::None => f.write_str("-"),
+            DefaultValue::Float(x) => write!(f, "{x:?}"),
+            DefaultValue::Bool(b) => write!(f, "{b}"),
+            DefaultValue::Variant(v) => f.write_str(v),
+        }
+    }
+}
+
+/// One parameter of a loss.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ParamInfo {
+    /// Its name.
+    pub name: &'static str,
+    /// Its kind.
+    pub kind: ParamKind,
+    /// Whether it is an `Option<…>` input.
+    pub optional: bool,
+    /// Its default.
+    pub default: DefaultValue,
+    /// The choices of a variant (`["false", "true"]` for a flag, arm names for an enum).
+    pub choices: &'static [&'static str],
+    /// The Rust type the user wrote (`Frozen<Logits>`, `DpoType`, …).
+    pub type_name: &'static str,
+}
+
+/// One specialisation: a value for every variant, presence for every optional input.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SpecInfo {
+    /// `(parameter, value)`: `"true"`/`"false"`, an enum arm, `"present"`/`"absent"`.
+    pub choices: &'static [(&'static str, &'static str)],
+    /// The canonical IR text, when the specialisation is not refused.
+    pub ir: Option<&'static str>,
+    /// The input whose absence refuses it.
+    pub refused: Option<&'static str>,
+}
+
+impl SpecInfo {
+    /// `name=value, …`.
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = self
+            .choices
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if parts.is_empty() {
+            "the only specialisation".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// A loss written with `#[chunked_loss]` (or by hand with the same tables).
+pub trait ChunkedLoss {
+    /// The loss's name (the fn name).
+    fn name(&self) -> &'static str;
+    /// Its documentation (the fn's doc comment).
+    fn doc(&self) -> &'static str;
+    /// Its parameters, in declaration order.
+    fn params(&self) -> &'static [ParamInfo];
+    /// Every specialisation.
+    fn specializations(&self) -> &'static [SpecInfo];
+
+    /// The parameter called `name`.
+    fn param(&self, name: &str) -> Option<&'static ParamInfo> {
+        self.params().iter().find(|p| p.name == name)
+    }
+
+    /// The specialisation for these variant values and optional inputs; a refused one is an
+    /// error naming the input it needs.
+    fn specialization(
+        &self,
+        params: &ResolvedParams,
+        present: &dyn Fn(&str) -> bool,
+    ) -> Result<&'static SpecInfo, Error> {
+        let want = |k: &str| -> Option<String> {
+            let p = self.param(k)?;
+            Some(if p.kind.is_variant() {
+                params.variant(k)?.to_string()
+            } else if present(k) {
+                "present".into()
+            } else {
+                "absent".into()
+            })
+        };
+        let spec = self
+            .specializations()
+            .iter()
+            .find(|s| {
+                s.choices
+                    .iter()
+                    .all(|(k, v)| want(k).as_deref() == Some(*v))
+            })
+            .ok_or_else(|| Error::Refused {
+                loss: self.name(),
+                spec: "these variant values".into(),
+                input: "?",
+            })?;
+        match spec.refused {
+            Some(input) => Err(Error::Refused {
+                loss: self.name(),
+                spec: spec.describe(),
+                input,
+            }),
+            None => Ok(spec),
+        }
+    }
+
+    /// The parsed, verified IR of a specialisation.
+    fn ir(&self, spec: &SpecInfo) -> Result<liger_ir::LossFn, Error> {
+        let text = spec.ir.ok_or(Error::Refused {
+            loss: self.name(),
+            spec: spec.describe(),
+            input: spec.refused.unwrap_or("?"),
+        })?;
+        let invalid = |diagnostics| Error::InvalidIr {
+            loss: self.name(),
+            spec: spec.describe(),
+            diagnostics,
+        };
+        let f = liger_ir::parse(text).map_err(invalid)?;
+        liger_ir::verify(&f).map_err(invalid)?;
+        Ok(f)
+    }
+}

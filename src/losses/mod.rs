@@ -1,0 +1,31 @@
+//! The built-in losses, written with `#[chunked_loss]` like any user loss.
+
+mod dpo;
+mod flce;
+mod jsd;
+
+pub use dpo::*;
+pub use flce::*;
+pub use jsd::*;
+
+use crate::ChunkedLoss;
+
+/// Every built-in loss.
+pub fn builtin() -> Vec<&'static dyn ChunkedLoss> {
+    vec![&Dpo, &Flce, &Jsd]
+}
+
+/// The built-in loss called `name`.
+pub fn by_name(name: &str) -> Result<&'static dyn ChunkedLoss, crate::Error> {
+    builtin()
+        .into_iter()
+        .find(|l| l.name() == name)
+        .ok_or_else(|| crate::Error::UnknownLoss {
+            name: name.into(),
+            known: builtin()
+                .iter()
+                .map(|l| l.name())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
