@@ -228,3 +228,9 @@ pub trait ChunkedLoss {
         Ok(f)
     }
 }
+
+impl fmt::Debug for dyn ChunkedLoss + '_ {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChunkedLoss({})", self.name())
+    }
+}

@@ -29,6 +29,11 @@ impl Errors {
         self.list.is_empty()
     }
 
+    /// Number of errors recorded.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
     /// `compile_error!` invocations for every error.
     pub fn to_compile_errors(&self) -> TokenStream {
         self.list.iter().map(syn::Error::to_compile_error).collect()
@@ -51,7 +56,7 @@ pub fn distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// `; did you mean `x`?` for the closest candidate, when one is close.
+/// `: did you mean `x`?` for the closest candidate, when one is close (else empty).
 pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
     let best = candidates
         .into_iter()
@@ -59,7 +64,7 @@ pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) ->
         .filter(|(d, c)| *d <= 2.max(name.len() / 3) && *d < c.len())
         .min_by_key(|(d, _)| *d);
     match best {
-        Some((_, c)) => format!("; did you mean `{c}`?"),
+        Some((_, c)) => format!(": did you mean `{c}`?"),
         None => String::new(),
     }
 }

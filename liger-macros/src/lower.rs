@@ -109,33 +109,37 @@ pub const FUNCTIONS: &[(&str, usize, usize, &str)] = &[
     ("metric", 2, 2, "\"name\", value"),
 ];
 
+/// Why an expression is not part of the loss language, and what to use instead.
 fn construct(e: &Expr) -> &'static str {
     match e {
-        Expr::Array(_) => "arrays",
-        Expr::Assign(_) => "assignments (bind a new name with `let`)",
-        Expr::Async(_) | Expr::Await(_) => "async code",
-        Expr::Break(_) | Expr::Continue(_) => "`break`/`continue`",
-        Expr::Cast(_) => "`as` casts",
-        Expr::Closure(_) => "closures",
-        Expr::Const(_) => "const blocks",
-        Expr::Field(_) => "field access",
-        Expr::ForLoop(_) | Expr::Loop(_) | Expr::While(_) => {
-            "loops (a loss is a whole-batch expression: reductions such as seq_sum or mean replace loops)"
+        Expr::Array(_) | Expr::Repeat(_) => "arrays are not supported in a loss body",
+        Expr::Assign(_) => {
+            "assignments are not supported in a loss body: bind a new name with `let`"
         }
-        Expr::Index(_) => "indexing (use at_target(e, t), chosen(s) or rejected(s))",
-        Expr::Let(_) => "`let` expressions outside `if let Some(x) = opt`",
-        Expr::Macro(_) => "macros",
-        Expr::Range(_) => "ranges",
-        Expr::Reference(_) => "references",
-        Expr::Repeat(_) => "arrays",
-        Expr::Return(_) => "`return` (the body's last expression is the loss)",
-        Expr::Struct(_) => "struct literals",
-        Expr::Try(_) => "the `?` operator",
-        Expr::TryBlock(_) => "try blocks",
-        Expr::Tuple(_) => "tuples",
-        Expr::Unsafe(_) => "unsafe blocks",
-        Expr::Yield(_) => "`yield`",
-        _ => "this expression",
+        Expr::Async(_) | Expr::Await(_) => "async code is not supported in a loss body",
+        Expr::Break(_) | Expr::Continue(_) => "`break`/`continue` are not supported in a loss body",
+        Expr::Cast(_) => "`as` casts are not supported in a loss body: every value is f32",
+        Expr::Closure(_) => "closures are not supported in a loss body",
+        Expr::Const(_) => "const blocks are not supported in a loss body",
+        Expr::Field(_) => "field access is not supported in a loss body",
+        Expr::ForLoop(_) | Expr::Loop(_) | Expr::While(_) => {
+            "loops are not supported in a loss body: a loss is a whole-batch expression, and reductions (seq_sum, mean, …) replace loops"
+        }
+        Expr::Index(_) => {
+            "indexing is not supported in a loss body: use at_target(e, t), chosen(s) or rejected(s)"
+        }
+        Expr::Let(_) => "`let` expressions are only supported as `if let Some(x) = optional_input`",
+        Expr::Macro(_) => "macros are not supported in a loss body",
+        Expr::Range(_) => "ranges are not supported in a loss body",
+        Expr::Reference(_) => "references are not supported in a loss body",
+        Expr::Return(_) => "`return` is not supported: the body's last expression is the loss",
+        Expr::Struct(_) => "struct literals are not supported in a loss body",
+        Expr::Try(_) => "the `?` operator is not supported in a loss body",
+        Expr::TryBlock(_) => "try blocks are not supported in a loss body",
+        Expr::Tuple(_) => "tuples are not supported in a loss body",
+        Expr::Unsafe(_) => "unsafe blocks are not supported in a loss body",
+        Expr::Yield(_) => "`yield` is not supported in a loss body",
+        _ => "this expression is not supported in a loss body",
     }
 }
 
@@ -333,8 +337,8 @@ impl Lowerer<'_> {
                 self.block(&b.block)?
             }
             other => {
-                let what = construct(other);
-                self.err(other.span(), format!("{what} are not supported in a loss body"))
+                let msg = construct(other);
+                self.err(other.span(), msg)
             }
         })
     }
@@ -432,15 +436,17 @@ impl Lowerer<'_> {
             let hint = suggest(&name, FUNCTIONS.iter().map(|(f, ..)| *f));
             let msg = if self.lookup(&name).is_some() {
                 format!("`{name}` is a value, not a function")
-            } else {
+            } else if hint.is_empty() {
                 format!(
-                    "unknown function `{name}`{hint}; the loss language has: {}",
+                    "unknown function `{name}`: a loss body calls only the functions of the loss language ({})",
                     FUNCTIONS
                         .iter()
                         .map(|(f, ..)| *f)
                         .collect::<Vec<_>>()
                         .join(", ")
                 )
+            } else {
+                format!("unknown function `{name}`{hint}")
             };
             return Ok(self.err(fspan, msg));
         };
@@ -750,10 +756,18 @@ impl Lowerer<'_> {
                 self.metric(c)?;
             }
             Stmt::Expr(e, _) => {
-                self.err(
-                    e.span(),
-                    "this statement has no effect: a loss body holds `let` bindings and `metric(…);` statements and ends with the loss",
-                );
+                let msg = match e {
+                    Expr::ForLoop(_)
+                    | Expr::Loop(_)
+                    | Expr::While(_)
+                    | Expr::Return(_)
+                    | Expr::Assign(_)
+                    | Expr::Macro(_) => construct(e),
+                    _ => {
+                        "this statement has no effect: a loss body holds `let` bindings and `metric(…);` statements and ends with the loss"
+                    }
+                };
+                self.err(e.span(), msg);
             }
             Stmt::Macro(m) => {
                 self.err(m.span(), "macros are not supported in a loss body");
@@ -813,7 +827,11 @@ impl Lowerer<'_> {
         match last {
             Stmt::Expr(e, None) => self.expr(e),
             other => {
+                let before = self.errs.len();
                 self.stmt(other)?;
+                if self.errs.len() > before {
+                    return Ok(Val::Poison);
+                }
                 Ok(self.err(
                     b.brace_token.span.close(),
                     "this block must end with an expression without `;` (the body's last expression is the loss)",

@@ -4,6 +4,7 @@
 //! checked and the typed items generated (so one mistake gives one error).
 
 use liger_ir::InputKind;
+use proc_macro2::Span;
 use syn::spanned::Spanned;
 use syn::{Expr, FnArg, GenericArgument, Ident, ItemFn, Lit, Pat, PathArguments, Type, UnOp};
 
@@ -136,18 +137,22 @@ fn input_type(ty: &Type) -> Result<InputKind, String> {
         return Err(format!("`{name}` takes no generic arguments"));
     }
     input_kind(&name).ok_or_else(|| {
-        format!(
-            "unknown parameter type `{name}`{}; a parameter is one of: {}",
-            crate::errors::suggest(&name, KINDS.iter().copied()),
-            KINDS.join(", ")
-        )
+        let hint = crate::errors::suggest(&name, KINDS.iter().copied());
+        if hint.is_empty() {
+            format!(
+                "unknown parameter type `{name}`; a parameter is one of: {}",
+                KINDS.join(", ")
+            )
+        } else {
+            format!("unknown parameter type `{name}`{hint}")
+        }
     })
 }
 
-fn parse_default(attr: &syn::Attribute, errs: &mut Errors) -> Option<DefaultVal> {
+fn parse_default(attr: &syn::Attribute, errs: &mut Errors) -> Option<(DefaultVal, Span)> {
     let syn::Meta::List(list) = &attr.meta else {
         errs.push(
-            attr.span(),
+            attr.path().span(),
             "malformed `#[default]`: write `#[default(0.1)]`, `#[default(true)]` or `#[default(Variant)]`",
         );
         return None;
@@ -175,23 +180,24 @@ fn parse_default(attr: &syn::Attribute, errs: &mut Errors) -> Option<DefaultVal>
     match &e {
         Expr::Unary(u) if matches!(u.op, UnOp::Neg(_)) => {
             if let Some(x) = num(&u.expr) {
-                return Some(DefaultVal::Float(-x));
+                return Some((DefaultVal::Float(-x), e.span()));
             }
         }
         Expr::Lit(l) => {
             if let Some(x) = num(&e) {
-                return Some(DefaultVal::Float(x));
+                return Some((DefaultVal::Float(x), e.span()));
             }
             if let Lit::Bool(b) = &l.lit {
-                return Some(DefaultVal::Bool(b.value));
+                return Some((DefaultVal::Bool(b.value), e.span()));
             }
         }
         Expr::Path(p) if p.qself.is_none() => {
             if let Some(id) = p.path.get_ident() {
-                return Some(DefaultVal::Variant(id.clone()));
+                return Some((DefaultVal::Variant(id.clone()), e.span()));
             }
             if p.path.segments.len() == 2 {
-                return Some(DefaultVal::Variant(p.path.segments[1].ident.clone()));
+                let id = p.path.segments[1].ident.clone();
+                return Some((DefaultVal::Variant(id.clone()), id.span()));
             }
         }
         _ => {}
@@ -254,6 +260,7 @@ pub fn analyze(item: &ItemFn, errs: &mut Errors) -> Sig {
         ),
     }
     let mut params: Vec<Param> = Vec::new();
+    let mut dropped = false;
     for arg in &sig.inputs {
         let pt = match arg {
             FnArg::Receiver(r) => {
@@ -287,22 +294,22 @@ pub fn analyze(item: &ItemFn, errs: &mut Errors) -> Sig {
         for a in &pt.attrs {
             if a.path().is_ident("default") {
                 if default.is_some() {
-                    errs.push(a.span(), "`#[default]` given twice");
+                    errs.push(a.path().span(), "`#[default]` given twice");
                     bad_attr = true;
                 }
                 match parse_default(a, errs) {
-                    Some(d) => default = Some((d, a.span())),
+                    Some(d) => default = Some(d),
                     None => bad_attr = true,
                 }
             } else if a.path().is_ident("variant") {
                 if !matches!(a.meta, syn::Meta::Path(_)) {
                     errs.push(
-                        a.span(),
+                        a.path().span(),
                         "`#[variant]` takes no arguments (the choices come from the type)",
                     );
                     bad_attr = true;
                 }
-                variant = Some(a.span());
+                variant = Some(a.path().span());
             } else if a.path().is_ident("doc") {
             } else {
                 let name = a
@@ -311,7 +318,7 @@ pub fn analyze(item: &ItemFn, errs: &mut Errors) -> Sig {
                     .map(|i| i.to_string())
                     .unwrap_or_else(|| "…".into());
                 errs.push(
-                    a.span(),
+                    a.path().span(),
                     format!("unknown attribute `#[{name}]` on a loss parameter: only `#[default(..)]` and `#[variant]` apply"),
                 );
                 bad_attr = true;
@@ -417,6 +424,7 @@ pub fn analyze(item: &ItemFn, errs: &mut Errors) -> Sig {
             }
         };
         if bad_attr {
+            dropped = true;
             continue;
         }
         params.push(Param {
@@ -427,9 +435,11 @@ pub fn analyze(item: &ItemFn, errs: &mut Errors) -> Sig {
             type_text,
         });
     }
-    if !params
-        .iter()
-        .any(|p| matches!(p.kind, Kind::Input(InputKind::Logits)))
+    dropped |= params.len() < sig.inputs.len();
+    if !dropped
+        && !params
+            .iter()
+            .any(|p| matches!(p.kind, Kind::Input(InputKind::Logits)))
     {
         errs.push(
             sig.ident.span(),

@@ -20,6 +20,8 @@ struct Finder<'a> {
     sig: &'a Sig,
     errs: &'a mut Errors,
     found: Enums,
+    /// Enum parameters with at least one `match`, well-formed or not.
+    matched: std::collections::BTreeSet<usize>,
 }
 
 impl Finder<'_> {
@@ -96,6 +98,7 @@ impl Finder<'_> {
 impl<'ast> Visit<'ast> for Finder<'_> {
     fn visit_expr_match(&mut self, m: &'ast syn::ExprMatch) {
         if let Some((idx, ty)) = self.param_of(&m.expr) {
+            self.matched.insert(idx);
             let mut names: Vec<Ident> = Vec::new();
             let mut ok = true;
             for arm in &m.arms {
@@ -146,12 +149,14 @@ pub fn find(sig: &Sig, errs: &mut Errors) -> Enums {
         sig,
         errs,
         found: Enums::new(),
+        matched: Default::default(),
     };
     f.visit_block(&sig.block);
-    let found = f.found;
+    let (found, matched) = (f.found, f.matched);
     for (i, p) in sig.params.iter().enumerate() {
         let Kind::Enum(ty) = &p.kind else { continue };
         match found.get(&i) {
+            None if matched.contains(&i) => {}
             None => errs.push(
                 p.ident.span(),
                 format!(

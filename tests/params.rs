@@ -1,0 +1,184 @@
+//! Parameters and inputs by name: defaults, validation, typed errors.
+
+use liger::prelude::*;
+use liger::{DefaultValue, Error, ParamKind};
+
+#[test]
+fn parameter_table_of_dpo() {
+    let p = Dpo.param("beta").expect("beta");
+    assert_eq!(
+        (p.kind, p.default),
+        (ParamKind::Hyper, DefaultValue::Float(0.1))
+    );
+    let lt = Dpo.param("loss_type").expect("loss_type");
+    assert_eq!(lt.kind, ParamKind::VariantEnum);
+    assert_eq!(lt.choices, ["Sigmoid", "Hinge"]);
+    assert_eq!(lt.default, DefaultValue::Variant("Sigmoid"));
+    assert!(
+        Dpo.param("reference")
+            .is_some_and(|p| p.optional && p.kind == ParamKind::Frozen)
+    );
+}
+
+#[test]
+fn resolve_fills_defaults_and_checks_names() {
+    let r = ParamSet::new()
+        .float("beta", 0.3)
+        .variant("loss_type", "hinge")
+        .resolve(&Dpo)
+        .expect("valid");
+    assert_eq!(r.float("beta"), Some(0.3));
+    assert_eq!(r.float("label_smoothing"), Some(0.0));
+    assert_eq!(r.variant("loss_type"), Some("Hinge"));
+    assert_eq!(r.variant("average"), Some("false"));
+
+    let e = ParamSet::new()
+        .float("betta", 0.3)
+        .resolve(&Dpo)
+        .expect_err("unknown");
+    assert!(
+        matches!(&e, Error::UnknownParam { name, .. } if name == "betta"),
+        "{e}"
+    );
+    let e = ParamSet::new()
+        .variant("loss_type", "ipo")
+        .resolve(&Dpo)
+        .expect_err("bad variant");
+    assert!(
+        matches!(&e, Error::BadVariant { allowed, .. } if allowed == "Sigmoid, Hinge"),
+        "{e}"
+    );
+    let e = ParamSet::new()
+        .float("average", 1.0)
+        .resolve(&Dpo)
+        .expect_err("wrong kind");
+    assert!(matches!(e, Error::ParamKind { .. }), "{e}");
+    let e = ParamSet::new()
+        .float("beta", f32::NAN)
+        .resolve(&Dpo)
+        .expect_err("nan");
+    assert!(matches!(e, Error::BadValue { .. }), "{e}");
+    let mut s = ParamSet::new();
+    assert!(matches!(
+        s.set_str(&Dpo, "beta", "abc"),
+        Err(Error::BadValue { .. })
+    ));
+    assert!(matches!(
+        s.set_str(&Dpo, "policy", "1"),
+        Err(Error::ParamKind { .. })
+    ));
+    s.set_str(&Dpo, "beta", "0.25").expect("number");
+    s.set_str(&Dpo, "average", "true").expect("flag");
+    let r = s.resolve(&Dpo).expect("valid");
+    assert_eq!(
+        (r.float("beta"), r.variant("average")),
+        (Some(0.25), Some("true"))
+    );
+}
+
+#[test]
+fn enum_from_str_is_case_insensitive_and_typed() {
+    assert_eq!("HINGE".parse::<DpoType>().ok(), Some(DpoType::Hinge));
+    assert!(matches!(
+        "ipo".parse::<DpoType>(),
+        Err(Error::BadVariant { .. })
+    ));
+    assert_eq!(Reduction::ALL, &[Reduction::Mean, Reduction::Sum]);
+}
+
+#[test]
+fn reference_path_input_errors() {
+    let x = vec![0.5f32; 2 * 3 * 4];
+    let w = vec![0.1f32; 5 * 4];
+    let t = vec![1i64; 6];
+    let head = || {
+        Head::new(
+            TensorView::new(&x, &[2, 3, 4]).expect("x"),
+            TensorView::new(&w, &[5, 4]).expect("w"),
+        )
+    };
+    let params = ParamSet::new();
+
+    // Missing and unknown inputs.
+    let inputs = InputSet::new().head("logits", head());
+    assert!(matches!(
+        reference::evaluate(&Flce, &inputs, &params, -100),
+        Err(Error::MissingInput { .. })
+    ));
+    let inputs = InputSet::new()
+        .head("logits", head())
+        .tensor("target", TensorView::new(&t, &[2, 3]).expect("t"))
+        .tensor("weights", TensorView::new(&t, &[2, 3]).expect("t"));
+    assert!(matches!(
+        reference::evaluate(&Flce, &inputs, &params, -100),
+        Err(Error::UnknownInput { .. })
+    ));
+
+    // Shape mismatches name the tensor.
+    let inputs = InputSet::new()
+        .head("logits", head())
+        .tensor("target", TensorView::new(&t, &[3, 2]).expect("t"));
+    match reference::evaluate(&Flce, &inputs, &params, -100) {
+        Err(Error::Shape { input, .. }) => assert_eq!(input, "target"),
+        other => panic!("{other:?}"),
+    }
+    let w2 = vec![0.1f32; 5 * 3];
+    let bad = Head::new(
+        TensorView::new(&x, &[2, 3, 4]).expect("x"),
+        TensorView::new(&w2, &[5, 3]).expect("w"),
+    );
+    let inputs = InputSet::new()
+        .head("logits", bad)
+        .tensor("target", TensorView::new(&t, &[2, 3]).expect("t"));
+    match reference::evaluate(&Flce, &inputs, &params, -100) {
+        Err(Error::Shape { input, .. }) => assert_eq!(input, "logits.w"),
+        other => panic!("{other:?}"),
+    }
+
+    // Wrong dtype, target out of range, NaN.
+    let tf = vec![1.0f32; 6];
+    let inputs = InputSet::new()
+        .head("logits", head())
+        .tensor("target", TensorView::new(&tf, &[2, 3]).expect("t"));
+    assert!(matches!(
+        reference::evaluate(&Flce, &inputs, &params, -100),
+        Err(Error::InputDType { .. })
+    ));
+    let t_bad = vec![1i64, 2, 9, 0, 0, 0];
+    let inputs = InputSet::new()
+        .head("logits", head())
+        .tensor("target", TensorView::new(&t_bad, &[2, 3]).expect("t"));
+    assert!(matches!(
+        reference::evaluate(&Flce, &inputs, &params, -100),
+        Err(Error::Eval(liger::ir::EvalError::TargetOutOfRange {
+            value: 9,
+            ..
+        }))
+    ));
+    let mut xn = x.clone();
+    xn[3] = f32::NAN;
+    let nan_head = Head::new(
+        TensorView::new(&xn, &[2, 3, 4]).expect("x"),
+        TensorView::new(&w, &[5, 4]).expect("w"),
+    );
+    let inputs = InputSet::new()
+        .head("logits", nan_head)
+        .tensor("target", TensorView::new(&t, &[2, 3]).expect("t"));
+    assert!(matches!(
+        reference::evaluate(&Flce, &inputs, &params, -100),
+        Err(Error::Eval(liger::ir::EvalError::NonFinite { .. }))
+    ));
+
+    // A view whose data does not fit its shape.
+    assert!(matches!(
+        TensorView::new(&t, &[4, 2]),
+        Err(Error::ViewShape { .. })
+    ));
+}
+
+#[test]
+fn losses_by_name() {
+    assert_eq!(liger::losses::by_name("jsd").expect("jsd").name(), "jsd");
+    let e = liger::losses::by_name("ipo").expect_err("unknown");
+    assert!(e.to_string().contains("dpo, flce, jsd"), "{e}");
+}

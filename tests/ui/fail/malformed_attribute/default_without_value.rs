@@ -1,0 +1,8 @@
+use liger::prelude::*;
+
+#[chunked_loss]
+pub fn defaulted(policy: Logits, target: Target, #[default] beta: f32) -> Loss {
+    mean(-logprob(policy, target)) * beta
+}
+
+fn main() {}
