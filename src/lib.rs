@@ -32,17 +32,20 @@
 
 extern crate self as liger;
 
-pub mod error;
-pub mod inputs;
 pub mod loss;
 pub mod losses;
+pub mod params;
 pub mod prelude;
 pub mod reference;
-pub mod tensor;
+mod run;
 
-pub use error::Error;
-pub use inputs::{InputSet, InputValue, ParamSet, ResolvedParams};
 pub use liger_ir as ir;
 pub use liger_macros::chunked_loss;
+pub use liger_runtime as runtime;
+pub use liger_runtime::{
+    DType, Error, Head, HeadGrads, InputSet, InputValue, LossOutput, MetricOutput, Report,
+    RunOptions, Runtime, Strategy, TensorData, TensorView,
+};
 pub use loss::{ChunkedLoss, DefaultValue, ParamInfo, ParamKind, SpecInfo};
-pub use tensor::{DType, Head, TensorData, TensorView};
+pub use params::{ParamSet, ResolvedParams};
+pub use run::{gradient_ir, run};

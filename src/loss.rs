@@ -9,7 +9,7 @@
 use std::fmt;
 
 use crate::Error;
-use crate::inputs::ResolvedParams;
+use crate::params::ResolvedParams;
 
 /// What kind of parameter a loss parameter is (SURFACE.md §1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -197,13 +197,13 @@ pub trait ChunkedLoss {
                     .all(|(k, v)| want(k).as_deref() == Some(*v))
             })
             .ok_or_else(|| Error::Refused {
-                loss: self.name(),
+                loss: self.name().into(),
                 spec: "these variant values".into(),
                 input: "?",
             })?;
         match spec.refused {
             Some(input) => Err(Error::Refused {
-                loss: self.name(),
+                loss: self.name().into(),
                 spec: spec.describe(),
                 input,
             }),
@@ -214,12 +214,12 @@ pub trait ChunkedLoss {
     /// The parsed, verified IR of a specialisation.
     fn ir(&self, spec: &SpecInfo) -> Result<liger_ir::LossFn, Error> {
         let text = spec.ir.ok_or(Error::Refused {
-            loss: self.name(),
+            loss: self.name().into(),
             spec: spec.describe(),
             input: spec.refused.unwrap_or("?"),
         })?;
         let invalid = |diagnostics| Error::InvalidIr {
-            loss: self.name(),
+            loss: self.name().into(),
             spec: spec.describe(),
             diagnostics,
         };

@@ -11,10 +11,9 @@ use std::collections::BTreeMap;
 use liger_ir::interp::{EvalWarning, MetricValue};
 use liger_ir::{HostBatch, HostInput, InputKind};
 
-use crate::Error;
-use crate::inputs::{InputSet, InputValue, ParamSet};
 use crate::loss::ChunkedLoss;
-use crate::tensor::{Head, TensorView};
+use crate::params::ParamSet;
+use crate::{Error, Head, InputSet, InputValue, TensorView};
 
 /// The gradients of one `Logits` head.
 #[derive(Clone, Debug, PartialEq)]
@@ -142,7 +141,7 @@ fn expect_tensor<'a>(
     match v {
         InputValue::Tensor(t) => Ok(t),
         InputValue::Head(_) => Err(Error::InputKind {
-            loss: loss.name(),
+            loss: loss.name().into(),
             name: name.into(),
             kind: kind.name(),
             want: "a tensor, not a head",
@@ -167,7 +166,7 @@ pub fn evaluate(
                 .map(|p| p.name)
                 .collect();
             return Err(Error::UnknownInput {
-                loss: loss.name(),
+                loss: loss.name().into(),
                 name: name.into(),
                 known: known.join(", "),
             });
@@ -180,7 +179,7 @@ pub fn evaluate(
     {
         if !inputs.contains(p.name) {
             return Err(Error::MissingInput {
-                loss: loss.name(),
+                loss: loss.name().into(),
                 name: p.name.into(),
                 kind: p.kind.name(),
             });
@@ -190,7 +189,7 @@ pub fn evaluate(
     let f = loss.ir(spec)?;
     let g = liger_ir::simplify(&liger_ir::differentiate(&f).map_err(|diagnostics| {
         Error::InvalidIr {
-            loss: loss.name(),
+            loss: loss.name().into(),
             spec: spec.describe(),
             diagnostics,
         }
@@ -207,7 +206,7 @@ pub fn evaluate(
             });
     let Some((hname, h0)) = first_head else {
         return Err(Error::MissingInput {
-            loss: loss.name(),
+            loss: loss.name().into(),
             name: "a head".into(),
             kind: "logits",
         });
@@ -234,7 +233,7 @@ pub fn evaluate(
             // Hyperparameters are not inputs of the caller.
             if input.kind == InputKind::Param {
                 let x = resolved.float(name).ok_or(Error::MissingParam {
-                    loss: loss.name(),
+                    loss: loss.name().into(),
                     name: loss.param(name).map_or("?", |p| p.name),
                 })?;
                 batch
@@ -243,7 +242,7 @@ pub fn evaluate(
                 continue;
             }
             return Err(Error::MissingInput {
-                loss: loss.name(),
+                loss: loss.name().into(),
                 name: name.into(),
                 kind: input.kind.name(),
             });
@@ -252,7 +251,7 @@ pub fn evaluate(
             InputKind::Logits | InputKind::Frozen => {
                 let InputValue::Head(h) = v else {
                     return Err(Error::InputKind {
-                        loss: loss.name(),
+                        loss: loss.name().into(),
                         name: name.into(),
                         kind: input.kind.name(),
                         want: "a head (x, w, optional b)",

@@ -26,6 +26,7 @@ pub mod interp;
 pub mod op;
 pub mod passes;
 pub mod scalar;
+pub mod schedule;
 pub mod text;
 pub mod types;
 pub mod verify;
@@ -36,6 +37,7 @@ pub use func::{Input, InputId, InputKind, LossFn, Node, Output, OutputKind, SrcL
 pub use interp::{EvalError, EvalWarning, Evaluation, HostBatch, HostInput, evaluate};
 pub use op::Op;
 pub use passes::{differentiate, simplify};
+pub use schedule::{Schedule, Strategy};
 pub use text::{canonical_text, parse, print};
 pub use types::{DType, Level, Type};
 pub use verify::verify;

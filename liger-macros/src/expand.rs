@@ -350,6 +350,18 @@ pub fn expand(sig: &Sig, enums: &Enums, specs: &[(Spec, Outcome)], ok: bool) -> 
         }
 
         impl #ty {
+            /// Runs the loss on `runtime` (chunked, never materialising the logits): loss,
+            /// metrics, head gradients and a report of the schedule that ran.
+            pub fn run(
+                &self,
+                runtime: &::liger::Runtime,
+                inputs: &#inputs_ty<'_>,
+                params: &#params_ty,
+                options: &::liger::RunOptions,
+            ) -> ::std::result::Result<::liger::LossOutput, ::liger::Error> {
+                ::liger::run(self, runtime, &inputs.to_input_set(), &params.to_param_set(), options)
+            }
+
             /// Evaluates the loss, its metrics and head gradients with the f64 reference
             /// interpreter (`liger::reference`): exact and slow, the oracle for executors.
             pub fn reference(

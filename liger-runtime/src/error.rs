@@ -1,4 +1,5 @@
-//! The library's error type: every variant names what is wrong and how to fix it.
+//! The error type of the whole library (re-exported as `liger::Error`): every variant names
+//! what is wrong and how to fix it.
 
 use crate::tensor::DType;
 
@@ -26,7 +27,7 @@ pub enum Error {
     #[error("loss `{loss}` has no parameter `{name}`; its parameters are: {known}")]
     UnknownParam {
         /// The loss.
-        loss: &'static str,
+        loss: String,
         /// The name given.
         name: String,
         /// Its parameter names.
@@ -36,7 +37,7 @@ pub enum Error {
     #[error("parameter `{name}` of `{loss}` is {kind}: {hint}")]
     ParamKind {
         /// The loss.
-        loss: &'static str,
+        loss: String,
         /// The parameter.
         name: String,
         /// Its kind.
@@ -66,7 +67,7 @@ pub enum Error {
     #[error("loss `{loss}` needs a value for `{name}` (it has no default)")]
     MissingParam {
         /// The loss.
-        loss: &'static str,
+        loss: String,
         /// The parameter.
         name: &'static str,
     },
@@ -74,7 +75,7 @@ pub enum Error {
     #[error("loss `{loss}` needs input `{name}` ({kind})")]
     MissingInput {
         /// The loss.
-        loss: &'static str,
+        loss: String,
         /// The input.
         name: String,
         /// Its kind.
@@ -84,7 +85,7 @@ pub enum Error {
     #[error("loss `{loss}` has no input `{name}`; its inputs are: {known}")]
     UnknownInput {
         /// The loss.
-        loss: &'static str,
+        loss: String,
         /// The name given.
         name: String,
         /// Its input names.
@@ -94,7 +95,7 @@ pub enum Error {
     #[error("input `{name}` of `{loss}` is {kind}, which takes {want}")]
     InputKind {
         /// The loss.
-        loss: &'static str,
+        loss: String,
         /// The input.
         name: String,
         /// Its kind.
@@ -106,7 +107,7 @@ pub enum Error {
     #[error("loss `{loss}` cannot run with {spec}: it needs input `{input}`")]
     Refused {
         /// The loss.
-        loss: &'static str,
+        loss: String,
         /// The specialisation (`name=value, …`).
         spec: String,
         /// The input its body unwraps.
@@ -136,7 +137,7 @@ pub enum Error {
     #[error("the IR of `{loss}` ({spec}) is invalid:\n{diagnostics}")]
     InvalidIr {
         /// The loss.
-        loss: &'static str,
+        loss: String,
         /// The specialisation.
         spec: String,
         /// What is wrong.
@@ -145,4 +146,100 @@ pub enum Error {
     /// The reference interpreter refused the inputs.
     #[error(transparent)]
     Eval(#[from] liger_ir::EvalError),
+    /// A token id outside `[0, V)` that is not the ignore index.
+    #[error(
+        "`{input}`[{seq},{pos}] = {value} is not a token id in [0, {vocab}) nor the ignore_index {ignore_index}"
+    )]
+    TargetOutOfRange {
+        /// The input.
+        input: String,
+        /// Sequence.
+        seq: usize,
+        /// Row in the sequence.
+        pos: usize,
+        /// The id.
+        value: i64,
+        /// V
+        vocab: usize,
+        /// The ignore index of the run.
+        ignore_index: i64,
+    },
+    /// NaN or infinity in an input.
+    #[error("input `{input}` holds a non-finite value ({value}) at flat index {index}")]
+    NonFinite {
+        /// The input (`policy.x`, …).
+        input: String,
+        /// Flat index.
+        index: usize,
+        /// The value.
+        value: f64,
+    },
+    /// A size of zero.
+    #[error("empty batch: {what}; every size must be at least 1")]
+    EmptyBatch {
+        /// Which size.
+        what: String,
+    },
+    /// A paired loss with an odd number of sequences.
+    #[error(
+        "the loss pairs sequences (chosen then rejected) but the batch has {num_seqs} sequences, an odd number"
+    )]
+    OddSequenceCount {
+        /// S
+        num_seqs: usize,
+    },
+    /// `seq_mean` over a sequence with no valid row.
+    #[error(
+        "sequence {seq} has no valid row, so its `seq_mean` is undefined (a data bug for preference losses; use seq_mean_or_zero to allow it)"
+    )]
+    EmptySequence {
+        /// The sequence.
+        seq: usize,
+    },
+    /// A hyperparameter value missing for the IR.
+    #[error("no value for hyperparameter `{name}`")]
+    MissingHyper {
+        /// The parameter.
+        name: String,
+    },
+    /// A memory budget no strategy fits.
+    #[error(
+        "a memory budget of {budget} bytes is too small: the smallest chunk needs {needed} bytes; raise --chunk-memory"
+    )]
+    Budget {
+        /// The budget.
+        budget: usize,
+        /// What the cheapest chunk needs.
+        needed: usize,
+    },
+    /// A forced schedule that does not apply.
+    #[error("schedule `{schedule}` cannot run: {why}")]
+    Schedule {
+        /// The schedule.
+        schedule: &'static str,
+        /// Why.
+        why: String,
+    },
+    /// A size string that does not parse.
+    #[error("`{value}` is not a size such as 256MiB, 2GiB or 1000000")]
+    BadSize {
+        /// The text.
+        value: String,
+    },
+    /// A device that cannot be used.
+    #[error("device `{device}` cannot be used: {why}")]
+    Device {
+        /// The device asked for.
+        device: String,
+        /// Why.
+        why: String,
+    },
+    /// A file that cannot be read or written, or that is malformed.
+    #[error("{path}: {why}")]
+    File {
+        /// The path.
+        path: String,
+        /// What went wrong.
+        why: String,
+    },
 }

@@ -1,5 +1,5 @@
-//! Untyped inputs and parameters by name: what the generated typed structs convert to, what
-//! the CLI builds from files and flags, and what executors consume.
+//! Hyperparameters and variants by name: what the generated params structs convert to and
+//! what the CLI builds from flags.
 //!
 //! [`ParamSet::resolve`] checks every name and value against the loss's parameter table and
 //! fills in defaults, so a typo or a bad variant value is an error, never silently ignored.
@@ -8,61 +8,6 @@ use std::collections::BTreeMap;
 
 use crate::Error;
 use crate::loss::{ChunkedLoss, DefaultValue, ParamKind};
-use crate::tensor::{Head, TensorView};
-
-/// An input value: a head or a tensor.
-#[derive(Clone, Debug, PartialEq)]
-pub enum InputValue<'a> {
-    /// An lm head.
-    Head(Head<'a>),
-    /// Any other input.
-    Tensor(TensorView<'a>),
-}
-
-/// Inputs by parameter name.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct InputSet<'a> {
-    map: BTreeMap<String, InputValue<'a>>,
-}
-
-impl<'a> InputSet<'a> {
-    /// An empty set.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds a head.
-    pub fn head(mut self, name: &str, head: Head<'a>) -> Self {
-        self.map.insert(name.into(), InputValue::Head(head));
-        self
-    }
-
-    /// Adds a tensor.
-    pub fn tensor(mut self, name: &str, t: TensorView<'a>) -> Self {
-        self.map.insert(name.into(), InputValue::Tensor(t));
-        self
-    }
-
-    /// Inserts a value.
-    pub fn insert(&mut self, name: &str, v: InputValue<'a>) {
-        self.map.insert(name.into(), v);
-    }
-
-    /// The value called `name`.
-    pub fn get(&self, name: &str) -> Option<&InputValue<'a>> {
-        self.map.get(name)
-    }
-
-    /// Whether `name` is given.
-    pub fn contains(&self, name: &str) -> bool {
-        self.map.contains_key(name)
-    }
-
-    /// Names given.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.map.keys().map(String::as_str)
-    }
-}
 
 /// Hyperparameter and variant values by name, as given (strings for variants).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -115,7 +60,7 @@ impl ParamSet {
             }
             _ => {
                 return Err(Error::ParamKind {
-                    loss: loss.name(),
+                    loss: loss.name().into(),
                     name: name.into(),
                     kind: p.kind.name(),
                     hint: "it is an input, passed as a tensor",
@@ -132,7 +77,7 @@ impl ParamSet {
             let p = loss.param(name).ok_or_else(|| unknown(loss, name))?;
             if p.kind != ParamKind::Hyper {
                 return Err(Error::ParamKind {
-                    loss: loss.name(),
+                    loss: loss.name().into(),
                     name: name.clone(),
                     kind: p.kind.name(),
                     hint: if p.kind.is_variant() {
@@ -153,7 +98,7 @@ impl ParamSet {
             let p = loss.param(name).ok_or_else(|| unknown(loss, name))?;
             if !p.kind.is_variant() {
                 return Err(Error::ParamKind {
-                    loss: loss.name(),
+                    loss: loss.name().into(),
                     name: name.clone(),
                     kind: p.kind.name(),
                     hint: "pass a number (a hyperparameter) or a tensor (an input)",
@@ -175,7 +120,7 @@ impl ParamSet {
                         (None, DefaultValue::Float(d)) => d,
                         _ => {
                             return Err(Error::MissingParam {
-                                loss: loss.name(),
+                                loss: loss.name().into(),
                                 name: p.name,
                             });
                         }
@@ -202,7 +147,7 @@ impl ParamSet {
                             Some(c) => c,
                             None => {
                                 return Err(Error::MissingParam {
-                                    loss: loss.name(),
+                                    loss: loss.name().into(),
                                     name: p.name,
                                 });
                             }
@@ -225,7 +170,7 @@ fn unknown(loss: &dyn ChunkedLoss, name: &str) -> Error {
         .map(|p| p.name)
         .collect();
     Error::UnknownParam {
-        loss: loss.name(),
+        loss: loss.name().into(),
         name: name.into(),
         known: known.join(", "),
     }

@@ -1,0 +1,694 @@
+//! The f32 evaluator of the CPU executor.
+//!
+//! Values below vocab level live for the whole batch as dense arrays (`Row`: `S·T`, `Seq`:
+//! `S`, `Pair`: `P`, `Batch`: 1) and are computed either all at once (pre and group stages)
+//! or for the rows of one chunk (row values of the vocab streams). Vocab-level values exist
+//! only for the rows of the current chunk, `[c, V]`, and are freed after their last use in the
+//! stream program; rows are processed in parallel with rayon. Reductions accumulate in f64.
+
+use std::collections::HashMap;
+
+use liger_ir::{DType, InputKind, Level, LossFn, Op, ValueId};
+use rayon::prelude::*;
+
+use crate::Error;
+
+/// A whole-batch array.
+#[derive(Clone, Debug)]
+pub enum Arr {
+    /// Floats.
+    F(Vec<f32>),
+    /// Bools.
+    B(Vec<bool>),
+    /// Indices (`None`: invalid row).
+    I(Vec<Option<u32>>),
+}
+
+/// A chunk buffer of a vocab-level value, `[c, V]`.
+#[derive(Clone, Debug)]
+pub enum VBuf {
+    /// Floats.
+    F(Vec<f32>),
+    /// Bools.
+    B(Vec<bool>),
+}
+
+fn softplus(x: f32) -> f32 {
+    x.max(0.0) + (-x.abs()).exp().ln_1p()
+}
+fn sigmoid(x: f32) -> f32 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+fn logaddexp(a: f32, b: f32) -> f32 {
+    let m = a.max(b);
+    if m == f32::NEG_INFINITY {
+        return m;
+    }
+    m + (-(a - b).abs()).exp().ln_1p()
+}
+
+/// An elementwise float op on its operands' values.
+#[inline]
+fn apply(op: Op, a: f32, b: f32, c: f32) -> f32 {
+    match op {
+        Op::Neg => -a,
+        Op::Exp => a.exp(),
+        Op::Log => a.ln(),
+        Op::Log1p => a.ln_1p(),
+        Op::Expm1 => a.exp_m1(),
+        Op::Sqrt => a.sqrt(),
+        Op::Abs => a.abs(),
+        Op::Relu => a.max(0.0),
+        Op::Sigmoid => sigmoid(a),
+        Op::LogSigmoid => -softplus(-a),
+        Op::Softplus => softplus(a),
+        Op::Tanh => a.tanh(),
+        Op::StopGradient | Op::Broadcast(_) => a,
+        Op::Add => a + b,
+        Op::Sub => a - b,
+        Op::Mul => a * b,
+        Op::Div => a / b,
+        Op::Pow => a.powf(b),
+        Op::Min => a.min(b),
+        Op::Max => a.max(b),
+        Op::LogAddExp => logaddexp(a, b),
+        Op::Clamp => a.max(b).min(c),
+        _ => f32::NAN,
+    }
+}
+
+#[inline]
+fn compare(op: Op, a: f32, b: f32) -> bool {
+    match op {
+        Op::Lt => a < b,
+        Op::Le => a <= b,
+        Op::Gt => a > b,
+        Op::Ge => a >= b,
+        Op::Eq => a == b,
+        _ => a != b,
+    }
+}
+
+/// An operand of a vocab-level op for one row: a slice over the vocab, or a value broadcast.
+#[derive(Clone, Copy)]
+enum Opnd<'a> {
+    F(&'a [f32]),
+    B(&'a [bool]),
+    Fs(f32),
+    Bs(bool),
+    I(Option<u32>),
+}
+
+impl Opnd<'_> {
+    #[inline]
+    fn f(&self, v: usize) -> f32 {
+        match self {
+            Opnd::F(x) => x[v],
+            Opnd::Fs(x) => *x,
+            _ => f32::NAN,
+        }
+    }
+    #[inline]
+    fn b(&self, v: usize) -> bool {
+        match self {
+            Opnd::B(x) => x[v],
+            Opnd::Bs(x) => *x,
+            _ => false,
+        }
+    }
+}
+
+/// The evaluation state of one run.
+pub struct Eval<'f> {
+    /// The gradient IR.
+    pub f: &'f LossFn,
+    /// S
+    pub s: usize,
+    /// T
+    pub t: usize,
+    /// V
+    pub v: usize,
+    /// Whole-batch arrays of non-vocab values (and `[V]` vocab inputs).
+    pub vals: Vec<Option<Arr>>,
+    /// Findings such as a mean over no row.
+    pub warnings: Vec<String>,
+}
+
+impl<'f> Eval<'f> {
+    /// A fresh state.
+    pub fn new(f: &'f LossFn, s: usize, t: usize, v: usize) -> Self {
+        Eval {
+            f,
+            s,
+            t,
+            v,
+            vals: vec![None; f.nodes.len()],
+            warnings: Vec::new(),
+        }
+    }
+
+    fn p(&self) -> usize {
+        self.s / 2
+    }
+
+    fn size(&self, l: Level) -> usize {
+        match l {
+            Level::Vocab => self.s * self.t * self.v,
+            Level::Row => self.s * self.t,
+            Level::Seq => self.s,
+            Level::Pair => self.p(),
+            Level::Batch => 1,
+        }
+    }
+
+    /// Index of the element of level `to` containing element `e` of the finer level `from`.
+    fn coarsen(&self, mut e: usize, from: Level, to: Level) -> usize {
+        if to == Level::Batch {
+            return 0;
+        }
+        let mut l = from;
+        while l < to {
+            (e, l) = match l {
+                Level::Vocab => (e / self.v, Level::Row),
+                Level::Row => (e / self.t, Level::Seq),
+                Level::Seq => (e % self.p().max(1), Level::Pair),
+                _ => (0, Level::Batch),
+            };
+        }
+        e
+    }
+
+    fn floats(&self, v: ValueId) -> &[f32] {
+        match &self.vals[v.index()] {
+            Some(Arr::F(x)) => x,
+            _ => &[],
+        }
+    }
+    fn bools(&self, v: ValueId) -> &[bool] {
+        match &self.vals[v.index()] {
+            Some(Arr::B(x)) => x,
+            _ => &[],
+        }
+    }
+    fn idx(&self, v: ValueId) -> &[Option<u32>] {
+        match &self.vals[v.index()] {
+            Some(Arr::I(x)) => x,
+            _ => &[],
+        }
+    }
+
+    /// Evaluates a non-vocab node for the whole batch.
+    pub fn eval_array(&mut self, id: ValueId) -> Result<(), Error> {
+        let node = self.f.node(id);
+        let lvl = node.ty.level;
+        if matches!(node.op, Op::Input(_)) {
+            return Ok(());
+        }
+        if lvl == Level::Pair && !self.s.is_multiple_of(2) {
+            return Err(Error::OddSequenceCount { num_seqs: self.s });
+        }
+        let n = self.size(lvl);
+        let args = node.args.clone();
+        let lv = |k: usize| self.f.ty(args[k]).level;
+        let at = |k: usize, e: usize| self.floats(args[k])[self.coarsen(e, lvl, lv(k))];
+        let out = match node.op {
+            Op::Input(_) => return Ok(()),
+            Op::Const(c) => Arr::F(vec![c as f32]),
+            Op::VocabSize => Arr::F(vec![self.v as f32]),
+            Op::SeqLen => Arr::F(vec![self.t as f32]),
+            Op::NumSeqs => Arr::F(vec![self.s as f32]),
+            Op::NumPairs => {
+                if !self.s.is_multiple_of(2) {
+                    return Err(Error::OddSequenceCount { num_seqs: self.s });
+                }
+                Arr::F(vec![self.p() as f32])
+            }
+            op if op.is_elementwise() && node.ty.dtype == DType::F32 && op != Op::Select => {
+                let get = |k: usize, e: usize| if k < args.len() { at(k, e) } else { 0.0 };
+                Arr::F(
+                    (0..n)
+                        .map(|e| apply(op, get(0, e), get(1, e), get(2, e)))
+                        .collect(),
+                )
+            }
+            Op::Select => {
+                let c = self.bools(args[0]);
+                Arr::F(
+                    (0..n)
+                        .map(|e| {
+                            if c[self.coarsen(e, lvl, lv(0))] {
+                                at(1, e)
+                            } else {
+                                at(2, e)
+                            }
+                        })
+                        .collect(),
+                )
+            }
+            Op::Lt | Op::Le | Op::Gt | Op::Ge | Op::Eq | Op::Ne => {
+                if self.f.ty(args[0]).dtype == DType::Idx {
+                    let (a, b) = (self.idx(args[0]), self.idx(args[1]));
+                    Arr::B(
+                        (0..n)
+                            .map(|e| {
+                                let x = a[self.coarsen(e, lvl, lv(0))];
+                                let y = b[self.coarsen(e, lvl, lv(1))];
+                                let eq = x.is_some() && x == y;
+                                if node.op == Op::Eq { eq } else { !eq }
+                            })
+                            .collect(),
+                    )
+                } else {
+                    Arr::B(
+                        (0..n)
+                            .map(|e| compare(node.op, at(0, e), at(1, e)))
+                            .collect(),
+                    )
+                }
+            }
+            Op::Valid => Arr::B(self.idx(args[0]).iter().map(Option::is_some).collect()),
+            Op::SeqSum | Op::SeqMean | Op::SeqMeanOrZero | Op::SeqCount => {
+                let (x, mask) = if node.op == Op::SeqCount {
+                    (None, args.first().copied())
+                } else {
+                    (Some(args[0]), args.get(1).copied())
+                };
+                let mut out = vec![0f32; n];
+                for (s, o) in out.iter_mut().enumerate() {
+                    let (mut sum, mut count) = (0f64, 0usize);
+                    for r in s * self.t..(s + 1) * self.t {
+                        if mask.is_none_or(|m| self.bools(m)[r]) {
+                            sum += x.map_or(0.0, |x| f64::from(self.floats(x)[r]));
+                            count += 1;
+                        }
+                    }
+                    *o = match node.op {
+                        Op::SeqSum => sum as f32,
+                        Op::SeqCount => count as f32,
+                        Op::SeqMeanOrZero => (sum / count.max(1) as f64) as f32,
+                        _ if count == 0 => return Err(Error::EmptySequence { seq: s }),
+                        _ => (sum / count as f64) as f32,
+                    };
+                }
+                Arr::F(out)
+            }
+            Op::Chosen | Op::Rejected => {
+                if !self.s.is_multiple_of(2) {
+                    return Err(Error::OddSequenceCount { num_seqs: self.s });
+                }
+                let x = self.floats(args[0]);
+                let off = if node.op == Op::Chosen { 0 } else { n };
+                Arr::F((0..n).map(|p| x[off + p]).collect())
+            }
+            Op::PlaceChosen | Op::PlaceRejected => {
+                if !self.s.is_multiple_of(2) {
+                    return Err(Error::OddSequenceCount { num_seqs: self.s });
+                }
+                let x = self.floats(args[0]);
+                let p = self.p();
+                let chosen = node.op == Op::PlaceChosen;
+                Arr::F(
+                    (0..n)
+                        .map(|s| if (s < p) == chosen { x[s % p] } else { 0.0 })
+                        .collect(),
+                )
+            }
+            Op::Sum | Op::Mean | Op::SumAll | Op::MeanAll => {
+                let x = self.floats(args[0]);
+                let mask = args.get(1).map(|m| self.bools(*m));
+                let (mut sum, mut count) = (0f64, 0usize);
+                for (e, &xe) in x.iter().enumerate() {
+                    if mask.is_none_or(|m| m[e]) {
+                        sum += f64::from(xe);
+                        count += 1;
+                    }
+                }
+                let out = match node.op {
+                    Op::Sum | Op::SumAll => sum,
+                    Op::Mean if lv(0) == Level::Row && count == 0 => {
+                        self.warnings.push(format!(
+                            "a row-level mean (node {}) selects no row in the batch: it is 0, with no gradient",
+                            id.0
+                        ));
+                        0.0
+                    }
+                    _ => sum / count as f64,
+                };
+                Arr::F(vec![out as f32])
+            }
+            Op::NumValid => Arr::F(vec![
+                self.bools(args[0]).iter().filter(|b| **b).count() as f32
+            ]),
+            Op::Broadcast(_) => match &self.vals[args[0].index()] {
+                Some(Arr::F(x)) => Arr::F((0..n).map(|e| x[self.coarsen(e, lvl, lv(0))]).collect()),
+                Some(Arr::B(x)) => Arr::B((0..n).map(|e| x[self.coarsen(e, lvl, lv(0))]).collect()),
+                Some(Arr::I(x)) => Arr::I((0..n).map(|e| x[self.coarsen(e, lvl, lv(0))]).collect()),
+                None => Arr::F(vec![0.0; n]),
+            },
+            other => {
+                return Err(Error::Schedule {
+                    schedule: "cpu",
+                    why: format!(
+                        "`{}` (node {}) is not a whole-batch value",
+                        other.name(),
+                        id.0
+                    ),
+                });
+            }
+        };
+        self.vals[id.index()] = Some(out);
+        Ok(())
+    }
+
+    /// Allocates row arrays for row-level stream values (written chunk by chunk).
+    pub fn ensure_row_array(&mut self, id: ValueId) {
+        if self.vals[id.index()].is_some() {
+            return;
+        }
+        let r = self.s * self.t;
+        self.vals[id.index()] = Some(match self.f.ty(id).dtype {
+            DType::F32 => Arr::F(vec![0.0; r]),
+            DType::Bool => Arr::B(vec![false; r]),
+            DType::Idx => Arr::I(vec![None; r]),
+        });
+    }
+
+    /// The operand `arg` of a vocab-level op at local row `i` (global row `r`).
+    fn opnd<'b>(
+        &'b self,
+        arg: ValueId,
+        i: usize,
+        r: usize,
+        bufs: &'b HashMap<usize, VBuf>,
+    ) -> Opnd<'b> {
+        let v = self.v;
+        if let Some(b) = bufs.get(&arg.index()) {
+            return match b {
+                VBuf::F(x) => Opnd::F(&x[i * v..(i + 1) * v]),
+                VBuf::B(x) => Opnd::B(&x[i * v..(i + 1) * v]),
+            };
+        }
+        let ty = self.f.ty(arg);
+        if ty.level == Level::Vocab {
+            // A vocab input: one `[V]` array for every row.
+            return match &self.vals[arg.index()] {
+                Some(Arr::F(x)) => Opnd::F(x),
+                Some(Arr::B(x)) => Opnd::B(x),
+                _ => Opnd::Fs(f32::NAN),
+            };
+        }
+        let e = self.coarsen(r, Level::Row, ty.level);
+        match &self.vals[arg.index()] {
+            Some(Arr::F(x)) => Opnd::Fs(x[e]),
+            Some(Arr::B(x)) => Opnd::Bs(x[e]),
+            Some(Arr::I(x)) => Opnd::I(x[e]),
+            None => Opnd::Fs(f32::NAN),
+        }
+    }
+
+    /// Runs a stream program for the chunk `rows`; `bufs` holds the heads' logits (by input
+    /// node) and receives the vocab values; vocab values not in `keep` are dropped after their
+    /// last use. Row-level values are written into the whole-batch arrays.
+    pub fn run_stream(
+        &mut self,
+        program: &[ValueId],
+        rows: &[usize],
+        bufs: &mut HashMap<usize, VBuf>,
+        keep: &[ValueId],
+    ) -> Result<(), Error> {
+        let f = self.f;
+        let mut last = HashMap::new();
+        for (k, id) in program.iter().enumerate() {
+            for a in &f.node(*id).args {
+                last.insert(a.index(), k);
+            }
+        }
+        for (k, &id) in program.iter().enumerate() {
+            let node = f.node(id);
+            if node.ty.level == Level::Vocab {
+                let buf = self.vocab_node(id, rows, bufs)?;
+                bufs.insert(id.index(), buf);
+            } else {
+                self.ensure_row_array(id);
+                self.row_node(id, rows, bufs)?;
+            }
+            for a in &node.args {
+                let ai = a.index();
+                let is_head = matches!(f.nodes[ai].op, Op::Input(_));
+                if !is_head && last.get(&ai) == Some(&k) && !keep.contains(a) {
+                    bufs.remove(&ai);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn vocab_node(
+        &self,
+        id: ValueId,
+        rows: &[usize],
+        bufs: &HashMap<usize, VBuf>,
+    ) -> Result<VBuf, Error> {
+        let f = self.f;
+        let node = f.node(id);
+        let v = self.v;
+        let c = rows.len();
+        let args = &node.args;
+        Ok(match node.op {
+            Op::LogSoftmax | Op::Softmax => {
+                let mut out = vec![0f32; c * v];
+                let soft = node.op == Op::Softmax;
+                out.par_chunks_mut(v).enumerate().for_each(|(i, o)| {
+                    let Opnd::F(z) = self.opnd(args[0], i, rows[i], bufs) else {
+                        return;
+                    };
+                    let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let lse =
+                        m + z.iter().map(|x| f64::from((x - m).exp())).sum::<f64>().ln() as f32;
+                    for (ov, zv) in o.iter_mut().zip(z) {
+                        let y = zv - lse;
+                        *ov = if soft { y.exp() } else { y };
+                    }
+                });
+                VBuf::F(out)
+            }
+            Op::OneHot => {
+                let mut out = vec![0f32; c * v];
+                let t = self.idx(args[0]);
+                for (i, &r) in rows.iter().enumerate() {
+                    if let Some(k) = t[r] {
+                        out[i * v + k as usize] = 1.0;
+                    }
+                }
+                VBuf::F(out)
+            }
+            Op::Lt | Op::Le | Op::Gt | Op::Ge | Op::Eq | Op::Ne => {
+                let mut out = vec![false; c * v];
+                out.par_chunks_mut(v).enumerate().for_each(|(i, o)| {
+                    let a = self.opnd(args[0], i, rows[i], bufs);
+                    let b = self.opnd(args[1], i, rows[i], bufs);
+                    for (k, ov) in o.iter_mut().enumerate() {
+                        *ov = compare(node.op, a.f(k), b.f(k));
+                    }
+                });
+                VBuf::B(out)
+            }
+            Op::Select => {
+                let mut out = vec![0f32; c * v];
+                out.par_chunks_mut(v).enumerate().for_each(|(i, o)| {
+                    let cnd = self.opnd(args[0], i, rows[i], bufs);
+                    let a = self.opnd(args[1], i, rows[i], bufs);
+                    let b = self.opnd(args[2], i, rows[i], bufs);
+                    for (k, ov) in o.iter_mut().enumerate() {
+                        *ov = if cnd.b(k) { a.f(k) } else { b.f(k) };
+                    }
+                });
+                VBuf::F(out)
+            }
+            op if op.is_elementwise() || matches!(op, Op::Broadcast(_)) => {
+                let mut out = vec![0f32; c * v];
+                out.par_chunks_mut(v).enumerate().for_each(|(i, o)| {
+                    let get = |k: usize| args.get(k).map(|a| self.opnd(*a, i, rows[i], bufs));
+                    let (a, b, cc) = (get(0), get(1), get(2));
+                    match (op, a, b) {
+                        (Op::Mul, Some(Opnd::F(x)), Some(Opnd::F(y))) => o
+                            .iter_mut()
+                            .zip(x.iter().zip(y))
+                            .for_each(|(ov, (p, q))| *ov = p * q),
+                        (Op::Mul, Some(Opnd::Fs(s)), Some(Opnd::F(y)))
+                        | (Op::Mul, Some(Opnd::F(y)), Some(Opnd::Fs(s))) => {
+                            o.iter_mut().zip(y).for_each(|(ov, q)| *ov = s * q)
+                        }
+                        (Op::Sub, Some(Opnd::F(x)), Some(Opnd::F(y))) => o
+                            .iter_mut()
+                            .zip(x.iter().zip(y))
+                            .for_each(|(ov, (p, q))| *ov = p - q),
+                        (Op::Add, Some(Opnd::F(x)), Some(Opnd::F(y))) => o
+                            .iter_mut()
+                            .zip(x.iter().zip(y))
+                            .for_each(|(ov, (p, q))| *ov = p + q),
+                        _ => {
+                            let (a, b, cc) = (
+                                a.unwrap_or(Opnd::Fs(0.0)),
+                                b.unwrap_or(Opnd::Fs(0.0)),
+                                cc.unwrap_or(Opnd::Fs(0.0)),
+                            );
+                            for (k, ov) in o.iter_mut().enumerate() {
+                                *ov = apply(op, a.f(k), b.f(k), cc.f(k));
+                            }
+                        }
+                    }
+                });
+                VBuf::F(out)
+            }
+            other => {
+                return Err(Error::Schedule {
+                    schedule: "cpu",
+                    why: format!(
+                        "`{}` (node {}) cannot run in a vocab stream",
+                        other.name(),
+                        id.0
+                    ),
+                });
+            }
+        })
+    }
+
+    fn row_node(
+        &mut self,
+        id: ValueId,
+        rows: &[usize],
+        bufs: &HashMap<usize, VBuf>,
+    ) -> Result<(), Error> {
+        let f = self.f;
+        let node = f.node(id);
+        let args = node.args.clone();
+        let v = self.v;
+        // Values for the chunk's rows, then written into the whole-batch array.
+        enum Col {
+            F(Vec<f32>),
+            B(Vec<bool>),
+            I(Vec<Option<u32>>),
+        }
+        let col = match node.op {
+            Op::SumVocab | Op::MaxVocab | Op::LogSumExp | Op::AtTarget | Op::LogProb => {
+                let t: Option<Vec<Option<u32>>> = (node.op == Op::AtTarget
+                    || node.op == Op::LogProb)
+                    .then(|| rows.iter().map(|&r| self.idx(args[1])[r]).collect());
+                let out: Vec<f32> = (0..rows.len())
+                    .into_par_iter()
+                    .map(|i| {
+                        let Opnd::F(z) = self.opnd(args[0], i, rows[i], bufs) else {
+                            return f32::NAN;
+                        };
+                        let lse = || {
+                            let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                            m + z.iter().map(|x| f64::from((x - m).exp())).sum::<f64>().ln() as f32
+                        };
+                        match node.op {
+                            Op::SumVocab => z.iter().map(|x| f64::from(*x)).sum::<f64>() as f32,
+                            Op::MaxVocab => z.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+                            Op::LogSumExp => lse(),
+                            _ => match t.as_ref().and_then(|t| t[i]) {
+                                None => 0.0,
+                                Some(k) if node.op == Op::AtTarget => z[k as usize],
+                                Some(k) => z[k as usize] - lse(),
+                            },
+                        }
+                    })
+                    .collect();
+                Col::F(out)
+            }
+            Op::ArgMax => {
+                let out: Vec<Option<u32>> = (0..rows.len())
+                    .into_par_iter()
+                    .map(|i| {
+                        let Opnd::F(z) = self.opnd(args[0], i, rows[i], bufs) else {
+                            return None;
+                        };
+                        let mut best = (0usize, f32::NEG_INFINITY);
+                        for (k, &x) in z.iter().enumerate().take(v) {
+                            if x > best.1 || k == 0 {
+                                best = (k, x);
+                            }
+                        }
+                        Some(best.0 as u32)
+                    })
+                    .collect();
+                Col::I(out)
+            }
+            Op::Select => Col::F(
+                rows.iter()
+                    .enumerate()
+                    .map(|(i, &r)| {
+                        let c = self.opnd(args[0], i, r, bufs);
+                        if c.b(0) {
+                            self.opnd(args[1], i, r, bufs).f(0)
+                        } else {
+                            self.opnd(args[2], i, r, bufs).f(0)
+                        }
+                    })
+                    .collect(),
+            ),
+            Op::Lt | Op::Le | Op::Gt | Op::Ge | Op::Eq | Op::Ne => Col::B(
+                rows.iter()
+                    .enumerate()
+                    .map(|(i, &r)| {
+                        let (a, b) = (
+                            self.opnd(args[0], i, r, bufs),
+                            self.opnd(args[1], i, r, bufs),
+                        );
+                        match (a, b) {
+                            (Opnd::I(x), Opnd::I(y)) => {
+                                let eq = x.is_some() && x == y;
+                                if node.op == Op::Eq { eq } else { !eq }
+                            }
+                            _ => compare(node.op, a.f(0), b.f(0)),
+                        }
+                    })
+                    .collect(),
+            ),
+            op if op.is_elementwise() || matches!(op, Op::Broadcast(_)) => Col::F(
+                rows.iter()
+                    .enumerate()
+                    .map(|(i, &r)| {
+                        let get =
+                            |k: usize| args.get(k).map_or(0.0, |a| self.opnd(*a, i, r, bufs).f(0));
+                        apply(op, get(0), get(1), get(2))
+                    })
+                    .collect(),
+            ),
+            other => {
+                return Err(Error::Schedule {
+                    schedule: "cpu",
+                    why: format!("`{}` (node {}) cannot run per row", other.name(), id.0),
+                });
+            }
+        };
+        match (&mut self.vals[id.index()], col) {
+            (Some(Arr::F(a)), Col::F(c)) => rows.iter().zip(c).for_each(|(&r, x)| a[r] = x),
+            (Some(Arr::B(a)), Col::B(c)) => rows.iter().zip(c).for_each(|(&r, x)| a[r] = x),
+            (Some(Arr::I(a)), Col::I(c)) => rows.iter().zip(c).for_each(|(&r, x)| a[r] = x),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The value of `id` (row level or coarser) at row `r`.
+    pub fn row_value(&self, id: ValueId, r: usize) -> f32 {
+        let l = self.f.ty(id).level;
+        let e = self.coarsen(r, Level::Row, l);
+        self.floats(id).get(e).copied().unwrap_or(f32::NAN)
+    }
+
+    /// Loads a non-head input.
+    pub fn load(&mut self, id: ValueId, kind: InputKind, arr: Arr) {
+        let _ = kind;
+        self.vals[id.index()] = Some(arr);
+    }
+}

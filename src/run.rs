@@ -1,0 +1,67 @@
+//! Running a [`ChunkedLoss`] on an executor: parameters resolved against the loss's table,
+//! the specialisation chosen from the variants and the inputs present, its IR differentiated
+//! and simplified, then handed to the runtime.
+
+use std::collections::BTreeMap;
+
+use crate::loss::ChunkedLoss;
+use crate::params::ParamSet;
+use crate::{Error, InputSet, LossOutput, RunOptions, Runtime};
+
+/// The simplified gradient IR of the specialisation `params` and `inputs` select.
+pub fn gradient_ir(
+    loss: &dyn ChunkedLoss,
+    inputs: &InputSet<'_>,
+    params: &ParamSet,
+) -> Result<(liger_ir::LossFn, BTreeMap<String, f32>), Error> {
+    let resolved = params.resolve(loss)?;
+    for p in loss
+        .params()
+        .iter()
+        .filter(|p| p.kind.is_input() && !p.optional)
+    {
+        if !inputs.contains(p.name) {
+            return Err(Error::MissingInput {
+                loss: loss.name().into(),
+                name: p.name.into(),
+                kind: p.kind.name(),
+            });
+        }
+    }
+    for name in inputs.names() {
+        if !loss.param(name).is_some_and(|p| p.kind.is_input()) {
+            let known: Vec<&str> = loss
+                .params()
+                .iter()
+                .filter(|p| p.kind.is_input())
+                .map(|p| p.name)
+                .collect();
+            return Err(Error::UnknownInput {
+                loss: loss.name().into(),
+                name: name.into(),
+                known: known.join(", "),
+            });
+        }
+    }
+    let spec = loss.specialization(&resolved, &|n| inputs.contains(n))?;
+    let f = loss.ir(spec)?;
+    let g = liger_ir::differentiate(&f).map_err(|diagnostics| Error::InvalidIr {
+        loss: loss.name().into(),
+        spec: spec.describe(),
+        diagnostics,
+    })?;
+    let hyper = resolved.floats().map(|(k, v)| (k.to_string(), v)).collect();
+    Ok((liger_ir::simplify(&g), hyper))
+}
+
+/// Runs `loss` on `runtime`: loss, metrics, gradients of every `Logits` head and a report.
+pub fn run(
+    loss: &dyn ChunkedLoss,
+    runtime: &Runtime,
+    inputs: &InputSet<'_>,
+    params: &ParamSet,
+    options: &RunOptions,
+) -> Result<LossOutput, Error> {
+    let (g, hyper) = gradient_ir(loss, inputs, params)?;
+    runtime.run(&g, inputs, &hyper, options)
+}
