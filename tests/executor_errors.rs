@@ -1,0 +1,239 @@
+//! Bad input to the executor gives a typed error naming the problem, never a panic or a
+//! silent NaN. Each case is its own test.
+
+mod common;
+
+use common::*;
+use liger::prelude::*;
+use liger::{Error, RunOptions, Runtime};
+
+struct Batch {
+    s: usize,
+    t: usize,
+    h: usize,
+    v: usize,
+    x: Vec<f32>,
+    w: Vec<f32>,
+    tg: Vec<i64>,
+}
+
+fn batch(s: usize, t: usize) -> Batch {
+    let (h, v) = (8, 17);
+    let mut rng = fastrand::Rng::with_seed(9);
+    Batch {
+        s,
+        t,
+        h,
+        v,
+        x: randn(&mut rng, s * t * h, 1.0),
+        w: randn(&mut rng, v * h, 0.5),
+        tg: targets(&mut rng, s, t, v, -100),
+    }
+}
+
+impl Batch {
+    fn head(&self) -> Head<'_> {
+        Head::new(
+            TensorView::new(&self.x, &[self.s, self.t, self.h]).expect("x"),
+            TensorView::new(&self.w, &[self.v, self.h]).expect("w"),
+        )
+    }
+    fn dpo(&self) -> InputSet<'_> {
+        InputSet::new()
+            .head("policy", self.head())
+            .head("reference", self.head())
+            .tensor(
+                "target",
+                TensorView::new(&self.tg, &[self.s, self.t]).expect("t"),
+            )
+    }
+    fn flce(&self) -> InputSet<'_> {
+        InputSet::new().head("logits", self.head()).tensor(
+            "target",
+            TensorView::new(&self.tg, &[self.s, self.t]).expect("t"),
+        )
+    }
+}
+
+fn run(
+    loss: &dyn liger::ChunkedLoss,
+    set: &InputSet<'_>,
+    params: &ParamSet,
+) -> Result<liger::LossOutput, Error> {
+    liger::run(loss, &Runtime::cpu(), set, params, &RunOptions::default())
+}
+
+#[test]
+fn shape_mismatch_names_the_tensor() {
+    let b = batch(2, 5);
+    let w2 = vec![0.5f32; 17 * 7];
+    let set = InputSet::new()
+        .head(
+            "logits",
+            Head::new(
+                TensorView::new(&b.x, &[2, 5, 8]).expect("x"),
+                TensorView::new(&w2, &[17, 7]).expect("w"),
+            ),
+        )
+        .tensor("target", TensorView::new(&b.tg, &[2, 5]).expect("t"));
+    match run(&Flce, &set, &ParamSet::new()) {
+        Err(Error::Shape { input, got, .. }) => {
+            assert_eq!((input.as_str(), got), ("logits.w", vec![17, 7]))
+        }
+        other => panic!("{other:?}"),
+    }
+    let set = InputSet::new()
+        .head("logits", b.head())
+        .tensor("target", TensorView::new(&b.tg, &[5, 2]).expect("t"));
+    assert!(
+        matches!(run(&Flce, &set, &ParamSet::new()), Err(Error::Shape { input, .. }) if input == "target")
+    );
+}
+
+#[test]
+fn target_outside_the_vocabulary_is_located() {
+    let mut b = batch(2, 5);
+    b.tg[7] = 17;
+    match run(&Flce, &b.flce(), &ParamSet::new()) {
+        Err(Error::TargetOutOfRange {
+            seq: 1,
+            pos: 2,
+            value: 17,
+            vocab: 17,
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    b.tg[7] = -1;
+    assert!(matches!(
+        run(&Flce, &b.flce(), &ParamSet::new()),
+        Err(Error::TargetOutOfRange { value: -1, .. })
+    ));
+}
+
+#[test]
+fn ignore_index_42_is_honoured_and_minus_100_then_refused() {
+    let mut b = batch(2, 5);
+    for x in b.tg.iter_mut().filter(|x| **x == -100) {
+        *x = 42;
+    }
+    b.tg[3] = 42;
+    let opts = RunOptions {
+        ignore_index: 42,
+        ..RunOptions::default()
+    };
+    liger::run(&Flce, &Runtime::cpu(), &b.flce(), &ParamSet::new(), &opts)
+        .expect("42 is the ignore index");
+    // With the default ignore index, 42 is a token id outside V = 17.
+    assert!(matches!(
+        run(&Flce, &b.flce(), &ParamSet::new()),
+        Err(Error::TargetOutOfRange { value: 42, .. })
+    ));
+}
+
+#[test]
+fn odd_sequence_count_for_a_paired_loss() {
+    let b = batch(3, 4);
+    assert!(matches!(
+        run(&Dpo, &b.dpo(), &ParamSet::new()),
+        Err(Error::OddSequenceCount { num_seqs: 3 })
+    ));
+}
+
+#[test]
+fn sequence_without_valid_token_under_seq_mean() {
+    let mut b = batch(2, 4);
+    for r in 4..8 {
+        b.tg[r] = -100;
+    }
+    let params = ParamSet::new().variant("average", "true");
+    assert!(matches!(
+        run(&Dpo, &b.dpo(), &params),
+        Err(Error::EmptySequence { seq: 1 })
+    ));
+    // Summed log-probs allow it.
+    run(&Dpo, &b.dpo(), &ParamSet::new()).expect("seq_sum of no row is 0");
+}
+
+#[test]
+fn non_finite_inputs_are_refused() {
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut b = batch(2, 4);
+        b.x[5] = bad;
+        match run(&Flce, &b.flce(), &ParamSet::new()) {
+            Err(Error::NonFinite {
+                input, index: 5, ..
+            }) => assert_eq!(input, "logits.x"),
+            other => panic!("{other:?}"),
+        }
+        let mut b = batch(2, 4);
+        b.w[3] = bad;
+        assert!(
+            matches!(run(&Flce, &b.flce(), &ParamSet::new()), Err(Error::NonFinite { input, .. }) if input == "logits.w")
+        );
+    }
+}
+
+#[test]
+fn empty_batch_is_refused() {
+    let b = batch(2, 4);
+    let empty: Vec<f32> = Vec::new();
+    let tg: Vec<i64> = Vec::new();
+    let set = InputSet::new()
+        .head(
+            "logits",
+            Head::new(
+                TensorView::new(&empty, &[0, 4, 8]).expect("x"),
+                TensorView::new(&b.w, &[17, 8]).expect("w"),
+            ),
+        )
+        .tensor("target", TensorView::new(&tg, &[0, 4]).expect("t"));
+    assert!(matches!(
+        run(&Flce, &set, &ParamSet::new()),
+        Err(Error::EmptyBatch { .. })
+    ));
+}
+
+#[test]
+fn missing_optional_input_refuses_the_specialisation() {
+    let b = batch(2, 4);
+    let set = InputSet::new()
+        .head("policy", b.head())
+        .tensor("target", TensorView::new(&b.tg, &[2, 4]).expect("t"));
+    match run(&Dpo, &set, &ParamSet::new()) {
+        Err(Error::Refused {
+            input: "ref_logps", ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn missing_required_input_and_unknown_input() {
+    let b = batch(2, 4);
+    let set = InputSet::new().head("logits", b.head());
+    assert!(
+        matches!(run(&Flce, &set, &ParamSet::new()), Err(Error::MissingInput { name, .. }) if name == "target")
+    );
+    let set = b
+        .flce()
+        .tensor("weights", TensorView::new(&b.tg, &[2, 4]).expect("t"));
+    assert!(
+        matches!(run(&Flce, &set, &ParamSet::new()), Err(Error::UnknownInput { name, .. }) if name == "weights")
+    );
+}
+
+#[test]
+fn budget_too_small_says_what_is_needed() {
+    let b = batch(2, 4);
+    let opts = RunOptions {
+        chunk_memory: 1000,
+        ..RunOptions::default()
+    };
+    match liger::run(&Flce, &Runtime::cpu(), &b.flce(), &ParamSet::new(), &opts) {
+        Err(e @ Error::Budget { .. }) => {
+            assert!(e.to_string().contains("raise --chunk-memory"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
