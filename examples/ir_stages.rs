@@ -1,25 +1,25 @@
-//! Prints every IR stage of a `.lir` file: parsed, gradient, simplified gradient.
+//! Prints every IR stage of a `.lir` file: parsed, gradient, simplified gradient, schedule.
 //!
 //! `cargo run --example ir_stages -- liger-ir/tests/losses/dpo.lir`
 use liger::ir;
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let Some(path) = std::env::args().nth(1) else {
         eprintln!("usage: ir_stages FILE.lir");
-        std::process::exit(2);
+        return std::process::ExitCode::from(2);
     };
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("cannot read {path}: {e}");
-            std::process::exit(1);
+            return std::process::ExitCode::from(1);
         }
     };
-    let f = match ir::parse(&text) {
+    let f = match ir::parse(&text).and_then(|f| ir::verify(&f).map(|()| f)) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("{e}");
-            std::process::exit(1);
+            return std::process::ExitCode::from(1);
         }
     };
     println!("{}", ir::print(&f));
@@ -37,7 +37,9 @@ fn main() {
                 f.nodes.len(),
                 ir::print(&s)
             );
+            println!("{}", ir::Schedule::of(&s).render(&s));
         }
         Err(e) => eprintln!("{e}"),
     }
+    std::process::ExitCode::SUCCESS
 }

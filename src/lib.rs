@@ -32,6 +32,9 @@
 
 extern crate self as liger;
 
+#[doc(hidden)]
+pub mod cli;
+pub mod io;
 pub mod loss;
 pub mod losses;
 pub mod params;

@@ -564,14 +564,31 @@ fn factorise(
     Some(out)
 }
 
-impl fmt::Display for Schedule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let list = |v: &[ValueId]| {
-            v.iter()
-                .map(|x| format!("%{}", x.0))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
+impl Schedule {
+    /// The schedule as text, naming values as the printer names them in `f`.
+    pub fn render(&self, f: &LossFn) -> String {
+        let names = crate::text::value_names(f);
+        let mut out = String::new();
+        let _ = self.write(
+            &mut out,
+            &|v: ValueId| names.get(v.index()).cloned().unwrap_or_default(),
+            &|h: InputId| {
+                f.inputs
+                    .get(h.index())
+                    .map(|i| i.name.clone())
+                    .unwrap_or_default()
+            },
+        );
+        out
+    }
+
+    fn write(
+        &self,
+        f: &mut dyn fmt::Write,
+        name: &dyn Fn(ValueId) -> String,
+        head: &dyn Fn(InputId) -> String,
+    ) -> fmt::Result {
+        let list = |v: &[ValueId]| v.iter().map(|x| name(*x)).collect::<Vec<_>>().join(" ");
         writeln!(f, "; schedule")?;
         writeln!(
             f,
@@ -612,8 +629,10 @@ impl fmt::Display for Schedule {
             for x in fs {
                 writeln!(
                     f,
-                    "deferred: d_{} = %{} * %{}",
-                    x.head.0, x.coef.0, x.unit.0
+                    "deferred: d_{} = {} * {}",
+                    head(x.head),
+                    name(x.coef),
+                    name(x.unit)
                 )?;
             }
         }
@@ -647,6 +666,14 @@ impl fmt::Display for Schedule {
             )?;
         }
         Ok(())
+    }
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write(f, &|v: ValueId| format!("%{}", v.0), &|h: InputId| {
+            format!("#{}", h.0)
+        })
     }
 }
 

@@ -4,7 +4,9 @@
 //! - `parse`: the canonical print of the parsed function, or its parse errors inline;
 //! - `verify`: the file with every diagnostic under the line it points at (or `ok`);
 //! - `autodiff`: the unsimplified gradient IR, then the simplified one;
-//! - `simplify`: the simplified function.
+//! - `simplify`: the simplified function;
+//! - `schedule`: the simplified gradient IR and its schedule (stages, row-locality, group,
+//!   deferred factors, candidate strategies).
 //!
 //! Review snapshot changes with `cargo insta review`; never accept them blindly.
 
@@ -45,6 +47,12 @@ fn run(text: &str) -> String {
                 print(&g),
                 print(&s)
             )
+        }
+        "schedule" => {
+            let g =
+                simplify(&differentiate(&f).unwrap_or_else(|e| panic!("autodiff failed:\n{e}")));
+            let sched = liger_ir::Schedule::of(&g);
+            format!("{}\n{}", print(&g), sched.render(&g))
         }
         "simplify" => {
             verify(&f).unwrap_or_else(|e| panic!("does not verify:\n{e}"));

@@ -15,6 +15,7 @@ pub mod error;
 pub mod inputs;
 pub mod output;
 pub mod plan;
+pub mod progress;
 pub mod tensor;
 
 pub use error::Error;
@@ -56,14 +57,17 @@ impl Runtime {
         }
     }
 
-    /// A runtime for `device` (`"cpu"`; `"cuda"` and `"auto"` arrive with the GPU executor).
+    /// A runtime for `device`: `"cpu"` (`"cuda"` and `"auto"` arrive with the GPU executor).
     pub fn for_device(device: &str) -> Result<Self, Error> {
         match device {
-            "cpu" | "auto" => Ok(Self::cpu()),
+            "cpu" => Ok(Self::cpu()),
+            "cuda" | "auto" => Err(Error::Device {
+                device: device.into(),
+                why: "the CUDA executor is not implemented yet; use `--device cpu`".into(),
+            }),
             other => Err(Error::Device {
                 device: other.into(),
-                why: "this build runs on `cpu` only (the CUDA executor is not implemented yet)"
-                    .into(),
+                why: "devices are: cpu".into(),
             }),
         }
     }

@@ -81,17 +81,21 @@ pub fn plan(
         Some(s) => {
             if !sched.candidates.contains(&s) {
                 let names: Vec<&str> = sched.candidates.iter().map(|c| c.name()).collect();
+                let why = match (s, sched.row_local) {
+                    (Strategy::Fused, false) => format!(
+                        "the loss is not row-local: a row's gradient waits for its {}",
+                        sched
+                            .group_level
+                            .map_or("group".to_string(), |l| l.name().to_string())
+                    ),
+                    (Strategy::Deferred, false) => {
+                        "the gradient does not factor as c_row * U".into()
+                    }
+                    _ => "the loss is row-local: it runs fused".into(),
+                };
                 return Err(Error::Schedule {
                     schedule: s.name(),
-                    why: format!(
-                        "it does not apply to this loss{}; applicable: {}",
-                        if sched.row_local {
-                            " (it is row-local)"
-                        } else {
-                            ""
-                        },
-                        names.join(", ")
-                    ),
+                    why: format!("{why}; applicable: {}", names.join(", ")),
                 });
             }
             vec![s]

@@ -26,7 +26,7 @@ mod parse;
 mod print;
 
 pub use parse::{SourceMap, parse, parse_mapped, render_diagnostics};
-pub use print::{canonical_text, print};
+pub use print::{canonical_text, print, value_names};
 
 /// The version line every `.lir` file starts with.
 pub const HEADER: &str = "; liger-ir v1";

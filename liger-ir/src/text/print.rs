@@ -120,6 +120,11 @@ fn write_fn(f: &LossFn, anonymous: bool) -> String {
     out
 }
 
+/// The names the printer gives every node of `f` (input names, `v<n>` for the others).
+pub fn value_names(f: &LossFn) -> Vec<String> {
+    Names::new(f, false).names
+}
+
 /// Prints `f` in the canonical text form, with names and source locations.
 pub fn print(f: &LossFn) -> String {
     write_fn(f, false)

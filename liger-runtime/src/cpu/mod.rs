@@ -420,6 +420,12 @@ pub fn run(
     let read_bwd = sched.heads_read(g, &bwd);
     let grads: Vec<ValueId> = heads.iter().filter_map(|h| h.grad).collect();
     let mut chunks = 0usize;
+    let n_chunks = |c: usize| r.div_ceil(c.max(1));
+    crate::progress::start(match p.strategy {
+        Strategy::Fused => n_chunks(p.chunk_rows),
+        Strategy::TwoPass => 2 * n_chunks(p.chunk_rows),
+        Strategy::GroupAligned | Strategy::Deferred => 0,
+    });
 
     // Helpers over heads.
     let logits_for = |heads: &[HeadRt<'_>],
@@ -490,6 +496,20 @@ pub fn run(
         }
         _ => vec![(0..r).collect()],
     };
+    match p.strategy {
+        Strategy::GroupAligned => crate::progress::start(
+            groups
+                .len()
+                .div_ceil((p.chunk_rows / group_rows.max(1)).max(1)),
+        ),
+        Strategy::Deferred => crate::progress::start(
+            groups
+                .iter()
+                .map(|g| g.len().div_ceil(p.chunk_rows.max(1)))
+                .sum(),
+        ),
+        _ => {}
+    }
 
     match p.strategy {
         Strategy::Fused => {
@@ -499,6 +519,7 @@ pub fn run(
                 ev.run_stream(&fwd, &rows, &mut bufs, &grads)?;
                 apply_grads(&mut heads, &xs, &rows, &bufs);
                 chunks += 1;
+                crate::progress::step();
             }
         }
         Strategy::TwoPass => {
@@ -515,6 +536,7 @@ pub fn run(
                 }
                 ev.run_stream(&fwd, &rows, &mut bufs, &[])?;
                 chunks += 1;
+                crate::progress::step();
             }
             for id in &sched.group {
                 ev.eval_array(*id)?;
@@ -525,6 +547,7 @@ pub fn run(
                 ev.run_stream(&bwd, &rows, &mut bufs, &grads)?;
                 apply_grads(&mut heads, &xs, &rows, &bufs);
                 chunks += 1;
+                crate::progress::step();
             }
         }
         Strategy::GroupAligned => {
@@ -546,6 +569,7 @@ pub fn run(
                 ev.run_stream(&bwd, &rows, &mut bufs, &grads)?;
                 apply_grads(&mut heads, &xs, &rows, &bufs);
                 chunks += 1;
+                crate::progress::step();
             }
         }
         Strategy::Deferred => {
@@ -579,6 +603,7 @@ pub fn run(
                     }
                     offset += rows.len();
                     chunks += 1;
+                    crate::progress::step();
                 }
                 for id in &sched.group_needed {
                     ev.eval_array(*id)?;
