@@ -21,6 +21,7 @@
 
 pub mod builder;
 pub mod diag;
+pub mod emit;
 pub mod func;
 pub mod interp;
 pub mod op;

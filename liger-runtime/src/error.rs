@@ -226,6 +226,22 @@ pub enum Error {
         /// The text.
         value: String,
     },
+    /// A CUDA library that cannot be loaded or used.
+    #[error("CUDA library `{lib}` is not available: {why}")]
+    Cuda {
+        /// Which library.
+        lib: &'static str,
+        /// Why.
+        why: String,
+    },
+    /// NVRTC rejected generated code (a bug in the emitter).
+    #[error("NVRTC could not compile the generated kernels for {arch}:\n{log}")]
+    Compile {
+        /// The target.
+        arch: String,
+        /// NVRTC's log.
+        log: String,
+    },
     /// A device that cannot be used.
     #[error("device `{device}` cannot be used: {why}")]
     Device {

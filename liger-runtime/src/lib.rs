@@ -11,6 +11,7 @@
 //! crate builds and its CPU path runs anywhere.
 
 pub mod cpu;
+pub mod cuda;
 pub mod error;
 pub mod inputs;
 pub mod output;

@@ -1,0 +1,7 @@
+//! CUDA through cudarc with dynamic loading: finding the libraries, NVRTC compilation.
+//!
+//! Nothing here links against CUDA: the libraries are found at run time (see [`libs`]), and a
+//! machine without them gets a typed error, never a panic.
+
+pub mod libs;
+pub mod nvrtc;
