@@ -62,6 +62,119 @@ enum Command {
         #[arg(long, default_value_t = -100, allow_negative_numbers = true)]
         ignore_index: i64,
     },
+    /// Show the IR stages of a built-in loss or a `.lir` file.
+    Ir {
+        #[command(subcommand)]
+        what: IrCommand,
+    },
+    /// Inspect and manage the kernel cache.
+    Cache {
+        #[command(subcommand)]
+        what: CacheCommand,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct Target {
+    /// A built-in loss (`dpo`) or a `.lir` file.
+    target: String,
+    /// A variant or optional-input presence, `name=value` (e.g. `loss_type=Hinge`, `reference=absent`).
+    #[arg(long = "variant", value_name = "NAME=VALUE")]
+    variants: Vec<String>,
+    /// The schedule to emit (default: the first applicable).
+    #[arg(long)]
+    schedule: Option<String>,
+    /// GEMM dtype: bf16, f16 or f32.
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
+}
+
+#[derive(Subcommand)]
+enum IrCommand {
+    /// Parse and verify; print the surface IR.
+    Check(Target),
+    /// The simplified gradient IR.
+    Grad(Target),
+    /// The schedule: stages, row-locality, group, strategies.
+    Schedule(Target),
+    /// The generated CUDA C (no GPU needed).
+    Emit {
+        #[command(flatten)]
+        target: Target,
+        /// Target arch (recorded in the header; the code is arch-independent).
+        #[arg(long, default_value = "sm_90")]
+        arch: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// The cache root.
+    Path,
+    /// Every entry.
+    Ls {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One entry (a unique key prefix is enough).
+    Show {
+        /// The key.
+        key: String,
+        /// Print the surface IR.
+        #[arg(long)]
+        ir: bool,
+        /// Print the gradient IR.
+        #[arg(long)]
+        grad: bool,
+        /// Print the schedule.
+        #[arg(long)]
+        schedule: bool,
+        /// Print the CUDA source.
+        #[arg(long)]
+        cuda: bool,
+        /// Print the PTX (entries compiled to PTX).
+        #[arg(long)]
+        ptx: bool,
+        /// Print meta.json.
+        #[arg(long)]
+        meta: bool,
+    },
+    /// Totals.
+    Stats {
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The key components that differ between two entries.
+    Diff {
+        /// First key.
+        a: String,
+        /// Second key.
+        b: String,
+    },
+    /// Remove every entry.
+    Clear,
+    /// Remove least recently used entries down to a size.
+    Prune {
+        /// The size to keep, e.g. `1GiB`.
+        #[arg(long, default_value = "1GiB")]
+        max_size: String,
+    },
+    /// Compile a loss's kernels into the cache (NVRTC needed, no GPU).
+    Warm {
+        #[command(flatten)]
+        target: Target,
+        /// Target arch.
+        #[arg(long, default_value = "sm_90")]
+        arch: String,
+        /// Vocabulary size of the key.
+        #[arg(long, default_value_t = 128256)]
+        vocab: usize,
+        /// Hidden size of every head in the key.
+        #[arg(long, default_value_t = 4096)]
+        hidden: usize,
+    },
 }
 
 /// Runs the command line with the process arguments.
@@ -79,6 +192,8 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Losses { json } => losses(json),
+        Command::Ir { what } => ir(what),
+        Command::Cache { what } => cache(what),
         Command::Run {
             loss,
             inputs,
@@ -460,6 +575,327 @@ fn run(
         }
         io::write_f32(path, &outs)?;
         println!("  wrote {path}");
+    }
+    Ok(())
+}
+
+fn dtype_of(s: &str) -> Result<liger_ir::emit::GemmDType, Error> {
+    use liger_ir::emit::GemmDType;
+    Ok(match s {
+        "bf16" => GemmDType::BF16,
+        "f16" => GemmDType::F16,
+        "f32" => GemmDType::F32,
+        other => {
+            return Err(Error::BadValue {
+                param: "--dtype".into(),
+                value: other.into(),
+            });
+        }
+    })
+}
+
+fn strategy_of(s: &Option<String>) -> Result<Option<Strategy>, Error> {
+    match s.as_deref() {
+        None | Some("auto") => Ok(None),
+        Some(x) => Strategy::from_name(x)
+            .map(Some)
+            .ok_or_else(|| Error::Schedule {
+                schedule: "?",
+                why: format!("`{x}` is not a schedule (fused, group-aligned, deferred, two-pass)"),
+            }),
+    }
+}
+
+/// The specialisation of a built-in loss the `--variant` flags select (defaults elsewhere;
+/// optional inputs present unless `name=absent`).
+fn select_spec(
+    loss: &dyn ChunkedLoss,
+    variants: &[String],
+) -> Result<&'static crate::SpecInfo, Error> {
+    let mut ps = ParamSet::new();
+    let mut presence: Vec<(String, String)> = Vec::new();
+    for kv in variants {
+        let (k, v) = split_kv(kv)?;
+        match loss.param(k) {
+            Some(p) if p.kind.is_input() && p.optional => {
+                if v != "present" && v != "absent" {
+                    return Err(Error::BadVariant {
+                        param: k.into(),
+                        value: v.into(),
+                        allowed: "present, absent".into(),
+                    });
+                }
+                presence.push((k.into(), v.into()));
+            }
+            _ => ps.set_str(loss, k, v)?,
+        }
+    }
+    let resolved = ps.resolve(loss)?;
+    loss.specialization(&resolved, &|n| {
+        !presence.iter().any(|(k, v)| k == n && v == "absent")
+    })
+}
+
+enum Loaded {
+    Builtin(&'static dyn ChunkedLoss, &'static crate::SpecInfo),
+    File(liger_ir::LossFn),
+}
+
+fn load_target(t: &Target) -> Result<Loaded, Error> {
+    if t.target.ends_with(".lir") {
+        let text = std::fs::read_to_string(&t.target).map_err(|e| Error::File {
+            path: t.target.clone(),
+            why: e.to_string(),
+        })?;
+        let (f, map) = liger_ir::text::parse_mapped(&text).map_err(|d| Error::File {
+            path: t.target.clone(),
+            why: format!(
+                "does not parse:\n{}",
+                liger_ir::text::render_diagnostics(&text, &Default::default(), &d.0)
+            ),
+        })?;
+        liger_ir::verify(&f).map_err(|d| Error::File {
+            path: t.target.clone(),
+            why: format!(
+                "does not verify:\n{}",
+                liger_ir::text::render_diagnostics(&text, &map, &d.0)
+            ),
+        })?;
+        return Ok(Loaded::File(f));
+    }
+    let loss = crate::losses::by_name(&t.target)?;
+    Ok(Loaded::Builtin(loss, select_spec(loss, &t.variants)?))
+}
+
+fn stages_for(t: &Target) -> Result<crate::kernels::Stages, Error> {
+    let dtype = dtype_of(&t.dtype)?;
+    let strategy = strategy_of(&t.schedule)?;
+    match load_target(t)? {
+        Loaded::Builtin(loss, spec) => crate::kernels::stages(loss, spec, strategy, dtype),
+        Loaded::File(f) => {
+            let g = liger_ir::differentiate(&f).map_err(|d| Error::File {
+                path: t.target.clone(),
+                why: d.to_string(),
+            })?;
+            crate::kernels::stages_of(f, liger_ir::simplify(&g), strategy, dtype)
+        }
+    }
+}
+
+fn ir(what: IrCommand) -> Result<(), Error> {
+    match what {
+        IrCommand::Check(t) => {
+            let st = stages_for(&t)?;
+            let f = &st.surface;
+            out(&liger_ir::print(f));
+            out(&format!(
+                "; ok: {} nodes, {} inputs, {} outputs; differentiable; {}\n",
+                f.nodes.len(),
+                f.inputs.len(),
+                f.outputs.len(),
+                if st.schedule.row_local {
+                    "row-local"
+                } else {
+                    "not row-local"
+                }
+            ));
+        }
+        IrCommand::Grad(t) => out(&liger_ir::print(&stages_for(&t)?.grad)),
+        IrCommand::Schedule(t) => {
+            let st = stages_for(&t)?;
+            out(&st.schedule.render(&st.grad));
+        }
+        IrCommand::Emit { target, arch } => {
+            let st = stages_for(&target)?;
+            out(&format!(
+                "// target {arch}, schedule {}\n{}",
+                st.strategy, st.module.source
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn cache(what: CacheCommand) -> Result<(), Error> {
+    use crate::runtime::cache::Cache;
+    let c = Cache::from_env();
+    let root = || {
+        c.root()
+            .map(|r| r.display().to_string())
+            .unwrap_or_else(|| "(off)".into())
+    };
+    match what {
+        CacheCommand::Path => out(&format!("{}\n", root())),
+        CacheCommand::Ls { json } => {
+            let es = c.entries();
+            if json {
+                let v: Vec<serde_json::Value> = es
+                    .iter()
+                    .map(|e| {
+                        let comps: serde_json::Map<String, serde_json::Value> =
+                            e.components.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect();
+                        serde_json::json!({"key": e.key, "arch": e.arch, "bytes": e.bytes, "hits": e.hits, "compile_ms": e.compile_ms, "components": comps})
+                    })
+                    .collect();
+                out(&format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&v).unwrap_or_default()
+                ));
+            } else {
+                let mut s = format!(
+                    "{:<14} {:<7} {:<14} {:<7} {:>8} {:>6} {:>10}\n",
+                    "key", "arch", "schedule", "dtype", "vocab", "hits", "compile"
+                );
+                for e in &es {
+                    let get = |n: &str| {
+                        e.components
+                            .iter()
+                            .find(|(k, _)| k == n)
+                            .map_or("?", |(_, v)| v.as_str())
+                            .to_string()
+                    };
+                    s += &format!(
+                        "{:<14} {:<7} {:<14} {:<7} {:>8} {:>6} {:>8.0}ms\n",
+                        &e.key[..12.min(e.key.len())],
+                        e.arch,
+                        get("schedule"),
+                        get("dtype"),
+                        get("vocab"),
+                        e.hits,
+                        e.compile_ms
+                    );
+                }
+                s += &format!("{} entries in {}\n", es.len(), root());
+                out(&s);
+            }
+        }
+        CacheCommand::Show {
+            key,
+            ir,
+            grad,
+            schedule,
+            cuda,
+            ptx,
+            meta,
+        } => {
+            let e = c.get(&key).ok_or_else(|| Error::File {
+                path: root(),
+                why: format!("no single entry with key prefix `{key}`"),
+            })?;
+            let pick = [
+                (ir, "surface.lir"),
+                (grad, "grad.lir"),
+                (schedule, "schedule.txt"),
+                (cuda, "kernel.cu"),
+                (ptx, "kernel.ptx"),
+                (meta, "meta.json"),
+            ];
+            let mut any = false;
+            for (on, file) in pick {
+                if on {
+                    any = true;
+                    out(&e
+                        .file(file)
+                        .unwrap_or_else(|| format!("(no {file} in this entry)\n")));
+                }
+            }
+            if !any {
+                let mut s = format!("entry {}\n  dir {}\n", e.info.key, e.dir.display());
+                for (k, v) in &e.info.components {
+                    s += &format!("  {k:<15} {v}\n");
+                }
+                s += &format!(
+                    "  hits {}, {} bytes, compiled in {:.0} ms\n",
+                    e.info.hits, e.info.bytes, e.info.compile_ms
+                );
+                out(&s);
+            }
+        }
+        CacheCommand::Stats { json } => {
+            let st = c.stats();
+            if json {
+                out(&format!(
+                    "{}\n",
+                    serde_json::json!({"root": root(), "entries": st.entries, "bytes": st.bytes, "hits": st.hits})
+                ));
+            } else {
+                out(&format!(
+                    "{}: {} entries, {} bytes, {} disk hits\n",
+                    root(),
+                    st.entries,
+                    st.bytes,
+                    st.hits
+                ));
+            }
+        }
+        CacheCommand::Diff { a, b } => {
+            let ea = c.get(&a).ok_or_else(|| Error::File {
+                path: root(),
+                why: format!("no single entry `{a}`"),
+            })?;
+            let eb = c.get(&b).ok_or_else(|| Error::File {
+                path: root(),
+                why: format!("no single entry `{b}`"),
+            })?;
+            let mut s = String::new();
+            for (k, va) in &ea.info.components {
+                let vb = eb
+                    .info
+                    .components
+                    .iter()
+                    .find(|(n, _)| n == k)
+                    .map_or("(absent)", |(_, v)| v.as_str());
+                if va != vb {
+                    s += &format!("{k}: {va} -> {vb}\n");
+                }
+            }
+            if s.is_empty() {
+                s = "no component differs\n".into();
+            }
+            out(&s);
+        }
+        CacheCommand::Clear => out(&format!("removed {} entries\n", c.clear()?)),
+        CacheCommand::Prune { max_size } => {
+            let max = crate::runtime::plan::parse_bytes(&max_size)? as u64;
+            out(&format!("removed {} entries\n", c.prune(max)?));
+        }
+        CacheCommand::Warm {
+            target,
+            arch,
+            vocab,
+            hidden,
+        } => {
+            let Loaded::Builtin(loss, spec) = load_target(&target)? else {
+                return Err(Error::File {
+                    path: target.target.clone(),
+                    why: "warm takes a built-in loss".into(),
+                });
+            };
+            let heads = loss.params().iter().filter(|p| p.kind.is_head()).count();
+            let req = crate::kernels::KernelRequest {
+                strategy: strategy_of(&target.schedule)?,
+                gemm_dtype: dtype_of(&target.dtype)?,
+                vocab,
+                hidden: vec![hidden; heads],
+                arch,
+                ..Default::default()
+            };
+            let start = Instant::now();
+            let k = crate::kernels::compile(loss, spec, &req, &c)?;
+            let origin = match &k.origin {
+                crate::runtime::cache::Origin::Memory => "memory".to_string(),
+                crate::runtime::cache::Origin::Disk => "disk".to_string(),
+                crate::runtime::cache::Origin::Compiled { why } => format!("compiled ({why})"),
+            };
+            out(&format!(
+                "{} [{}] {}: key {} from {origin} in {:.0} ms\n",
+                loss.name(),
+                spec.describe(),
+                k.stages.strategy,
+                k.key.key(),
+                start.elapsed().as_secs_f64() * 1e3
+            ));
+        }
     }
     Ok(())
 }

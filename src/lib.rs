@@ -35,6 +35,7 @@ extern crate self as liger;
 #[doc(hidden)]
 pub mod cli;
 pub mod io;
+pub mod kernels;
 pub mod loss;
 pub mod losses;
 pub mod params;

@@ -10,6 +10,7 @@
 //! The CUDA executor arrives with its issue; CUDA libraries are loaded at run time, so this
 //! crate builds and its CPU path runs anywhere.
 
+pub mod cache;
 pub mod cpu;
 pub mod cuda;
 pub mod error;

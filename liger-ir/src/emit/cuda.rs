@@ -31,6 +31,14 @@ use crate::types::{DType, Level};
 
 const PRELUDE: &str = include_str!("prelude.cu");
 
+/// The emitter's version: bump on any change of the generated code's shape.
+pub const EMITTER_VERSION: &str = "cuda-emitter-1";
+
+/// What identifies the code generator in cache keys: its version and prelude.
+pub fn codegen_fingerprint() -> String {
+    format!("{EMITTER_VERSION}\n{PRELUDE}")
+}
+
 /// The dtype of GEMM inputs (and of `dlogits` written for the backward GEMMs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GemmDType {

@@ -1,0 +1,26 @@
+//! Snapshots of every built-in loss's IR stages (surface → gradient → schedule) and of its
+//! generated CUDA (one specialisation and schedule each, bf16 GEMMs). Source locations are
+//! left out of the surface IR so that editing a loss's comments does not churn them.
+
+use liger::ChunkedLoss;
+use liger::ir::emit::GemmDType;
+
+#[test]
+fn ir_stages_and_cuda_of_every_builtin() {
+    for loss in liger::losses::builtin() {
+        let spec = &loss.specializations()[0];
+        let st = liger::kernels::stages(loss, spec, None, GemmDType::BF16).expect("stages");
+        let mut surface = st.surface.clone();
+        surface.locs.iter_mut().for_each(|l| *l = None);
+        surface.outputs.iter_mut().for_each(|o| o.loc = None);
+        let stages = format!(
+            "; specialisation: {}\n; ---- surface\n{}; ---- gradient\n{}; ---- schedule\n{}",
+            spec.describe(),
+            liger::ir::print(&surface),
+            liger::ir::print(&st.grad),
+            st.schedule.render(&st.grad)
+        );
+        insta::assert_snapshot!(format!("{}_stages", loss.name()), stages);
+        insta::assert_snapshot!(format!("{}_cuda", loss.name()), st.module.source);
+    }
+}
