@@ -326,15 +326,15 @@ impl Cache {
 
 /// `$LIGER_CACHE_DIR`, else `$XDG_CACHE_HOME/liger`, else `~/.cache/liger`.
 pub fn default_root() -> Option<PathBuf> {
-    if let Ok(d) = std::env::var("LIGER_CACHE_DIR") {
-        if !d.is_empty() {
-            return Some(PathBuf::from(d));
-        }
+    if let Ok(d) = std::env::var("LIGER_CACHE_DIR")
+        && !d.is_empty()
+    {
+        return Some(PathBuf::from(d));
     }
-    if let Ok(d) = std::env::var("XDG_CACHE_HOME") {
-        if !d.is_empty() {
-            return Some(PathBuf::from(d).join("liger"));
-        }
+    if let Ok(d) = std::env::var("XDG_CACHE_HOME")
+        && !d.is_empty()
+    {
+        return Some(PathBuf::from(d).join("liger"));
     }
     std::env::var("HOME")
         .ok()
