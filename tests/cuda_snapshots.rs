@@ -2,7 +2,6 @@
 //! generated CUDA (one specialisation and schedule each, bf16 GEMMs). Source locations are
 //! left out of the surface IR so that editing a loss's comments does not churn them.
 
-use liger::ChunkedLoss;
 use liger::ir::emit::GemmDType;
 
 #[test]
