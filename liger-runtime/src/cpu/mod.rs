@@ -9,7 +9,7 @@
 //! report. Inputs may be bf16, f16, f32 or f64; all arithmetic is f32 (reductions accumulate in
 //! f64).
 
-mod eval;
+pub(crate) mod eval;
 mod gemm;
 
 use std::borrow::Cow;
@@ -114,6 +114,127 @@ fn shape_err(input: String, expected: String, got: &[usize]) -> Error {
         expected,
         got: got.to_vec(),
     }
+}
+
+/// Loads every input that is not a head into `ev` (checking shapes, dtypes, token ranges and
+/// finite values).
+fn load_side_inputs(
+    ev: &mut Eval<'_>,
+    g: &LossFn,
+    inputs: &InputSet<'_>,
+    hyper: &BTreeMap<String, f32>,
+    opts: &RunOptions,
+    (s, t, v): (usize, usize, usize),
+) -> Result<(), Error> {
+    let r = s * t;
+    for (k, input) in g.inputs.iter().enumerate() {
+        if input.kind.is_head() {
+            continue;
+        }
+        let name = input.name.as_str();
+        let Some(node) = g.input_node(liger_ir::InputId(k as u32)) else {
+            continue;
+        };
+        if input.kind == InputKind::Param {
+            let x = hyper
+                .get(name)
+                .copied()
+                .ok_or_else(|| Error::MissingHyper { name: name.into() })?;
+            ev.load(node, input.kind, Arr::F(vec![x]));
+            continue;
+        }
+        let tv = match inputs.get(name) {
+            Some(InputValue::Tensor(t)) => t,
+            Some(InputValue::Head(_)) => {
+                return Err(Error::InputKind {
+                    loss: g.name.clone(),
+                    name: name.into(),
+                    kind: input.kind.name(),
+                    want: "a tensor, not a head",
+                });
+            }
+            None => {
+                return Err(Error::MissingInput {
+                    loss: g.name.clone(),
+                    name: name.into(),
+                    kind: input.kind.name(),
+                });
+            }
+        };
+        let want: Vec<usize> = match input.kind {
+            InputKind::Target | InputKind::Tokens | InputKind::RowInput | InputKind::RowMask => {
+                vec![s, t]
+            }
+            InputKind::SeqInput | InputKind::SeqMask => vec![s],
+            InputKind::VocabInput => vec![v],
+            _ => vec![],
+        };
+        let shape_ok = if want.is_empty() {
+            tv.shape().iter().product::<usize>() == 1
+        } else {
+            tv.shape() == want.as_slice()
+        };
+        if !shape_ok {
+            let expected = match input.kind {
+                InputKind::SeqInput | InputKind::SeqMask => format!("[S] = [{s}]"),
+                InputKind::VocabInput => format!("[V] = [{v}]"),
+                InputKind::ScalarInput => "a scalar ([] or [1])".into(),
+                _ => format!("[S,T] = [{s},{t}]"),
+            };
+            return Err(shape_err(name.into(), expected, tv.shape()));
+        }
+        let arr = match input.kind {
+            InputKind::Target | InputKind::Tokens => {
+                let ids: Vec<i64> = match tv.data() {
+                    TensorData::I64(x) => x.to_vec(),
+                    TensorData::I32(x) => x.iter().map(|&v| i64::from(v)).collect(),
+                    _ => {
+                        return Err(Error::InputDType {
+                            input: name.into(),
+                            expected: "token ids (i64 or i32)",
+                            got: tv.dtype(),
+                        });
+                    }
+                };
+                let mut out = Vec::with_capacity(r);
+                for (i, &id) in ids.iter().enumerate() {
+                    if input.kind == InputKind::Target && id == opts.ignore_index {
+                        out.push(None);
+                    } else if id < 0 || id as u64 >= v as u64 {
+                        return Err(Error::TargetOutOfRange {
+                            input: name.into(),
+                            seq: i / t,
+                            pos: i % t,
+                            value: id,
+                            vocab: v,
+                            ignore_index: opts.ignore_index,
+                        });
+                    } else {
+                        out.push(Some(id as u32));
+                    }
+                }
+                Arr::I(out)
+            }
+            InputKind::RowMask | InputKind::SeqMask => Arr::B(match tv.data() {
+                TensorData::Bool(x) => x.to_vec(),
+                TensorData::I64(x) => x.iter().map(|&v| v != 0).collect(),
+                TensorData::I32(x) => x.iter().map(|&v| v != 0).collect(),
+                _ => {
+                    return Err(Error::InputDType {
+                        input: name.into(),
+                        expected: "a mask (bool, or 0/1 integers)",
+                        got: tv.dtype(),
+                    });
+                }
+            }),
+            _ => {
+                check_finite(name, tv.data())?;
+                Arr::F(to_f32(name, tv)?)
+            }
+        };
+        ev.load(node, input.kind, arr);
+    }
+    Ok(())
 }
 
 /// Runs the gradient IR `g` on the CPU.
@@ -241,113 +362,7 @@ pub fn run(
 
     // Other inputs.
     let mut ev = Eval::new(g, s, t, v);
-    for (k, input) in g.inputs.iter().enumerate() {
-        if input.kind.is_head() {
-            continue;
-        }
-        let name = input.name.as_str();
-        let Some(node) = g.input_node(liger_ir::InputId(k as u32)) else {
-            continue;
-        };
-        if input.kind == InputKind::Param {
-            let x = hyper
-                .get(name)
-                .copied()
-                .ok_or_else(|| Error::MissingHyper { name: name.into() })?;
-            ev.load(node, input.kind, Arr::F(vec![x]));
-            continue;
-        }
-        let tv = match inputs.get(name) {
-            Some(InputValue::Tensor(t)) => t,
-            Some(InputValue::Head(_)) => {
-                return Err(Error::InputKind {
-                    loss: loss_name.clone(),
-                    name: name.into(),
-                    kind: input.kind.name(),
-                    want: "a tensor, not a head",
-                });
-            }
-            None => {
-                return Err(Error::MissingInput {
-                    loss: loss_name.clone(),
-                    name: name.into(),
-                    kind: input.kind.name(),
-                });
-            }
-        };
-        let want: Vec<usize> = match input.kind {
-            InputKind::Target | InputKind::Tokens | InputKind::RowInput | InputKind::RowMask => {
-                vec![s, t]
-            }
-            InputKind::SeqInput | InputKind::SeqMask => vec![s],
-            InputKind::VocabInput => vec![v],
-            _ => vec![],
-        };
-        let shape_ok = if want.is_empty() {
-            tv.shape().iter().product::<usize>() == 1
-        } else {
-            tv.shape() == want.as_slice()
-        };
-        if !shape_ok {
-            let expected = match input.kind {
-                InputKind::SeqInput | InputKind::SeqMask => format!("[S] = [{s}]"),
-                InputKind::VocabInput => format!("[V] = [{v}]"),
-                InputKind::ScalarInput => "a scalar ([] or [1])".into(),
-                _ => format!("[S,T] = [{s},{t}]"),
-            };
-            return Err(shape_err(name.into(), expected, tv.shape()));
-        }
-        let arr = match input.kind {
-            InputKind::Target | InputKind::Tokens => {
-                let ids: Vec<i64> = match tv.data() {
-                    TensorData::I64(x) => x.to_vec(),
-                    TensorData::I32(x) => x.iter().map(|&v| i64::from(v)).collect(),
-                    _ => {
-                        return Err(Error::InputDType {
-                            input: name.into(),
-                            expected: "token ids (i64 or i32)",
-                            got: tv.dtype(),
-                        });
-                    }
-                };
-                let mut out = Vec::with_capacity(r);
-                for (i, &id) in ids.iter().enumerate() {
-                    if input.kind == InputKind::Target && id == opts.ignore_index {
-                        out.push(None);
-                    } else if id < 0 || id as u64 >= v as u64 {
-                        return Err(Error::TargetOutOfRange {
-                            input: name.into(),
-                            seq: i / t,
-                            pos: i % t,
-                            value: id,
-                            vocab: v,
-                            ignore_index: opts.ignore_index,
-                        });
-                    } else {
-                        out.push(Some(id as u32));
-                    }
-                }
-                Arr::I(out)
-            }
-            InputKind::RowMask | InputKind::SeqMask => Arr::B(match tv.data() {
-                TensorData::Bool(x) => x.to_vec(),
-                TensorData::I64(x) => x.iter().map(|&v| v != 0).collect(),
-                TensorData::I32(x) => x.iter().map(|&v| v != 0).collect(),
-                _ => {
-                    return Err(Error::InputDType {
-                        input: name.into(),
-                        expected: "a mask (bool, or 0/1 integers)",
-                        got: tv.dtype(),
-                    });
-                }
-            }),
-            _ => {
-                check_finite(name, tv.data())?;
-                Arr::F(to_f32(name, tv)?)
-            }
-        };
-        ev.load(node, input.kind, arr);
-    }
+    load_side_inputs(&mut ev, g, inputs, hyper, opts, (s, t, v))?;
     for (name, _) in inputs.names().map(|n| (n, ())) {
         if g.input_by_name(name).is_none() {
             let known: Vec<&str> = g
@@ -708,4 +723,128 @@ fn h_index(g: &LossFn, node: ValueId) -> u32 {
         liger_ir::Op::Input(id) => id.0,
         _ => u32::MAX,
     }
+}
+
+/// Row values and vocab outputs of the vocab streams, for comparing executors.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StreamsOut {
+    /// Row-level stream values, by node id, `[S·T]`.
+    pub rows: BTreeMap<u32, Vec<f32>>,
+    /// Vocab outputs (gradients, or deferred units) by head input index, `[S·T, V]`.
+    pub outs: BTreeMap<usize, Vec<f32>>,
+    /// Every non-head input as loaded (f32, masks as 0/1, indices with -1 for invalid rows),
+    /// by node id, for uploading to another executor.
+    pub inputs: Vec<(u32, HostArray)>,
+}
+
+/// A host array of a non-head input.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HostArray {
+    /// Floats (and masks as 0/1).
+    F(Vec<f32>),
+    /// Indices, -1 for an invalid row.
+    I(Vec<i32>),
+}
+
+/// Runs the vocab streams of `strategy` on given logits (one chunk holding every row, no
+/// GEMMs): the CPU side of kernel tests. `logits` maps a head's input index to `[S·T, V]`.
+pub fn streams_on_logits(
+    g: &LossFn,
+    inputs: &InputSet<'_>,
+    hyper: &BTreeMap<String, f32>,
+    opts: &RunOptions,
+    logits: &BTreeMap<usize, Vec<f32>>,
+    (s, t, v): (usize, usize, usize),
+    strategy: Strategy,
+) -> Result<StreamsOut, Error> {
+    let sched = Schedule::of(g);
+    let mut ev = Eval::new(g, s, t, v);
+    load_side_inputs(&mut ev, g, inputs, hyper, opts, (s, t, v))?;
+    let mut out = StreamsOut::default();
+    for (k, input) in g.inputs.iter().enumerate() {
+        if input.kind.is_head() {
+            continue;
+        }
+        let Some(node) = g.input_node(liger_ir::InputId(k as u32)) else {
+            continue;
+        };
+        if let Some(a) = &ev.vals[node.index()] {
+            out.inputs.push((
+                node.0,
+                match a {
+                    Arr::F(x) => HostArray::F(x.clone()),
+                    Arr::B(x) => {
+                        HostArray::F(x.iter().map(|&b| if b { 1.0 } else { 0.0 }).collect())
+                    }
+                    Arr::I(x) => {
+                        HostArray::I(x.iter().map(|i| i.map_or(-1, |u| u as i32)).collect())
+                    }
+                },
+            ));
+        }
+    }
+    for id in &sched.pre {
+        ev.eval_array(*id)?;
+    }
+    let rows: Vec<usize> = (0..s * t).collect();
+    let mut bufs = HashMap::new();
+    for h in &sched.heads {
+        if let Some(z) = logits.get(&h.input.index()) {
+            bufs.insert(h.node.index(), VBuf::F(z.clone()));
+        }
+    }
+    let fwd = sched.forward_program(g, strategy);
+    let bwd = sched.backward_program(g, strategy);
+    let grads: Vec<(usize, ValueId)> = sched
+        .heads
+        .iter()
+        .filter_map(|h| h.grad.map(|x| (h.input.index(), x)))
+        .collect();
+    let units: Vec<(usize, ValueId)> = sched
+        .factors
+        .iter()
+        .flatten()
+        .map(|f| (f.head.index(), f.unit))
+        .collect();
+    let keep: Vec<ValueId> = match strategy {
+        Strategy::Fused => grads.iter().map(|x| x.1).collect(),
+        Strategy::Deferred => units.iter().map(|x| x.1).collect(),
+        _ => Vec::new(),
+    };
+    ev.run_stream(&fwd, &rows, &mut bufs, &keep)?;
+    let wanted: Vec<(usize, ValueId)> = match strategy {
+        Strategy::Fused => grads.clone(),
+        Strategy::Deferred => units,
+        Strategy::GroupAligned | Strategy::TwoPass => {
+            for id in &sched.group_needed {
+                ev.eval_array(*id)?;
+            }
+            if strategy == Strategy::TwoPass {
+                for id in &sched.group {
+                    ev.eval_array(*id)?;
+                }
+            }
+            ev.run_stream(
+                &bwd,
+                &rows,
+                &mut bufs,
+                &grads.iter().map(|x| x.1).collect::<Vec<_>>(),
+            )?;
+            grads
+        }
+    };
+    for (slot, id) in wanted {
+        if let Some(VBuf::F(x)) = bufs.get(&id.index()) {
+            out.outs.insert(slot, x.clone());
+        }
+    }
+    for id in fwd
+        .iter()
+        .filter(|x| g.ty(**x).level == Level::Row && g.ty(**x).dtype == liger_ir::DType::F32)
+    {
+        if let Some(Arr::F(x)) = &ev.vals[id.index()] {
+            out.rows.insert(id.0, x.clone());
+        }
+    }
+    Ok(out)
 }

@@ -112,6 +112,11 @@ fn preload(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Preloads a library by path (see the module docs).
+pub fn preload_path(path: &Path) -> Result<(), String> {
+    preload(path)
+}
+
 /// NVRTC as found: library path and version.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Nvrtc {

@@ -3,5 +3,6 @@
 //! Nothing here links against CUDA: the libraries are found at run time (see [`libs`]), and a
 //! machine without them gets a typed error, never a panic.
 
+pub mod device;
 pub mod libs;
 pub mod nvrtc;

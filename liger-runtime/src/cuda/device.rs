@@ -1,0 +1,264 @@
+//! A CUDA device through cudarc: context, stream, module loading, and running the generated
+//! stream kernels on given logits (the GPU side of kernel tests, and the building block of the
+//! GPU executor).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaContext, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+};
+use liger_ir::emit::{GemmDType, KernelInfo, KernelKind};
+use liger_ir::{DType, InputKind, Level, LossFn, Op, Strategy};
+
+use crate::Error;
+use crate::cache::Binary;
+use crate::cpu::{HostArray, StreamsOut};
+
+fn derr(e: impl std::fmt::Debug) -> Error {
+    Error::Cuda {
+        lib: "cuda",
+        why: format!("{e:?}"),
+    }
+}
+
+/// A GPU: its context and a stream.
+pub struct Gpu {
+    /// The context.
+    pub ctx: Arc<CudaContext>,
+    /// The stream kernels run on.
+    pub stream: Arc<CudaStream>,
+}
+
+impl Gpu {
+    /// Opens device `ordinal`; a machine without libcuda or without a device gets an error.
+    pub fn new(ordinal: usize) -> Result<Gpu, Error> {
+        // SAFETY: only tries to open the library by name.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            let lib =
+                crate::cuda::libs::find(&["libcuda.so.1", "libcuda.so"]).ok_or_else(|| {
+                    Error::Cuda {
+                        lib: "cuda",
+                        why: "libcuda.so.1 was not found: no NVIDIA driver on this machine".into(),
+                    }
+                })?;
+            crate::cuda::libs::preload_path(&lib)
+                .map_err(|why| Error::Cuda { lib: "cuda", why })?;
+        }
+        let n = CudaContext::device_count().map_err(derr)?;
+        if n as usize <= ordinal {
+            return Err(Error::Cuda {
+                lib: "cuda",
+                why: format!("no device {ordinal} ({n} devices)"),
+            });
+        }
+        let ctx = CudaContext::new(ordinal).map_err(derr)?;
+        let stream = ctx.default_stream();
+        Ok(Gpu { ctx, stream })
+    }
+
+    /// `sm_XY` of the device.
+    pub fn arch(&self) -> Result<String, Error> {
+        let (a, b) = self.ctx.compute_capability().map_err(derr)?;
+        Ok(format!("sm_{a}{b}"))
+    }
+
+    /// The device's name.
+    pub fn name(&self) -> String {
+        self.ctx.name().unwrap_or_default()
+    }
+
+    /// Loads a compiled module.
+    pub fn load(&self, b: &Binary) -> Result<Arc<CudaModule>, Error> {
+        let ptx = if b.is_ptx {
+            cudarc::nvrtc::Ptx::from_src(String::from_utf8_lossy(&b.bytes).into_owned())
+        } else {
+            cudarc::nvrtc::Ptx::from_binary(b.bytes.clone())
+        };
+        self.ctx.load_module(ptx).map_err(derr)
+    }
+}
+
+fn ptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
+    let (p, _sync) = s.device_ptr(stream);
+    p
+}
+
+/// Runs the stream kernels of `strategy` on the GPU with the inputs of `host` (from
+/// [`crate::cpu::streams_on_logits`]) and the given logits; returns the same row values and
+/// vocab outputs.
+#[allow(clippy::too_many_arguments)]
+pub fn streams_on_gpu(
+    gpu: &Gpu,
+    module: &Arc<CudaModule>,
+    kernels: &[KernelInfo],
+    g: &LossFn,
+    strategy: Strategy,
+    dtype: GemmDType,
+    host: &StreamsOut,
+    logits: &BTreeMap<usize, Vec<f32>>,
+    (s, t, v): (usize, usize, usize),
+) -> Result<StreamsOut, Error> {
+    let st = &gpu.stream;
+    let r = s * t;
+    let count = |l: Level| match l {
+        Level::Vocab => v,
+        Level::Row => r,
+        Level::Seq => s,
+        Level::Pair => (s / 2).max(1),
+        Level::Batch => 1,
+    };
+    // One 4-byte array per non-vocab node (and vocab inputs).
+    let mut bufs: Vec<Option<CudaSlice<u32>>> = Vec::with_capacity(g.nodes.len());
+    for (i, node) in g.nodes.iter().enumerate() {
+        let is_vocab_input =
+            matches!(node.op, Op::Input(id) if g.inputs[id.index()].kind == InputKind::VocabInput);
+        if node.ty.level == Level::Vocab && !is_vocab_input {
+            bufs.push(None);
+            continue;
+        }
+        let host_in = host.inputs.iter().find(|(n, _)| *n as usize == i);
+        let data: Vec<u32> = match host_in {
+            Some((_, HostArray::F(x))) => x.iter().map(|f| f.to_bits()).collect(),
+            Some((_, HostArray::I(x))) => x.iter().map(|&k| k as u32).collect(),
+            None => vec![0; count(node.ty.level)],
+        };
+        bufs.push(Some(st.clone_htod(&data).map_err(derr)?));
+    }
+    let table: Vec<u64> = bufs
+        .iter()
+        .map(|b| b.as_ref().map_or(0, |b| ptr(b, st)))
+        .collect();
+    let table_d = st.clone_htod(&table).map_err(derr)?;
+    let mut zbufs = Vec::new();
+    let mut ztable = vec![0u64; g.inputs.len().max(1)];
+    for (k, z) in logits {
+        let d = st.clone_htod(z).map_err(derr)?;
+        ztable[*k] = ptr(&d, st);
+        zbufs.push(d);
+    }
+    let ztable_d = st.clone_htod(&ztable).map_err(derr)?;
+    let elem = if dtype == GemmDType::F32 { 4 } else { 2 };
+    let mut obufs: BTreeMap<usize, CudaSlice<u8>> = BTreeMap::new();
+    let mut otable = vec![0u64; g.inputs.len().max(1)];
+    let out_heads: Vec<usize> = match strategy {
+        Strategy::Deferred => g
+            .inputs
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.kind == InputKind::Logits)
+            .map(|(k, _)| k)
+            .collect(),
+        _ => g.grads().map(|(h, _)| h.index()).collect(),
+    };
+    for k in out_heads {
+        let d: CudaSlice<u8> = st.alloc_zeros(r * v * elem).map_err(derr)?;
+        otable[k] = ptr(&d, st);
+        obufs.insert(k, d);
+    }
+    let otable_d = st.clone_htod(&otable).map_err(derr)?;
+    let status: CudaSlice<i32> = st.clone_htod(&[0i32, -1, 0, 0]).map_err(derr)?;
+    let (si, ti, vi, ri) = (s as i32, t as i32, v as i32, r as i32);
+    let (zero, ld, ldo, null) = (0i32, v as i64, v as i64, 0u64);
+    let single = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let per_row = LaunchConfig {
+        grid_dim: (r as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let f = |kind: KernelKind| -> Result<cudarc::driver::CudaFunction, Error> {
+        let k = kernels
+            .iter()
+            .find(|k| k.kind == kind)
+            .ok_or_else(|| Error::Cuda {
+                lib: "cuda",
+                why: format!("no {kind:?} kernel in the module"),
+            })?;
+        module.load_function(&k.name).map_err(derr)
+    };
+    let array = |kind: KernelKind| -> Result<(), Error> {
+        let func = f(kind)?;
+        let mut b = st.launch_builder(&func);
+        b.arg(&table_d).arg(&si).arg(&ti).arg(&vi).arg(&status);
+        // SAFETY: the argument list matches the emitted signature (vals, S, T, V, status);
+        // every array the kernel indexes was allocated above with its level's element count.
+        unsafe { b.launch(single) }.map_err(derr)?;
+        Ok(())
+    };
+    let stream_k = |kind: KernelKind| -> Result<(), Error> {
+        let func = f(kind)?;
+        let mut b = st.launch_builder(&func);
+        b.arg(&table_d)
+            .arg(&ztable_d)
+            .arg(&null)
+            .arg(&zero)
+            .arg(&ri)
+            .arg(&si)
+            .arg(&ti)
+            .arg(&vi)
+            .arg(&ld)
+            .arg(&otable_d)
+            .arg(&ldo);
+        // SAFETY: the arguments match the emitted stream signature; logits and outputs hold
+        // `r` rows of `v` entries with row stride `v`, and every row index is < r.
+        unsafe { b.launch(per_row) }.map_err(derr)?;
+        Ok(())
+    };
+    array(KernelKind::Pre)?;
+    match strategy {
+        Strategy::Fused => stream_k(KernelKind::Fused)?,
+        Strategy::Deferred => stream_k(KernelKind::Unit)?,
+        Strategy::GroupAligned => {
+            stream_k(KernelKind::Forward)?;
+            array(KernelKind::GroupNeeded)?;
+            stream_k(KernelKind::Backward)?;
+        }
+        Strategy::TwoPass => {
+            stream_k(KernelKind::Forward)?;
+            array(KernelKind::Group)?;
+            stream_k(KernelKind::Backward)?;
+        }
+    }
+    st.synchronize().map_err(derr)?;
+    let stat = st.clone_dtoh(&status).map_err(derr)?;
+    if stat[0] != 0 {
+        return Err(Error::EmptySequence {
+            seq: stat[1].max(0) as usize,
+        });
+    }
+    let mut out = StreamsOut::default();
+    for (k, d) in &obufs {
+        let bytes = st.clone_dtoh(d).map_err(derr)?;
+        let vals: Vec<f32> = match dtype {
+            GemmDType::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            GemmDType::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+                .collect(),
+            GemmDType::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+                .collect(),
+        };
+        out.outs.insert(*k, vals);
+    }
+    for id in host.rows.keys() {
+        let node = g.node(liger_ir::ValueId(*id));
+        if node.ty.dtype != DType::F32 {
+            continue;
+        }
+        if let Some(b) = &bufs[*id as usize] {
+            let raw = st.clone_dtoh(b).map_err(derr)?;
+            out.rows
+                .insert(*id, raw.into_iter().map(f32::from_bits).collect());
+        }
+    }
+    Ok(out)
+}

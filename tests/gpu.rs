@@ -1,0 +1,261 @@
+//! GPU tests (run on the GPU machine with `bash .gpu/run.sh`): every built-in loss's generated
+//! vocab-stream kernels on random device logits and targets, V = 123, 32003 and 128256,
+//! against the CPU executor's row statistics and `dlogits` (fp32: `|a-b| <= 1e-6 + 1e-5 |b|`;
+//! bf16: within one bf16 ulp of the correctly rounded CPU value); and a second process start
+//! that hits the disk cache without calling NVRTC.
+//!
+//! Without a GPU every test prints why and passes, unless `LIGER_REQUIRE_GPU=1` (set by
+//! `run.sh`), which makes a missing GPU a failure.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use liger::ir::emit::GemmDType;
+use liger::kernels::{KernelRequest, compile};
+use liger::runtime::cache::{Cache, Mode, Origin};
+use liger::runtime::cpu::streams_on_logits;
+use liger::runtime::cuda::device::{Gpu, streams_on_gpu};
+use liger::{InputSet, ParamSet, RunOptions, TensorView};
+
+fn gpu_or_skip() -> Option<Gpu> {
+    match Gpu::new(0) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            assert!(
+                std::env::var("LIGER_REQUIRE_GPU").map_or(true, |v| v != "1"),
+                "a GPU is required (LIGER_REQUIRE_GPU=1): {e}"
+            );
+            eprintln!("skipping: no GPU: {e}");
+            None
+        }
+    }
+}
+
+fn bf16_ulp(x: f32) -> f32 {
+    let b = half::bf16::from_f32(x);
+    let next = half::bf16::from_bits(b.to_bits().wrapping_add(1)).to_f32();
+    (next - b.to_f32()).abs().max(1e-12)
+}
+
+fn normal(rng: &mut fastrand::Rng, sd: f32) -> f32 {
+    ((0..4).map(|_| rng.f32()).sum::<f32>() - 2.0) * sd * 3f32.sqrt()
+}
+
+#[test]
+fn gpu_stream_kernels_match_the_cpu_executor() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let arch = gpu.arch().expect("arch");
+    eprintln!("device {} ({arch})", gpu.name());
+    let root = std::env::temp_dir().join(format!("liger-gpu-kernels-{}", std::process::id()));
+    let cache = Cache::open(Some(root.clone()), Mode::ReadWrite);
+    let (s, t) = (4usize, 3usize);
+    let mut failures = Vec::new();
+    let mut checked = 0usize;
+    for loss in liger::losses::builtin() {
+        let spec = &loss.specializations()[0];
+        let resolved = ParamSet::new().resolve(loss).expect("defaults");
+        let hyper: BTreeMap<String, f32> =
+            resolved.floats().map(|(k, v)| (k.to_string(), v)).collect();
+        let stages = liger::kernels::stages(loss, spec, None, GemmDType::BF16).expect("stages");
+        let g = stages.grad.clone();
+        for &v in &[123usize, 32003, 128256] {
+            let mut rng = fastrand::Rng::with_seed(v as u64);
+            let target: Vec<i64> = (0..s * t)
+                .map(|i| {
+                    if i % t == 2 && i > 3 {
+                        -100
+                    } else {
+                        rng.usize(0..v) as i64
+                    }
+                })
+                .collect();
+            let seq: Vec<f32> = (0..s).map(|_| normal(&mut rng, 5.0)).collect();
+            let mut set =
+                InputSet::new().tensor("target", TensorView::new(&target, &[s, t]).expect("t"));
+            if g.input_by_name("ref_logps").is_some() {
+                set = set.tensor("ref_logps", TensorView::new(&seq, &[s]).expect("seq"));
+            }
+            let mut logits = BTreeMap::new();
+            for (k, input) in g.inputs.iter().enumerate() {
+                if input.kind.is_head() {
+                    logits.insert(
+                        k,
+                        (0..s * t * v)
+                            .map(|_| normal(&mut rng, 2.0))
+                            .collect::<Vec<f32>>(),
+                    );
+                }
+            }
+            for &strategy in &stages.schedule.candidates {
+                for dtype in [GemmDType::BF16, GemmDType::F32] {
+                    if dtype == GemmDType::F32 && v != 123 {
+                        continue;
+                    }
+                    let req = KernelRequest {
+                        strategy: Some(strategy),
+                        gemm_dtype: dtype,
+                        vocab: v,
+                        hidden: vec![64; 2],
+                        arch: arch.clone(),
+                        ..KernelRequest::default()
+                    };
+                    let k = compile(loss, spec, &req, &cache).expect("compiles");
+                    let module = gpu.load(&k.binary).expect("loads");
+                    let opts = RunOptions::default();
+                    let cpu =
+                        streams_on_logits(&g, &set, &hyper, &opts, &logits, (s, t, v), strategy)
+                            .expect("cpu streams");
+                    let dev = streams_on_gpu(
+                        &gpu,
+                        &module,
+                        &k.stages.module.kernels,
+                        &g,
+                        strategy,
+                        dtype,
+                        &cpu,
+                        &logits,
+                        (s, t, v),
+                    )
+                    .expect("gpu streams");
+                    let what = format!("{} {strategy} {} V={v}", loss.name(), dtype.name());
+                    for (id, want) in &cpu.rows {
+                        let got = &dev.rows[id];
+                        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+                            if (a - b).abs() > 1e-6 + 1e-5 * b.abs() {
+                                failures.push(format!(
+                                    "{what}: row value {id}[{i}] = {a} on the GPU, {b} on the CPU"
+                                ));
+                                break;
+                            }
+                        }
+                        checked += got.len();
+                    }
+                    assert_eq!(
+                        cpu.outs.keys().collect::<Vec<_>>(),
+                        dev.outs.keys().collect::<Vec<_>>(),
+                        "{what}"
+                    );
+                    for (h, want) in &cpu.outs {
+                        let got = &dev.outs[h];
+                        let mut bad = 0usize;
+                        let mut first = String::new();
+                        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+                            let ok = match dtype {
+                                GemmDType::F32 => (a - b).abs() <= 1e-6 + 1e-5 * b.abs(),
+                                _ => {
+                                    let rounded = half::bf16::from_f32(*b).to_f32();
+                                    (a - rounded).abs() <= bf16_ulp(rounded)
+                                }
+                            };
+                            if !ok {
+                                bad += 1;
+                                if first.is_empty() {
+                                    first = format!("[{i}] gpu {a} cpu {b}");
+                                }
+                            }
+                        }
+                        checked += got.len();
+                        if bad > 0 {
+                            failures.push(format!(
+                                "{what}: {bad} of {} dlogits entries differ, first {first}",
+                                got.len()
+                            ));
+                        }
+                    }
+                    eprintln!(
+                        "ok {what}: {} row values, {} vocab entries",
+                        cpu.rows.values().map(Vec::len).sum::<usize>(),
+                        cpu.outs.values().map(Vec::len).sum::<usize>()
+                    );
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(checked > 1_000_000, "only {checked} values compared");
+}
+
+/// Compiles every built-in loss into the cache at `$LIGER_GPU_CACHE_DIR` (or a temporary
+/// directory), loads each module on the GPU and reports where it came from and how long it
+/// took. The disk-cache test runs this test twice, as two processes.
+#[test]
+fn gpu_cache_fill_and_load() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let arch = gpu.arch().expect("arch");
+    let root = std::env::var("LIGER_GPU_CACHE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::env::temp_dir().join(format!("liger-gpu-fill-{}", std::process::id()))
+        });
+    let cache = Cache::open(Some(root), Mode::ReadWrite);
+    for loss in liger::losses::builtin() {
+        let spec = &loss.specializations()[0];
+        let req = KernelRequest {
+            arch: arch.clone(),
+            ..KernelRequest::default()
+        };
+        let start = Instant::now();
+        let k = compile(loss, spec, &req, &cache).expect("compiles");
+        let module = gpu.load(&k.binary).expect("loads");
+        for kern in &k.stages.module.kernels {
+            module.load_function(&kern.name).expect("kernel present");
+        }
+        let origin = match &k.origin {
+            Origin::Memory => "memory",
+            Origin::Disk => "disk",
+            Origin::Compiled { .. } => "nvrtc",
+        };
+        println!(
+            "CACHE {} {origin} {:.1} ms",
+            loss.name(),
+            start.elapsed().as_secs_f64() * 1e3
+        );
+    }
+}
+
+#[test]
+fn gpu_second_process_hits_the_disk_cache_without_nvrtc() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("liger-gpu-second-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let exe = std::env::current_exe().expect("test binary");
+    let run = || {
+        let out = std::process::Command::new(&exe)
+            .args([
+                "--exact",
+                "gpu_cache_fill_and_load",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("LIGER_GPU_CACHE_DIR", &dir)
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("CACHE "))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let first = run();
+    let second = run();
+    eprintln!(
+        "cold start:\n{}\nsecond process:\n{}",
+        first.join("\n"),
+        second.join("\n")
+    );
+    assert_eq!(first.len(), 3);
+    assert!(first.iter().all(|l| l.contains(" nvrtc ")), "{first:?}");
+    assert!(
+        second.iter().all(|l| l.contains(" disk ")),
+        "the second process compiled again: {second:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
