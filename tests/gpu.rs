@@ -238,10 +238,10 @@ fn gpu_second_process_hits_the_disk_cache_without_nvrtc() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // libtest prints `test name ... ` without a newline before the test's own output.
         String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter(|l| l.starts_with("CACHE "))
-            .map(str::to_string)
+            .filter_map(|l| l.find("CACHE ").map(|i| l[i..].to_string()))
             .collect::<Vec<_>>()
     };
     let first = run();
