@@ -57,6 +57,26 @@ impl Gpu {
         Ok(Gpu { ctx, stream })
     }
 
+    /// A GPU running on a stream the caller owns (kernels are queued on it; nothing else in
+    /// the process synchronises it).
+    pub fn from_stream(stream: Arc<CudaStream>) -> Gpu {
+        Gpu {
+            ctx: stream.context().clone(),
+            stream,
+        }
+    }
+
+    /// The driver's CUDA version, `(major, minor)`.
+    pub fn driver_version(&self) -> Result<(i32, i32), Error> {
+        let mut v = 0i32;
+        // SAFETY: the driver library is loaded (a context exists); `v` is a valid out-pointer.
+        let rc = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
+        if rc != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+            return Err(derr(rc));
+        }
+        Ok((v / 1000, (v % 1000) / 10))
+    }
+
     /// `sm_XY` of the device.
     pub fn arch(&self) -> Result<String, Error> {
         let (a, b) = self.ctx.compute_capability().map_err(derr)?;
@@ -68,8 +88,13 @@ impl Gpu {
         self.ctx.name().unwrap_or_default()
     }
 
-    /// Loads a compiled module.
+    /// Loads a compiled module (PTX newer than the driver accepts is refused, not JIT-failed).
     pub fn load(&self, b: &Binary) -> Result<Arc<CudaModule>, Error> {
+        if b.is_ptx {
+            let driver = self.driver_version()?;
+            ptx_fits_driver(&String::from_utf8_lossy(&b.bytes), driver)
+                .map_err(|why| Error::Cuda { lib: "cuda", why })?;
+        }
         let ptx = if b.is_ptx {
             cudarc::nvrtc::Ptx::from_src(String::from_utf8_lossy(&b.bytes).into_owned())
         } else {
@@ -77,6 +102,42 @@ impl Gpu {
         };
         self.ctx.load_module(ptx).map_err(derr)
     }
+}
+
+/// The newest PTX ISA a driver of CUDA version `(major, minor)` JITs.
+pub fn max_ptx_isa((major, minor): (i32, i32)) -> (i32, i32) {
+    match major {
+        m if m >= 13 => (9, minor),
+        12 => (
+            8,
+            match minor {
+                0..=5 => minor,
+                6 | 7 => 5,
+                8 => 7,
+                _ => 8,
+            },
+        ),
+        11 => (7, minor.min(8)),
+        _ => (6, 0),
+    }
+}
+
+/// Checks the `.version` of a PTX text against a driver: an error names both.
+pub fn ptx_fits_driver(ptx: &str, driver: (i32, i32)) -> Result<(), String> {
+    let v = ptx
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(".version "))
+        .ok_or("the PTX has no .version line")?;
+    let mut it = v.trim().split('.').map(|x| x.parse::<i32>().unwrap_or(0));
+    let have = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    let max = max_ptx_isa(driver);
+    if have > max {
+        return Err(format!(
+            "PTX ISA {}.{} is newer than the CUDA {}.{} driver accepts ({}.{}); compile CUBIN for the device's sm_XX or use NVRTC 13.0",
+            have.0, have.1, driver.0, driver.1, max.0, max.1
+        ));
+    }
+    Ok(())
 }
 
 fn ptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
@@ -261,4 +322,20 @@ pub fn streams_on_gpu(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{max_ptx_isa, ptx_fits_driver};
+
+    #[test]
+    fn ptx_newer_than_the_driver_is_refused() {
+        assert_eq!(max_ptx_isa((13, 0)), (9, 0));
+        assert!(ptx_fits_driver(".version 9.0\n.target sm_90", (13, 0)).is_ok());
+        let e = ptx_fits_driver("//\n.version 9.5\n.target sm_90", (13, 0)).expect_err("too new");
+        assert!(e.contains("9.5") && e.contains("13.0"), "{e}");
+        assert!(ptx_fits_driver(".version 8.8", (12, 9)).is_ok());
+        assert!(ptx_fits_driver(".version 9.0", (12, 9)).is_err());
+        assert!(ptx_fits_driver("no version", (13, 0)).is_err());
+    }
 }

@@ -1,0 +1,147 @@
+//! `liger ir …` and `liger cache …`: every stage of a built-in loss or a `.lir` file, and the
+//! cache inspection commands (which need NVRTC for `warm`; they skip without it unless
+//! LIGER_REQUIRE_NVRTC=1).
+
+use std::process::Command;
+
+fn liger(args: &[&str], cache: Option<&std::path::Path>) -> (bool, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_liger"));
+    c.args(args);
+    if let Some(d) = cache {
+        c.env("LIGER_CACHE_DIR", d);
+    }
+    let out = c.output().expect("runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn ir_commands_show_every_stage() {
+    let (ok, out, _) = liger(
+        &[
+            "ir",
+            "check",
+            "dpo",
+            "--variant",
+            "loss_type=Hinge",
+            "--variant",
+            "reference=absent",
+        ],
+        None,
+    );
+    assert!(ok);
+    assert!(
+        out.contains("input ref_logps: seq_input") && !out.contains("input reference:"),
+        "{out}"
+    );
+    assert!(out.contains("relu") && out.contains("; ok:"), "{out}");
+    let (ok, out, _) = liger(&["ir", "grad", "flce"], None);
+    assert!(ok && out.contains("grad logits = "), "{out}");
+    let (ok, out, _) = liger(&["ir", "schedule", "jsd"], None);
+    assert!(ok && out.contains("row-local: true"), "{out}");
+    let (ok, out, _) = liger(
+        &[
+            "ir",
+            "emit",
+            "dpo",
+            "--schedule",
+            "two-pass",
+            "--dtype",
+            "f16",
+        ],
+        None,
+    );
+    assert!(
+        ok && out.contains("liger_bwd") && out.contains("liger_f2h"),
+        "{out}"
+    );
+    let file = format!(
+        "{}/liger-ir/tests/losses/dpo.lir",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let (ok, out, _) = liger(&["ir", "schedule", &file], None);
+    assert!(ok && out.contains("group: pair"), "{out}");
+    // Errors: a refused specialisation, a bad variant, an invalid file.
+    let (ok, _, err) = liger(
+        &[
+            "ir",
+            "check",
+            "dpo",
+            "--variant",
+            "reference=absent",
+            "--variant",
+            "ref_logps=absent",
+        ],
+        None,
+    );
+    assert!(!ok && err.contains("needs input `ref_logps`"), "{err}");
+    let (ok, _, err) = liger(&["ir", "emit", "flce", "--schedule", "deferred"], None);
+    assert!(!ok && err.contains("applicable"), "{err}");
+    let bad = std::env::temp_dir().join(format!("liger-bad-{}.lir", std::process::id()));
+    std::fs::write(&bad, "; liger-ir v1\nloss bad {\n  input z: logits\n  input t: target\n  lp = logprob z, t\n  c = chosen lp\n  loss = c\n}\n").expect("writes");
+    let (ok, _, err) = liger(&["ir", "check", bad.to_str().expect("path")], None);
+    assert!(
+        !ok && err.contains("error(level-misuse)") && err.contains("c = chosen lp"),
+        "{err}"
+    );
+    let _ = std::fs::remove_file(bad);
+}
+
+#[test]
+fn cache_commands_list_show_diff_and_clear() {
+    if liger::runtime::cuda::libs::nvrtc().is_err() {
+        assert!(
+            std::env::var("LIGER_REQUIRE_NVRTC").map_or(true, |v| v != "1"),
+            "NVRTC required"
+        );
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("liger-cli-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = Some(dir.as_path());
+    let (ok, out, _) = liger(&["cache", "path"], d);
+    assert!(ok && out.trim() == dir.to_str().expect("path"), "{out}");
+    for v in ["1000", "2000"] {
+        let (ok, out, err) = liger(
+            &[
+                "cache", "warm", "flce", "--arch", "sm_80", "--vocab", v, "--hidden", "64",
+            ],
+            d,
+        );
+        assert!(ok && out.contains("from compiled"), "{out}{err}");
+    }
+    let (ok, out, _) = liger(&["cache", "ls"], d);
+    assert!(ok && out.contains("2 entries"), "{out}");
+    let (ok, out, _) = liger(&["cache", "ls", "--json"], d);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert!(ok && v.as_array().map(Vec::len) == Some(2));
+    let keys: Vec<String> = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|e| e["key"].as_str().expect("key").to_string())
+        .collect();
+    let (ok, out, _) = liger(&["cache", "diff", &keys[0], &keys[1]], d);
+    assert!(
+        ok && out.contains("vocab:") && out.lines().count() == 1,
+        "{out}"
+    );
+    let (ok, out, _) = liger(&["cache", "show", &keys[0][..8], "--cuda"], d);
+    assert!(ok && out.contains("liger_fused"), "{out}");
+    let (ok, out, _) = liger(&["cache", "show", &keys[0][..8], "--meta"], d);
+    assert!(ok && out.contains("\"registers\""), "{out}");
+    let (ok, out, _) = liger(&["cache", "show", &keys[0][..8]], d);
+    assert!(ok && out.contains("arch") && out.contains("sm_80"), "{out}");
+    let (ok, out, _) = liger(&["cache", "stats", "--json"], d);
+    assert!(ok && out.contains("\"entries\":2"), "{out}");
+    let (ok, out, _) = liger(&["cache", "prune", "--max-size", "1"], d);
+    assert!(ok && out.contains("removed 2"), "{out}");
+    let (ok, _, err) = liger(&["cache", "show", "zzzz"], d);
+    assert!(!ok && err.contains("no single entry"), "{err}");
+    let (ok, out, _) = liger(&["cache", "clear"], d);
+    assert!(ok && out.contains("removed 0"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
