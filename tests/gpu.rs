@@ -259,3 +259,242 @@ fn gpu_second_process_hits_the_disk_cache_without_nvrtc() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+struct Case {
+    loss: &'static dyn liger::ChunkedLoss,
+    params: ParamSet,
+    heads: Vec<(&'static str, usize)>,
+    seq: Option<&'static str>,
+}
+
+fn executor_cases() -> Vec<Case> {
+    vec![
+        Case {
+            loss: &liger::losses::Flce,
+            params: ParamSet::new()
+                .float("label_smoothing", 0.1)
+                .float("z_loss_scale", 1e-3),
+            heads: vec![("logits", 1)],
+            seq: None,
+        },
+        Case {
+            loss: &liger::losses::Flce,
+            params: ParamSet::new()
+                .variant("softcap", "true")
+                .float("softcap_value", 3.0)
+                .variant("reduction", "Sum"),
+            heads: vec![("logits", 1)],
+            seq: None,
+        },
+        Case {
+            loss: &liger::losses::Jsd,
+            params: ParamSet::new().float("beta", 0.3).float("temperature", 1.5),
+            heads: vec![("student", 1), ("teacher", 2)],
+            seq: None,
+        },
+        Case {
+            loss: &liger::losses::Dpo,
+            params: ParamSet::new()
+                .float("beta", 0.2)
+                .variant("average", "true")
+                .variant("nll", "true"),
+            heads: vec![("policy", 1), ("reference", 2)],
+            seq: None,
+        },
+        Case {
+            loss: &liger::losses::Dpo,
+            params: ParamSet::new()
+                .float("beta", 0.5)
+                .variant("loss_type", "Hinge"),
+            heads: vec![("policy", 1)],
+            seq: Some("ref_logps"),
+        },
+    ]
+}
+
+fn rel(a: &[f32], b: &[f32]) -> f64 {
+    let n: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+        .sum();
+    let d: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
+    (n / d.max(1e-300)).sqrt()
+}
+
+fn compare_outputs(
+    what: &str,
+    gpu: &liger::LossOutput,
+    cpu: &liger::LossOutput,
+    bf16: bool,
+    failures: &mut Vec<String>,
+) {
+    let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 + 1e-4 * b.abs();
+    let mut pairs: Vec<(String, Vec<f32>, Vec<f32>)> =
+        vec![("loss".into(), vec![gpu.loss], vec![cpu.loss])];
+    for m in &cpu.metrics {
+        let g = gpu
+            .metric(&m.name)
+            .map(|x| x.values.clone())
+            .unwrap_or_default();
+        pairs.push((format!("metric {}", m.name), g, m.values.clone()));
+    }
+    for c in &cpu.grads {
+        let Some(g) = gpu.grad(&c.head) else {
+            failures.push(format!("{what}: no gradient of {}", c.head));
+            continue;
+        };
+        pairs.push((format!("d{}.x", c.head), g.x.clone(), c.x.clone()));
+        pairs.push((format!("d{}.w", c.head), g.w.clone(), c.w.clone()));
+        if let (Some(a), Some(b)) = (&g.b, &c.b) {
+            pairs.push((format!("d{}.b", c.head), a.clone(), b.clone()));
+        }
+    }
+    for (name, a, b) in pairs {
+        if a.len() != b.len() {
+            failures.push(format!(
+                "{what}: {name} has {} values, the CPU {}",
+                a.len(),
+                b.len()
+            ));
+            continue;
+        }
+        if bf16 {
+            let e = rel(&a, &b);
+            if e > 1e-2 {
+                failures.push(format!("{what}: {name} relative error {e:.3e}"));
+            }
+        } else if let Some((i, (x, y))) = a
+            .iter()
+            .zip(&b)
+            .enumerate()
+            .find(|(_, (x, y))| !close(**x, **y))
+        {
+            failures.push(format!(
+                "{what}: {name}[{i}] = {x} on the GPU, {y} on the CPU"
+            ));
+        }
+    }
+}
+
+#[test]
+fn gpu_executor_matches_the_cpu_executor_and_is_deterministic() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    let rt = liger::Runtime::cuda(0).expect("cuda runtime");
+    let cpu = liger::Runtime::cpu();
+    let mut failures = Vec::new();
+    let mut runs = 0;
+    for (s, t, h, v) in [(6usize, 47usize, 31usize, 123usize), (4, 130, 64, 4099)] {
+        for (ci, case) in executor_cases().iter().enumerate() {
+            for (bias, ignore, bf16) in [
+                (false, -100i64, false),
+                (true, 42, false),
+                (true, -100, true),
+            ] {
+                let mut rng = fastrand::Rng::with_seed((ci * 10 + v) as u64);
+                let mut xs = Vec::new();
+                let mut ws = Vec::new();
+                let mut bs = Vec::new();
+                for (_, mult) in &case.heads {
+                    let hh = h * mult;
+                    xs.push(
+                        (0..s * t * hh)
+                            .map(|_| normal(&mut rng, 1.0))
+                            .collect::<Vec<f32>>(),
+                    );
+                    ws.push(
+                        (0..v * hh)
+                            .map(|_| normal(&mut rng, 1.5 / (hh as f32).sqrt()))
+                            .collect::<Vec<f32>>(),
+                    );
+                    bs.push(
+                        bias.then(|| (0..v).map(|_| normal(&mut rng, 0.3)).collect::<Vec<f32>>()),
+                    );
+                }
+                let xb: Vec<Vec<half::bf16>> = xs
+                    .iter()
+                    .map(|x| x.iter().map(|&a| half::bf16::from_f32(a)).collect())
+                    .collect();
+                let wb: Vec<Vec<half::bf16>> = ws
+                    .iter()
+                    .map(|x| x.iter().map(|&a| half::bf16::from_f32(a)).collect())
+                    .collect();
+                let target: Vec<i64> = (0..s * t)
+                    .map(|i| {
+                        if i % t > 0 && rng.f32() < 0.3 {
+                            ignore
+                        } else {
+                            loop {
+                                let k = rng.usize(0..v) as i64;
+                                if k != ignore {
+                                    break k;
+                                }
+                            }
+                        }
+                    })
+                    .collect();
+                let seq: Vec<f32> = (0..s).map(|_| normal(&mut rng, 5.0)).collect();
+                let mut set = InputSet::new();
+                for (k, (name, mult)) in case.heads.iter().enumerate() {
+                    let hh = h * mult;
+                    let (x, w) = if bf16 {
+                        (
+                            TensorView::new(&xb[k], &[s, t, hh]).expect("x"),
+                            TensorView::new(&wb[k], &[v, hh]).expect("w"),
+                        )
+                    } else {
+                        (
+                            TensorView::new(&xs[k], &[s, t, hh]).expect("x"),
+                            TensorView::new(&ws[k], &[v, hh]).expect("w"),
+                        )
+                    };
+                    let head = match &bs[k] {
+                        Some(b) => {
+                            liger::Head::with_bias(x, w, TensorView::new(b, &[v]).expect("b"))
+                        }
+                        None => liger::Head::new(x, w),
+                    };
+                    set = set.head(name, head);
+                }
+                set = set.tensor("target", TensorView::new(&target, &[s, t]).expect("t"));
+                if let Some(n) = case.seq {
+                    set = set.tensor(n, TensorView::new(&seq, &[s]).expect("seq"));
+                }
+                let opts = RunOptions {
+                    ignore_index: ignore,
+                    chunk_memory: 64 << 20,
+                    schedule: None,
+                };
+                let want = liger::run(case.loss, &cpu, &set, &case.params, &opts).expect("cpu");
+                let got = liger::run(case.loss, &rt, &set, &case.params, &opts).expect("gpu");
+                let again =
+                    liger::run(case.loss, &rt, &set, &case.params, &opts).expect("gpu again");
+                let what = format!(
+                    "{} {} S{s} T{t} H{h} V{v} bias={bias} ignore={ignore} bf16={bf16}",
+                    case.loss.name(),
+                    got.report.strategy
+                );
+                compare_outputs(&what, &got, &want, bf16, &mut failures);
+                let bits = |o: &liger::LossOutput| -> Vec<u32> {
+                    let mut b = vec![o.loss.to_bits()];
+                    for g in &o.grads {
+                        b.extend(g.x.iter().chain(&g.w).map(|x| x.to_bits()));
+                    }
+                    b
+                };
+                if bits(&got) != bits(&again) {
+                    failures.push(format!("{what}: two runs differ"));
+                }
+                eprintln!(
+                    "ok {what}: loss {} (cpu {}), {} chunks",
+                    got.loss, want.loss, got.report.chunks
+                );
+                runs += 1;
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(runs, 30);
+}

@@ -34,6 +34,8 @@ use std::collections::BTreeMap;
 pub enum Device {
     /// The CPU executor.
     Cpu,
+    /// The CUDA executor.
+    Cuda,
 }
 
 impl Device {
@@ -41,14 +43,22 @@ impl Device {
     pub fn name(self) -> &'static str {
         match self {
             Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
         }
     }
 }
 
 /// An execution context: the device and its resources.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Runtime {
     device: Device,
+    cuda: Option<std::sync::Arc<(cuda::device::Gpu, cache::Cache)>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Runtime({})", self.device.name())
+    }
 }
 
 impl Runtime {
@@ -56,20 +66,32 @@ impl Runtime {
     pub fn cpu() -> Self {
         Runtime {
             device: Device::Cpu,
+            cuda: None,
         }
     }
 
-    /// A runtime for `device`: `"cpu"` (`"cuda"` and `"auto"` arrive with the GPU executor).
+    /// The CUDA runtime on device `ordinal`, with the kernel cache from the environment.
+    pub fn cuda(ordinal: usize) -> Result<Self, Error> {
+        let gpu = cuda::device::Gpu::new(ordinal)?;
+        Ok(Runtime {
+            device: Device::Cuda,
+            cuda: Some(std::sync::Arc::new((gpu, cache::Cache::from_env()))),
+        })
+    }
+
+    /// A runtime for `device`: `"cpu"`, `"cuda"` (device 0), or `"auto"` (the GPU when one
+    /// works, else the CPU).
     pub fn for_device(device: &str) -> Result<Self, Error> {
         match device {
             "cpu" => Ok(Self::cpu()),
-            "cuda" | "auto" => Err(Error::Device {
+            "cuda" => Self::cuda(0).map_err(|e| Error::Device {
                 device: device.into(),
-                why: "the CUDA executor is not implemented yet; use `--device cpu`".into(),
+                why: e.to_string(),
             }),
+            "auto" => Ok(Self::cuda(0).unwrap_or_else(|_| Self::cpu())),
             other => Err(Error::Device {
                 device: other.into(),
-                why: "devices are: cpu".into(),
+                why: "devices are: cpu, cuda, auto".into(),
             }),
         }
     }
@@ -88,8 +110,9 @@ impl Runtime {
         hyper: &BTreeMap<String, f32>,
         options: &RunOptions,
     ) -> Result<LossOutput, Error> {
-        match self.device {
-            Device::Cpu => cpu::run(grad_ir, inputs, hyper, options),
+        match (&self.device, &self.cuda) {
+            (Device::Cuda, Some(c)) => cuda::exec::run(&c.0, &c.1, grad_ir, inputs, hyper, options),
+            _ => cpu::run(grad_ir, inputs, hyper, options),
         }
     }
 }

@@ -32,7 +32,7 @@ use crate::types::{DType, Level};
 const PRELUDE: &str = include_str!("prelude.cu");
 
 /// The emitter's version: bump on any change of the generated code's shape.
-pub const EMITTER_VERSION: &str = "cuda-emitter-1";
+pub const EMITTER_VERSION: &str = "cuda-emitter-2";
 
 /// What identifies the code generator in cache keys: its version and prelude.
 pub fn codegen_fingerprint() -> String {

@@ -81,4 +81,11 @@ __device__ __forceinline__ int liger_block_argmax(float x, int k, float* sh, int
     __syncthreads();
     return shi[0];
 }
+// Adds the bias to every row of fp32 logits (after the lm-head GEMM).
+extern "C" __global__ void liger_add_bias(float* __restrict__ z, const float* __restrict__ b, int rows, int V, long long ld) {
+    const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= (long long)rows * V) { return; }
+    const int i = (int)(e / V), v = (int)(e % V);
+    z[(long long)i * ld + v] += b[v];
+}
 // ---- end of prelude ----

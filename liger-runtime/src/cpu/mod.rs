@@ -29,14 +29,15 @@ use eval::{Arr, Eval, VBuf};
 /// Extra working memory the estimates reserve for GEMM packing buffers and small arrays.
 const SLACK: usize = 4 << 20;
 
-struct HeadRt<'a> {
-    name: String,
-    node: ValueId,
-    x: TensorView<'a>,
+pub(crate) struct HeadRt<'a> {
+    pub(crate) name: String,
+    pub(crate) node: ValueId,
+    pub(crate) x: TensorView<'a>,
+    pub(crate) w_view: TensorView<'a>,
     w: Cow<'a, [f32]>,
-    b: Option<Vec<f32>>,
-    h: usize,
-    grad: Option<ValueId>,
+    pub(crate) b: Option<Vec<f32>>,
+    pub(crate) h: usize,
+    pub(crate) grad: Option<ValueId>,
     dx: Vec<f32>,
     dw: Vec<f32>,
     db: Option<Vec<f32>>,
@@ -237,17 +238,24 @@ fn load_side_inputs(
     Ok(())
 }
 
-/// Runs the gradient IR `g` on the CPU.
-pub fn run(
-    g: &LossFn,
-    inputs: &InputSet<'_>,
+/// Inputs checked and loaded: heads (sizes, dtypes, finite values), every other input in an
+/// evaluator, and `(S, T, V)`.
+pub(crate) struct Prepared<'f, 'a> {
+    pub(crate) heads: Vec<HeadRt<'a>>,
+    pub(crate) ev: Eval<'f>,
+    pub(crate) dims: (usize, usize, usize),
+}
+
+/// Checks and loads every input of `g` (shared by the CPU and CUDA executors).
+pub(crate) fn prepare<'f, 'a>(
+    g: &'f LossFn,
+    sched: &Schedule,
+    inputs: &InputSet<'a>,
     hyper: &BTreeMap<String, f32>,
     opts: &RunOptions,
-) -> Result<LossOutput, Error> {
-    let start = Instant::now();
-    let sched = Schedule::of(g);
+    host_grads: bool,
+) -> Result<Prepared<'f, 'a>, Error> {
     let loss_name = g.name.clone();
-
     // Heads: sizes, dtypes, finite values.
     let mut heads: Vec<HeadRt<'_>> = Vec::new();
     let mut dims: Option<(usize, usize, usize)> = None;
@@ -326,19 +334,21 @@ pub fn run(
         };
         let w: Cow<'_, [f32]> = match head.w.data() {
             TensorData::F32(x) => Cow::Borrowed(x),
-            _ => Cow::Owned(to_f32(&format!("{name}.w"), &head.w)?),
+            _ if host_grads => Cow::Owned(to_f32(&format!("{name}.w"), &head.w)?),
+            _ => Cow::Borrowed(&[]),
         };
-        let grad = hp.grad;
+        let grad = if host_grads { hp.grad } else { None };
         let r = s * t;
         heads.push(HeadRt {
             name: name.into(),
             node: hp.node,
             x: head.x.clone(),
+            w_view: head.w.clone(),
             w,
             db: grad.and(b.as_ref()).map(|_| vec![0.0; v]),
             b,
             h,
-            grad,
+            grad: hp.grad,
             dx: if grad.is_some() {
                 vec![0.0; r * h]
             } else {
@@ -358,7 +368,6 @@ pub fn run(
             kind: "logits",
         });
     };
-    let r = s * t;
 
     // Other inputs.
     let mut ev = Eval::new(g, s, t, v);
@@ -381,6 +390,29 @@ pub fn run(
     if sched.group_level == Some(Level::Pair) && s % 2 != 0 {
         return Err(Error::OddSequenceCount { num_seqs: s });
     }
+
+    Ok(Prepared {
+        heads,
+        ev,
+        dims: (s, t, v),
+    })
+}
+
+/// Runs the gradient IR `g` on the CPU.
+pub fn run(
+    g: &LossFn,
+    inputs: &InputSet<'_>,
+    hyper: &BTreeMap<String, f32>,
+    opts: &RunOptions,
+) -> Result<LossOutput, Error> {
+    let start = Instant::now();
+    let sched = Schedule::of(g);
+    let Prepared {
+        mut heads,
+        mut ev,
+        dims: (s, t, v),
+    } = prepare(g, &sched, inputs, hyper, opts, true)?;
+    let r = s * t;
 
     // Plan.
     let group_rows = match sched.group_level {

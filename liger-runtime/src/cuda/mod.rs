@@ -4,5 +4,6 @@
 //! machine without them gets a typed error, never a panic.
 
 pub mod device;
+pub mod exec;
 pub mod libs;
 pub mod nvrtc;
