@@ -67,6 +67,18 @@ enum Command {
         #[command(subcommand)]
         what: IrCommand,
     },
+    /// Benchmark the built-in losses on the GPU against the cuBLAS GEMM floor.
+    Bench {
+        /// Working-memory budget.
+        #[arg(long, default_value = "2GiB")]
+        budget: String,
+        /// Timed repetitions per case (median reported).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<String>,
+    },
     /// Inspect and manage the kernel cache.
     Cache {
         #[command(subcommand)]
@@ -194,6 +206,7 @@ pub fn main() -> ExitCode {
         Command::Losses { json } => losses(json),
         Command::Ir { what } => ir(what),
         Command::Cache { what } => cache(what),
+        Command::Bench { budget, reps, json } => bench(&budget, reps, json.as_deref()),
         Command::Run {
             loss,
             inputs,
@@ -896,6 +909,21 @@ fn cache(what: CacheCommand) -> Result<(), Error> {
                 start.elapsed().as_secs_f64() * 1e3
             ));
         }
+    }
+    Ok(())
+}
+
+fn bench(budget: &str, reps: usize, json: Option<&str>) -> Result<(), Error> {
+    let budget = crate::runtime::plan::parse_bytes(budget)?;
+    let rows = crate::bench::run(budget, reps)?;
+    out(&crate::bench::table(&rows, budget));
+    if let Some(path) = json {
+        let text =
+            serde_json::to_string_pretty(&crate::bench::json(&rows, budget)).unwrap_or_default();
+        std::fs::write(path, text).map_err(|e| Error::File {
+            path: path.into(),
+            why: e.to_string(),
+        })?;
     }
     Ok(())
 }

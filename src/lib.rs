@@ -32,6 +32,7 @@
 
 extern crate self as liger;
 
+pub mod bench;
 #[doc(hidden)]
 pub mod cli;
 pub mod io;

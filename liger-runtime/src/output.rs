@@ -49,6 +49,11 @@ pub struct Report {
     pub seconds: f64,
     /// Non-fatal findings (e.g. a mean over no valid row).
     pub warnings: Vec<String>,
+    /// Device time of the compute (GEMMs and kernels, inputs already on the device), ms.
+    pub device_ms: Option<f64>,
+    /// Peak working memory the executor allocated on the device (inputs and returned outputs
+    /// excluded), bytes.
+    pub peak_extra_bytes: Option<usize>,
 }
 
 /// The result of a run.

@@ -730,6 +730,8 @@ pub fn run(
         gemm_flops: p.cost.gemm_flops,
         seconds: start.elapsed().as_secs_f64(),
         warnings: std::mem::take(&mut ev.warnings),
+        device_ms: None,
+        peak_extra_bytes: None,
     };
     let grads = heads
         .into_iter()

@@ -506,6 +506,24 @@ pub fn run(
         Ok(())
     };
 
+    // Working memory: value arrays of non-input nodes, tables, logits and dlogits buffers.
+    let input_node = |i: usize| matches!(g.nodes[i].op, Op::Input(_));
+    let work_bytes: usize = vals
+        .iter()
+        .enumerate()
+        .filter(|(i, b)| b.is_some() && !input_node(*i))
+        .map(|(_, b)| b.as_ref().map_or(0, |b| b.len() * 4))
+        .sum::<usize>()
+        + table.len() * 8
+        + ztab.len() * 16
+        + 16
+        + dev
+            .iter()
+            .map(|d| d.z.len() * 4 + d.dz.as_ref().map_or(0, |x| x.len()))
+            .sum::<usize>();
+    let t0 = st
+        .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+        .map_err(derr)?;
     array(KernelKind::Pre)?;
     let fwd = sched.forward_program(g, strategy);
     let read_fwd = sched.heads_read(g, &fwd);
@@ -554,6 +572,10 @@ pub fn run(
         }
     }
     array(KernelKind::Group)?;
+    let t1 = st
+        .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+        .map_err(derr)?;
+    let device_ms = f64::from(t0.elapsed_ms(&t1).map_err(derr)?);
     st.synchronize().map_err(derr)?;
     let stat = st.clone_dtoh(&status).map_err(derr)?;
     if stat[0] != 0 {
@@ -609,6 +631,8 @@ pub fn run(
         estimate: fixed + per_row * chunk,
         gemm_flops: 0.0,
         seconds: start.elapsed().as_secs_f64(),
+        device_ms: Some(device_ms),
+        peak_extra_bytes: Some(work_bytes),
         warnings: if stat[2] != 0 {
             vec!["a row-level mean selects no row in the batch: it is 0, with no gradient".into()]
         } else {

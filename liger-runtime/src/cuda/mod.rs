@@ -3,6 +3,7 @@
 //! Nothing here links against CUDA: the libraries are found at run time (see [`libs`]), and a
 //! machine without them gets a typed error, never a panic.
 
+pub mod bench;
 pub mod device;
 pub mod exec;
 pub mod libs;

@@ -1,0 +1,182 @@
+//! `liger bench`: measured forward+backward time of the built-in losses on the GPU, with the
+//! GEMM floor measured in the same run and the peak extra memory, as a table and JSON.
+//!
+//! Cases (bf16 inputs, fp32 `grad W`): DPO with a reference head, FLCE and JSD with a teacher
+//! head at S1 = 8 sequences x 1024 tokens, H = 4096, V = 128256; DPO at 1 pair x 4096, 8192
+//! and 16384 tokens. Time = median over repetitions of the device time of the compute (inputs
+//! already on the device); floor = the same GEMMs with bf16 output through cuBLAS.
+
+use half::bf16;
+
+use crate::losses::{Dpo, Flce, Jsd};
+use crate::{ChunkedLoss, Error, Head, InputSet, ParamSet, RunOptions, Runtime, TensorView};
+
+/// One row of the table.
+#[derive(Clone, Debug)]
+pub struct BenchRow {
+    /// Case name.
+    pub case: String,
+    /// Schedule that ran.
+    pub schedule: String,
+    /// Median device ms.
+    pub ms: f64,
+    /// GEMM floor ms.
+    pub floor_ms: f64,
+    /// Peak extra memory in bytes.
+    pub peak_bytes: usize,
+    /// Rows per chunk.
+    pub chunk_rows: usize,
+}
+
+fn rand_bf16(n: usize, sd: f32, seed: u64) -> Vec<bf16> {
+    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let u = ((x >> 11) as f64 / (1u64 << 53) as f64) as f32 - 0.5;
+            bf16::from_f32(u * sd * 3.46)
+        })
+        .collect()
+}
+
+/// Runs the benchmark; `budget` bytes of working memory, `reps` timed repetitions.
+pub fn run(budget: usize, reps: usize) -> Result<Vec<BenchRow>, Error> {
+    let rt = Runtime::cuda(0)?;
+    let gpu = crate::runtime::cuda::device::Gpu::new(0)?;
+    let (h, v) = (4096usize, 128256usize);
+    let w = rand_bf16(v * h, 0.02, 1);
+    let wr = rand_bf16(v * h, 0.02, 2);
+    let mut rows = Vec::new();
+    let cases: Vec<(&str, &'static dyn ChunkedLoss, usize, usize)> = vec![
+        ("dpo S1 8x1024 ref head", &Dpo, 8, 1024),
+        ("flce S1 8x1024", &Flce, 8, 1024),
+        ("jsd S1 8x1024 teacher head", &Jsd, 8, 1024),
+        ("dpo 1 pair x 4096", &Dpo, 2, 4096),
+        ("dpo 1 pair x 8192", &Dpo, 2, 8192),
+        ("dpo 1 pair x 16384", &Dpo, 2, 16384),
+    ];
+    for (name, loss, s, t) in cases {
+        let x = rand_bf16(s * t * h, 1.0, 3);
+        let xr = rand_bf16(s * t * h, 1.0, 4);
+        let target: Vec<i64> = (0..s * t)
+            .map(|i| {
+                if i % t < t / 8 {
+                    -100
+                } else {
+                    ((i * 7919) % v) as i64
+                }
+            })
+            .collect();
+        fn head<'a>(
+            x: &'a [bf16],
+            w: &'a [bf16],
+            (s, t, h, v): (usize, usize, usize, usize),
+        ) -> Result<Head<'a>, Error> {
+            Ok(Head::new(
+                TensorView::new(x, &[s, t, h])?,
+                TensorView::new(w, &[v, h])?,
+            ))
+        }
+        let d = (s, t, h, v);
+        let (set, heads): (InputSet<'_>, Vec<(usize, bool)>) = match loss.name() {
+            "dpo" => (
+                InputSet::new()
+                    .head("policy", head(&x, &w, d)?)
+                    .head("reference", head(&xr, &wr, d)?)
+                    .tensor("target", TensorView::new(&target, &[s, t])?),
+                vec![(h, true), (h, false)],
+            ),
+            "jsd" => (
+                InputSet::new()
+                    .head("student", head(&x, &w, d)?)
+                    .head("teacher", head(&xr, &wr, d)?)
+                    .tensor("target", TensorView::new(&target, &[s, t])?),
+                vec![(h, true), (h, false)],
+            ),
+            _ => (
+                InputSet::new()
+                    .head("logits", head(&x, &w, d)?)
+                    .tensor("target", TensorView::new(&target, &[s, t])?),
+                vec![(h, true)],
+            ),
+        };
+        let opts = RunOptions {
+            chunk_memory: budget,
+            ..RunOptions::default()
+        };
+        let params = ParamSet::new();
+        crate::run(loss, &rt, &set, &params, &opts)?;
+        let mut ms = Vec::new();
+        let mut last = None;
+        for _ in 0..reps.max(1) {
+            let out = crate::run(loss, &rt, &set, &params, &opts)?;
+            ms.push(out.report.device_ms.unwrap_or(f64::NAN));
+            last = Some(out.report);
+        }
+        ms.sort_by(|a, b| a.total_cmp(b));
+        let rep = last.ok_or_else(|| Error::Device {
+            device: "cuda".into(),
+            why: "no run".into(),
+        })?;
+        let floor = crate::runtime::cuda::bench::gemm_floor_ms(&gpu, s * t, v, &heads, reps)?;
+        let row = BenchRow {
+            case: name.into(),
+            schedule: rep.strategy.name().into(),
+            ms: ms[ms.len() / 2],
+            floor_ms: floor,
+            peak_bytes: rep.peak_extra_bytes.unwrap_or(0),
+            chunk_rows: rep.chunk_rows,
+        };
+        eprintln!(
+            "{} {} {:.2} ms (floor {:.2} ms) peak {:.2} GiB",
+            row.case,
+            row.schedule,
+            row.ms,
+            row.floor_ms,
+            row.peak_bytes as f64 / (1u64 << 30) as f64
+        );
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// The table of `rows`.
+pub fn table(rows: &[BenchRow], budget: usize) -> String {
+    let mut s = format!(
+        "budget {:.2} GiB\n{:<28} {:<10} {:>10} {:>10} {:>7} {:>10} {:>8}\n",
+        budget as f64 / (1u64 << 30) as f64,
+        "case",
+        "schedule",
+        "ms",
+        "floor ms",
+        "ratio",
+        "peak GiB",
+        "chunk"
+    );
+    for r in rows {
+        s += &format!(
+            "{:<28} {:<10} {:>10.2} {:>10.2} {:>7.2} {:>10.3} {:>8}\n",
+            r.case,
+            r.schedule,
+            r.ms,
+            r.floor_ms,
+            r.ms / r.floor_ms,
+            r.peak_bytes as f64 / (1u64 << 30) as f64,
+            r.chunk_rows
+        );
+    }
+    s
+}
+
+/// JSON of `rows`.
+pub fn json(rows: &[BenchRow], budget: usize) -> serde_json::Value {
+    serde_json::json!({
+        "budget_bytes": budget,
+        "rows": rows.iter().map(|r| serde_json::json!({
+            "case": r.case, "schedule": r.schedule, "median_ms": r.ms, "gemm_floor_ms": r.floor_ms,
+            "ratio": r.ms / r.floor_ms, "peak_extra_bytes": r.peak_bytes, "chunk_rows": r.chunk_rows,
+        })).collect::<Vec<_>>(),
+    })
+}
