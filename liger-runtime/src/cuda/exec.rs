@@ -221,35 +221,60 @@ pub fn run(
             });
         }
     }
+    // Chunk rows from the budget: fp32 logits per head, dz per gradient head, x/dx rows; a
+    // deferred group keeps its units (GEMM dtype) and the scaled x rows.
+    let hsum: usize = heads.iter().map(|h| h.h).sum();
+    let n_grad = heads.iter().filter(|h| h.grad.is_some()).count();
+    let per_row = v * 4 * heads.len() + v * esz * n_grad + hsum * 4 + 8;
+    let fixed = r * 4 * (sched.row_values + 8) + (4 << 20);
+    let group_rows = match sched.group_level {
+        Some(Level::Seq) => t,
+        Some(Level::Pair) => 2 * t,
+        Some(_) => r,
+        None => 1,
+    };
+    let n_units = sched.factors.as_ref().map_or(0, Vec::len);
+    let deferred_fixed = group_rows * (v * esz * n_units + hsum * esz + 8);
+    let fits = |s: Strategy| -> bool {
+        let budget = opts.chunk_memory;
+        match s {
+            Strategy::GroupAligned => fixed + per_row * group_rows <= budget,
+            Strategy::Deferred => fixed + deferred_fixed + per_row <= budget,
+            _ => fixed + per_row <= budget,
+        }
+    };
     let strategy = match opts.schedule {
-        Some(s @ (Strategy::Fused | Strategy::TwoPass)) if sched.candidates.contains(&s) => s,
         Some(s) if !sched.candidates.contains(&s) => {
             return Err(Error::Schedule {
                 schedule: s.name(),
                 why: "it does not apply to this loss".into(),
             });
         }
-        Some(s) => {
-            return Err(Error::Schedule {
-                schedule: s.name(),
-                why: "the CUDA executor runs fused and two-pass schedules so far".into(),
-            });
-        }
+        Some(s) => s,
         None if sched.row_local => Strategy::Fused,
+        None if fits(Strategy::GroupAligned) => Strategy::GroupAligned,
+        None if sched.factors.is_some() && fits(Strategy::Deferred) => Strategy::Deferred,
         None => Strategy::TwoPass,
     };
-    // Chunk rows from the budget: fp32 logits per head, dz per gradient head, x/dx rows.
-    let hsum: usize = heads.iter().map(|h| h.h).sum();
-    let n_grad = heads.iter().filter(|h| h.grad.is_some()).count();
-    let per_row = v * 4 * heads.len() + v * esz * n_grad + hsum * 4;
-    let fixed = r * 4 * (sched.row_values + 8) + (4 << 20);
-    if fixed + per_row > opts.chunk_memory {
+    if !fits(strategy) {
+        let needed = match strategy {
+            Strategy::GroupAligned => fixed + per_row * group_rows,
+            Strategy::Deferred => fixed + deferred_fixed + per_row,
+            _ => fixed + per_row,
+        };
         return Err(Error::Budget {
             budget: opts.chunk_memory,
-            needed: fixed + per_row,
+            needed,
         });
     }
-    let chunk = ((opts.chunk_memory - fixed) / per_row).clamp(1, r);
+    let chunk = match strategy {
+        Strategy::GroupAligned => {
+            let c = ((opts.chunk_memory - fixed) / per_row).clamp(group_rows, r.max(group_rows));
+            (c / group_rows).max(1) * group_rows
+        }
+        Strategy::Deferred => ((opts.chunk_memory - fixed - deferred_fixed) / per_row).clamp(1, r),
+        _ => ((opts.chunk_memory - fixed) / per_row).clamp(1, r),
+    };
     let arch = gpu.arch()?;
     let driver = gpu.driver_version()?;
     let hidden: Vec<usize> = heads.iter().map(|h| h.h).collect();
@@ -354,7 +379,7 @@ pub fn run(
             },
             h: h.h,
             z: st.alloc_zeros(chunk * v).map_err(derr)?,
-            dz: if grad {
+            dz: if grad && strategy != Strategy::Deferred {
                 Some(st.alloc_zeros(chunk * v * esz).map_err(derr)?)
             } else {
                 None
@@ -387,7 +412,7 @@ pub fn run(
     let ztab_d = st.clone_htod(&ztab).map_err(derr)?;
     let otab_d = st.clone_htod(&otab).map_err(derr)?;
     let (si, ti, vi) = (s as i32, t as i32, v as i32);
-    let (ld, ldo, null) = (v as i64, v as i64, 0u64);
+    let (ld, ldo) = (v as i64, v as i64);
     let single = LaunchConfig {
         grid_dim: (1, 1, 1),
         block_dim: (256, 1, 1),
@@ -401,77 +426,97 @@ pub fn run(
         unsafe { b.launch(single) }.map_err(derr)?;
         Ok(())
     };
-    let logits = |dev: &Dev, r0: usize, c: usize| -> Result<(), Error> {
+    // Logits of x rows [r0, r0+len) into z rows [off, off+len).
+    let logits = |dev: &Dev, r0: usize, len: usize, off: usize| -> Result<(), Error> {
         let xp = dptr(&dev.x, gpu) + (r0 * dev.h * esz) as u64;
+        let zp = dptr(&dev.z, gpu) + (off * v * 4) as u64;
         gemm.run(
             true,
             false,
             v,
-            c,
+            len,
             dev.h,
             dptr(&dev.w, gpu),
             dev.h,
             xp,
             dev.h,
             0.0,
-            dptr(&dev.z, gpu),
+            zp,
             v,
         )?;
         if let Some(b) = &dev.b {
-            let (ci, vi2, ld2) = (c as i32, v as i32, v as i64);
+            let (ci, vi2, ld2) = (len as i32, v as i32, v as i64);
             let mut lb = st.launch_builder(&add_bias);
-            lb.arg(&dev.z).arg(b).arg(&ci).arg(&vi2).arg(&ld2);
+            lb.arg(&zp).arg(b).arg(&ci).arg(&vi2).arg(&ld2);
             let cfg = LaunchConfig {
-                grid_dim: ((c * v).div_ceil(256) as u32, 1, 1),
+                grid_dim: ((len * v).div_ceil(256) as u32, 1, 1),
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };
-            // SAFETY: z holds c rows of v floats; b holds v floats.
+            // SAFETY: z holds at least off+len rows of v floats; b holds v floats.
             unsafe { lb.launch(cfg) }.map_err(derr)?;
         }
         Ok(())
     };
-    let stream_kernel = |kind: KernelKind, r0: usize, c: usize| -> Result<(), Error> {
-        let f = func(kind)?;
-        let (r0i, ci) = (r0 as i32, c as i32);
-        let mut b = st.launch_builder(&f);
-        b.arg(&table_d)
-            .arg(&ztab_d)
-            .arg(&null)
-            .arg(&r0i)
-            .arg(&ci)
-            .arg(&si)
-            .arg(&ti)
-            .arg(&vi)
-            .arg(&ld)
-            .arg(&otab_d)
-            .arg(&ldo);
+    // A stream kernel over c chunk rows; `rows` is 0 (contiguous from r0) or a device map.
+    let stream_kernel =
+        |kind: KernelKind, rows: u64, r0: usize, c: usize, outs: u64| -> Result<(), Error> {
+            let f = func(kind)?;
+            let (r0i, ci) = (r0 as i32, c as i32);
+            let ztab_p = dptr(&ztab_d, gpu);
+            let mut b = st.launch_builder(&f);
+            b.arg(&table_d)
+                .arg(&ztab_p)
+                .arg(&rows)
+                .arg(&r0i)
+                .arg(&ci)
+                .arg(&si)
+                .arg(&ti)
+                .arg(&vi)
+                .arg(&ld)
+                .arg(&outs)
+                .arg(&ldo);
+            let cfg = LaunchConfig {
+                grid_dim: (c as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: arguments match the emitted stream signature; logits and outputs hold c rows;
+            // a row map holds c valid row indices.
+            unsafe { b.launch(cfg) }.map_err(derr)?;
+            Ok(())
+        };
+    let bias_k = func(KernelKind::Bias)?;
+    let bias = |dz: u64, c: usize, coef: u64, db: &CudaSlice<f32>| -> Result<(), Error> {
+        let (ci, vi2, ldz) = (c as i32, v as i32, v as i64);
+        let mut lb = st.launch_builder(&bias_k);
+        lb.arg(&dz).arg(&ci).arg(&vi2).arg(&ldz).arg(&coef).arg(db);
         let cfg = LaunchConfig {
-            grid_dim: (c as u32, 1, 1),
+            grid_dim: (v.div_ceil(256) as u32, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: arguments match the emitted stream signature; logits and outputs hold c rows.
-        unsafe { b.launch(cfg) }.map_err(derr)?;
+        // SAFETY: dz holds c rows of v GEMM-dtype entries; coef is null or holds c floats.
+        unsafe { lb.launch(cfg) }.map_err(derr)?;
         Ok(())
     };
-    let bias_k = func(KernelKind::Bias)?;
-    let grads = |dev: &Dev, r0: usize, c: usize| -> Result<(), Error> {
+    // dx rows [r0, r0+len) = dz rows [off, ..) W; dW += dz^T x (column-major views).
+    let grads = |dev: &Dev, r0: usize, len: usize, off: usize| -> Result<(), Error> {
         let (Some(dz), Some(dx), Some(dw)) = (&dev.dz, &dev.dx, &dev.dw) else {
             return Ok(());
         };
+        let dzp = dptr(dz, gpu) + (off * v * esz) as u64;
         let dxp = dptr(dx, gpu) + (r0 * dev.h * 4) as u64;
         let xp = dptr(&dev.x, gpu) + (r0 * dev.h * esz) as u64;
-        // dx[c,H] = dz[c,V] W[V,H]; dW[V,H] += dz^T x (column-major views, see the module docs).
         gemm.run(
             false,
             false,
             dev.h,
-            c,
+            len,
             v,
             dptr(&dev.w, gpu),
             dev.h,
-            dptr(dz, gpu),
+            dzp,
             v,
             0.0,
             dxp,
@@ -482,27 +527,15 @@ pub fn run(
             true,
             dev.h,
             v,
-            c,
+            len,
             xp,
             dev.h,
-            dptr(dz, gpu),
+            dzp,
             v,
             1.0,
             dptr(dw, gpu),
             dev.h,
         )?;
-        if let Some(db) = &dev.db {
-            let (ci, vi2, ldz) = (c as i32, v as i32, v as i64);
-            let mut lb = st.launch_builder(&bias_k);
-            lb.arg(dz).arg(&ci).arg(&vi2).arg(&ldz).arg(&null).arg(db);
-            let cfg = LaunchConfig {
-                grid_dim: (v.div_ceil(256) as u32, 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: dz holds c rows of v entries of the GEMM dtype; db holds v floats.
-            unsafe { lb.launch(cfg) }.map_err(derr)?;
-        }
         Ok(())
     };
 
@@ -521,53 +554,251 @@ pub fn run(
             .iter()
             .map(|d| d.z.len() * 4 + d.dz.as_ref().map_or(0, |x| x.len()))
             .sum::<usize>();
+    let work_bytes = work_bytes
+        + if strategy == Strategy::Deferred {
+            deferred_fixed
+        } else {
+            0
+        };
     let t0 = st
         .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
         .map_err(derr)?;
     array(KernelKind::Pre)?;
     let fwd = sched.forward_program(g, strategy);
     let read_fwd = sched.heads_read(g, &fwd);
+    let bwd = sched.backward_program(g, strategy);
+    let read_bwd = sched.heads_read(g, &bwd);
+    let otab_p = dptr(&otab_d, gpu);
     let mut chunks = 0;
+    // Groups as contiguous row segments.
+    let groups: Vec<Vec<(usize, usize)>> = match sched.group_level {
+        Some(Level::Seq) => (0..s).map(|q| vec![(q * t, t)]).collect(),
+        Some(Level::Pair) => (0..s / 2)
+            .map(|i| vec![(i * t, t), ((s / 2 + i) * t, t)])
+            .collect(),
+        _ => vec![vec![(0, r)]],
+    };
+    let row_map = |segs: &[(usize, usize)]| -> Result<CudaSlice<i32>, Error> {
+        let m: Vec<i32> = segs
+            .iter()
+            .flat_map(|(a, l)| (*a..a + l).map(|x| x as i32))
+            .collect();
+        st.clone_htod(&m).map_err(derr)
+    };
     match strategy {
         Strategy::Fused => {
             for r0 in (0..r).step_by(chunk) {
                 let c = chunk.min(r - r0);
                 for d in &dev {
-                    logits(d, r0, c)?;
+                    logits(d, r0, c, 0)?;
                 }
-                stream_kernel(KernelKind::Fused, r0, c)?;
+                stream_kernel(KernelKind::Fused, 0, r0, c, otab_p)?;
                 for d in &dev {
-                    grads(d, r0, c)?;
+                    grads(d, r0, c, 0)?;
+                    if let (Some(dz), Some(db)) = (&d.dz, &d.db) {
+                        bias(dptr(dz, gpu), c, 0, db)?;
+                    }
                 }
                 chunks += 1;
             }
         }
-        _ => {
+        Strategy::TwoPass => {
             for r0 in (0..r).step_by(chunk) {
                 let c = chunk.min(r - r0);
                 for (k, d) in dev.iter().enumerate() {
                     if read_fwd.get(k).copied().unwrap_or(false) {
-                        logits(d, r0, c)?;
+                        logits(d, r0, c, 0)?;
                     }
                 }
-                stream_kernel(KernelKind::Forward, r0, c)?;
+                stream_kernel(KernelKind::Forward, 0, r0, c, otab_p)?;
                 chunks += 1;
             }
             array(KernelKind::Group)?;
-            let bwd = sched.backward_program(g, strategy);
-            let read_bwd = sched.heads_read(g, &bwd);
             for r0 in (0..r).step_by(chunk) {
                 let c = chunk.min(r - r0);
                 for (k, d) in dev.iter().enumerate() {
                     if read_bwd.get(k).copied().unwrap_or(false) {
-                        logits(d, r0, c)?;
+                        logits(d, r0, c, 0)?;
                     }
                 }
-                stream_kernel(KernelKind::Backward, r0, c)?;
+                stream_kernel(KernelKind::Backward, 0, r0, c, otab_p)?;
                 for d in &dev {
-                    grads(d, r0, c)?;
+                    grads(d, r0, c, 0)?;
+                    if let (Some(dz), Some(db)) = (&d.dz, &d.db) {
+                        bias(dptr(dz, gpu), c, 0, db)?;
+                    }
                 }
                 chunks += 1;
+            }
+        }
+        Strategy::GroupAligned => {
+            let per = (chunk / group_rows.max(1)).max(1);
+            for gs in groups.chunks(per) {
+                let segs: Vec<(usize, usize)> = gs.iter().flatten().copied().collect();
+                let c: usize = segs.iter().map(|x| x.1).sum();
+                let map = row_map(&segs)?;
+                let mp = dptr(&map, gpu);
+                for (k, d) in dev.iter().enumerate() {
+                    if read_fwd.get(k).copied().unwrap_or(false)
+                        || read_bwd.get(k).copied().unwrap_or(false)
+                    {
+                        let mut off = 0;
+                        for (a, l) in &segs {
+                            logits(d, *a, *l, off)?;
+                            off += l;
+                        }
+                    }
+                }
+                stream_kernel(KernelKind::Forward, mp, 0, c, otab_p)?;
+                array(KernelKind::GroupNeeded)?;
+                stream_kernel(KernelKind::Backward, mp, 0, c, otab_p)?;
+                for d in &dev {
+                    let mut off = 0;
+                    for (a, l) in &segs {
+                        grads(d, *a, *l, off)?;
+                        off += l;
+                    }
+                    if let (Some(dz), Some(db)) = (&d.dz, &d.db) {
+                        bias(dptr(dz, gpu), c, 0, db)?;
+                    }
+                }
+                chunks += 1;
+            }
+        }
+        Strategy::Deferred => {
+            let factors = sched.factors.clone().unwrap_or_default();
+            let scale_rows = module.load_function("liger_scale_rows").map_err(derr)?;
+            let scaled_copy = module.load_function("liger_scaled_copy").map_err(derr)?;
+            // Per factor: the group's units, its coefficients and the scaled x rows.
+            let mut units = Vec::new();
+            for f in &factors {
+                let d = dev
+                    .iter()
+                    .position(|d| d.input == f.head.index())
+                    .ok_or_else(|| Error::Cuda {
+                        lib: "cuda",
+                        why: "deferred head".into(),
+                    })?;
+                let coef_fn = module
+                    .load_function(&format!("liger_coef_{}", f.head.index()))
+                    .map_err(derr)?;
+                let u: CudaSlice<u8> = st.alloc_zeros(group_rows * v * esz).map_err(derr)?;
+                let xs: CudaSlice<u8> =
+                    st.alloc_zeros(group_rows * dev[d].h * esz).map_err(derr)?;
+                let cf: CudaSlice<f32> = st.alloc_zeros(group_rows).map_err(derr)?;
+                units.push((d, coef_fn, u, xs, cf));
+            }
+            for segs in &groups {
+                let gr: usize = segs.iter().map(|x| x.1).sum();
+                let mut goff = 0;
+                for (a, l) in segs {
+                    let mut p0 = *a;
+                    while p0 < a + l {
+                        let pl = chunk.min(a + l - p0);
+                        for (k, d) in dev.iter().enumerate() {
+                            if read_fwd.get(k).copied().unwrap_or(false) {
+                                logits(d, p0, pl, 0)?;
+                            }
+                        }
+                        let mut ot = vec![0u64; g.inputs.len().max(1)];
+                        for (d, _, u, _, _) in &units {
+                            ot[dev[*d].input] = dptr(u, gpu) + (goff * v * esz) as u64;
+                        }
+                        let ot_d = st.clone_htod(&ot).map_err(derr)?;
+                        stream_kernel(KernelKind::Unit, 0, p0, pl, dptr(&ot_d, gpu))?;
+                        // dx rows = U W, unscaled.
+                        for (d, _, u, _, _) in &units {
+                            let dv = &dev[*d];
+                            if let Some(dx) = &dv.dx {
+                                let up = dptr(u, gpu) + (goff * v * esz) as u64;
+                                let dxp = dptr(dx, gpu) + (p0 * dv.h * 4) as u64;
+                                gemm.run(
+                                    false,
+                                    false,
+                                    dv.h,
+                                    pl,
+                                    v,
+                                    dptr(&dv.w, gpu),
+                                    dv.h,
+                                    up,
+                                    v,
+                                    0.0,
+                                    dxp,
+                                    dv.h,
+                                )?;
+                            }
+                        }
+                        goff += pl;
+                        p0 += pl;
+                        chunks += 1;
+                    }
+                }
+                array(KernelKind::GroupNeeded)?;
+                let map = row_map(segs)?;
+                let (gri, zero) = (gr as i32, 0i32);
+                for (d, coef_fn, u, xs, cf) in &units {
+                    let dv = &dev[*d];
+                    let mut b = st.launch_builder(coef_fn);
+                    b.arg(&table_d)
+                        .arg(&map)
+                        .arg(&zero)
+                        .arg(&gri)
+                        .arg(&si)
+                        .arg(&ti)
+                        .arg(cf);
+                    let cfg = LaunchConfig {
+                        grid_dim: (gr.div_ceil(256) as u32, 1, 1),
+                        block_dim: (256, 1, 1),
+                        shared_mem_bytes: 0,
+                    };
+                    // SAFETY: the coefficient kernel reads the value table and writes gr floats.
+                    unsafe { b.launch(cfg) }.map_err(derr)?;
+                    let mut off = 0;
+                    for (a, l) in segs {
+                        let hi = dv.h as i32;
+                        let (li, ldx) = (*l as i32, dv.h as i64);
+                        let cp = dptr(cf, gpu) + (off * 4) as u64;
+                        let n = (l * dv.h).div_ceil(256) as u32;
+                        let cfg = LaunchConfig {
+                            grid_dim: (n, 1, 1),
+                            block_dim: (256, 1, 1),
+                            shared_mem_bytes: 0,
+                        };
+                        if let Some(dx) = &dv.dx {
+                            let dxp = dptr(dx, gpu) + (a * dv.h * 4) as u64;
+                            let mut b = st.launch_builder(&scale_rows);
+                            b.arg(&dxp).arg(&ldx).arg(&li).arg(&hi).arg(&cp);
+                            // SAFETY: dx holds these l rows of h floats; c holds l floats.
+                            unsafe { b.launch(cfg) }.map_err(derr)?;
+                        }
+                        let xp = dptr(&dv.x, gpu) + (a * dv.h * esz) as u64;
+                        let xsp = dptr(xs, gpu) + (off * dv.h * esz) as u64;
+                        let mut b = st.launch_builder(&scaled_copy);
+                        b.arg(&xp).arg(&ldx).arg(&li).arg(&hi).arg(&cp).arg(&xsp);
+                        // SAFETY: x holds these l rows; xs has room for them at this offset.
+                        unsafe { b.launch(cfg) }.map_err(derr)?;
+                        off += l;
+                    }
+                    if let Some(dw) = &dv.dw {
+                        gemm.run(
+                            false,
+                            true,
+                            dv.h,
+                            v,
+                            gr,
+                            dptr(xs, gpu),
+                            dv.h,
+                            dptr(u, gpu),
+                            v,
+                            1.0,
+                            dptr(dw, gpu),
+                            dv.h,
+                        )?;
+                    }
+                    if let Some(db) = &dv.db {
+                        bias(dptr(u, gpu), gr, dptr(cf, gpu), db)?;
+                    }
+                }
             }
         }
     }
