@@ -529,3 +529,120 @@ fn gpu_executor_matches_the_cpu_executor_and_is_deterministic() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(runs >= 60, "{runs} runs");
 }
+
+#[test]
+fn gpu_bad_input_gives_typed_errors() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    let rt = liger::Runtime::cuda(0).expect("cuda runtime");
+    let (s, t, h, v) = (2usize, 5usize, 8usize, 33usize);
+    let mut rng = fastrand::Rng::with_seed(5);
+    let x: Vec<f32> = (0..s * t * h).map(|_| normal(&mut rng, 1.0)).collect();
+    let w: Vec<f32> = (0..v * h).map(|_| normal(&mut rng, 0.3)).collect();
+    let mut target: Vec<i64> = (0..s * t).map(|i| (i % v) as i64).collect();
+    let run =
+        |x: &[f32], target: &[i64], s: usize, loss: &dyn liger::ChunkedLoss, params: &ParamSet| {
+            let head = liger::Head::new(
+                TensorView::new(x, &[s, t, h]).expect("x"),
+                TensorView::new(&w, &[v, h]).expect("w"),
+            );
+            let mut set =
+                InputSet::new().tensor("target", TensorView::new(target, &[s, t]).expect("t"));
+            set = if loss.name() == "dpo" {
+                set.head("policy", head.clone()).head("reference", head)
+            } else {
+                set.head("logits", head)
+            };
+            liger::run(loss, &rt, &set, params, &RunOptions::default())
+        };
+    target[3] = v as i64;
+    assert!(
+        matches!(run(&x, &target, s, &liger::losses::Flce, &ParamSet::new()), Err(liger::Error::TargetOutOfRange { value, .. }) if value == v as i64)
+    );
+    target[3] = 1;
+    let mut xn = x.clone();
+    xn[7] = f32::NAN;
+    assert!(matches!(
+        run(&xn, &target, s, &liger::losses::Flce, &ParamSet::new()),
+        Err(liger::Error::NonFinite { index: 7, .. })
+    ));
+    // A sequence with no valid token under seq_mean: found by the device's group kernel.
+    let mut empty = target.clone();
+    for e in empty.iter_mut().skip(t) {
+        *e = -100;
+    }
+    let avg = ParamSet::new().variant("average", "true");
+    match run(&x, &empty, s, &liger::losses::Dpo, &avg) {
+        Err(liger::Error::EmptySequence { seq: 1 }) => {}
+        other => panic!("{other:?}"),
+    }
+    let x3: Vec<f32> = (0..3 * t * h).map(|_| normal(&mut rng, 1.0)).collect();
+    let t3: Vec<i64> = (0..3 * t).map(|i| (i % v) as i64).collect();
+    assert!(matches!(
+        run(&x3, &t3, 3, &liger::losses::Dpo, &ParamSet::new()),
+        Err(liger::Error::OddSequenceCount { num_seqs: 3 })
+    ));
+}
+
+#[test]
+fn gpu_dpo_16k_tokens_stays_within_a_2gib_budget() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    let rt = liger::Runtime::cuda(0).expect("cuda runtime");
+    let (s, t, h, v) = (2usize, 16384usize, 4096usize, 128256usize);
+    let mut rng = fastrand::Rng::with_seed(9);
+    let mk = |n: usize, sd: f32, rng: &mut fastrand::Rng| -> Vec<half::bf16> {
+        (0..n)
+            .map(|_| half::bf16::from_f32((rng.f32() - 0.5) * sd))
+            .collect()
+    };
+    let x = mk(s * t * h, 3.0, &mut rng);
+    let w = mk(v * h, 0.05, &mut rng);
+    let target: Vec<i64> = (0..s * t)
+        .map(|i| {
+            if i % t < 512 {
+                -100
+            } else {
+                ((i * 7919) % v) as i64
+            }
+        })
+        .collect();
+    let head = || {
+        liger::Head::new(
+            TensorView::new(&x, &[s, t, h]).expect("x"),
+            TensorView::new(&w, &[v, h]).expect("w"),
+        )
+    };
+    let set = InputSet::new()
+        .head("policy", head())
+        .head("reference", head())
+        .tensor("target", TensorView::new(&target, &[s, t]).expect("t"));
+    let budget = 2usize << 30;
+    let out = liger::run(
+        &liger::losses::Dpo,
+        &rt,
+        &set,
+        &ParamSet::new(),
+        &RunOptions {
+            chunk_memory: budget,
+            ..RunOptions::default()
+        },
+    )
+    .expect("runs");
+    let peak = out.report.peak_extra_bytes.expect("measured");
+    eprintln!(
+        "dpo 1 pair x 16384: {} in {} chunks, peak extra {} B (allocator), budget {budget} B, {:.1} ms",
+        out.report.strategy,
+        out.report.chunks,
+        peak,
+        out.report.device_ms.unwrap_or(0.0)
+    );
+    assert!(
+        peak <= budget,
+        "peak extra memory {peak} B exceeds the budget {budget} B"
+    );
+    assert!(out.loss.is_finite());
+    assert_eq!(out.grads[0].w.len(), v * h, "grad W is returned in fp32");
+}

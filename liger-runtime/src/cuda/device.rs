@@ -77,6 +77,65 @@ impl Gpu {
         Ok((v / 1000, (v % 1000) / 10))
     }
 
+    /// The device's default memory pool (cudarc allocates from it, stream-ordered): the
+    /// device allocator whose high-water mark measures peak memory.
+    fn pool(&self) -> Result<cudarc::driver::sys::CUmemoryPool, Error> {
+        let mut pool = std::ptr::null_mut();
+        // SAFETY: a context exists for this device; `pool` is a valid out-pointer.
+        let rc = unsafe {
+            cudarc::driver::sys::cuDeviceGetDefaultMemPool(&mut pool, self.ctx.cu_device())
+        };
+        if rc != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+            return Err(derr(rc));
+        }
+        Ok(pool)
+    }
+
+    fn pool_attr(&self, attr: cudarc::driver::sys::CUmemPool_attribute) -> Result<u64, Error> {
+        let pool = self.pool()?;
+        let mut v = 0u64;
+        // SAFETY: the attribute is a u64 one (used-memory counters); `v` is a valid u64.
+        let rc = unsafe {
+            cudarc::driver::sys::cuMemPoolGetAttribute(
+                pool,
+                attr,
+                &mut v as *mut u64 as *mut std::ffi::c_void,
+            )
+        };
+        if rc != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+            return Err(derr(rc));
+        }
+        Ok(v)
+    }
+
+    /// Bytes the allocator has handed out now.
+    pub fn used_bytes(&self) -> Result<u64, Error> {
+        self.pool_attr(cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)
+    }
+
+    /// The allocator's high-water mark since the last [`Gpu::reset_peak`].
+    pub fn peak_bytes(&self) -> Result<u64, Error> {
+        self.pool_attr(cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)
+    }
+
+    /// Resets the high-water mark to the current use.
+    pub fn reset_peak(&self) -> Result<(), Error> {
+        let pool = self.pool()?;
+        let mut zero = 0u64;
+        // SAFETY: resetting USED_MEM_HIGH takes a u64 zero.
+        let rc = unsafe {
+            cudarc::driver::sys::cuMemPoolSetAttribute(
+                pool,
+                cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                &mut zero as *mut u64 as *mut std::ffi::c_void,
+            )
+        };
+        if rc != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+            return Err(derr(rc));
+        }
+        Ok(())
+    }
+
     /// `sm_XY` of the device.
     pub fn arch(&self) -> Result<String, Error> {
         let (a, b) = self.ctx.compute_capability().map_err(derr)?;

@@ -310,6 +310,12 @@ pub fn run(
         dt: cdt,
     };
 
+    // The allocator's view: use before this call, and its high-water mark from here on.
+    st.synchronize().map_err(derr)?;
+    let base_used = gpu.used_bytes().ok();
+    if base_used.is_some() {
+        let _ = gpu.reset_peak();
+    }
     // Values: one array per non-vocab node, inputs uploaded.
     let count = |l: Level| match l {
         Level::Vocab => v,
@@ -808,6 +814,32 @@ pub fn run(
         .map_err(derr)?;
     let device_ms = f64::from(t0.elapsed_ms(&t1).map_err(derr)?);
     st.synchronize().map_err(derr)?;
+    // Peak extra memory (DESIGN.md "Measuring"): the allocator's peak during the call minus
+    // what was in use before it, minus the inputs and returned outputs this host API uploaded
+    // and allocated (the rule counts them as allocated before the call).
+    let io_bytes: usize = vals
+        .iter()
+        .enumerate()
+        .filter(|(i, b)| b.is_some() && input_node(*i))
+        .map(|(_, b)| b.as_ref().map_or(0, |b| b.len() * 4))
+        .sum::<usize>()
+        + dev
+            .iter()
+            .map(|d| {
+                d.x.len()
+                    + d.w.len()
+                    + d.b.as_ref().map_or(0, |b| b.len() * 4)
+                    + d.dx.as_ref().map_or(0, |b| b.len() * 4)
+                    + d.dw.as_ref().map_or(0, |b| b.len() * 4)
+                    + d.db.as_ref().map_or(0, |b| b.len() * 4)
+            })
+            .sum::<usize>();
+    let measured = match (base_used, gpu.peak_bytes()) {
+        (Some(base), Ok(high)) => {
+            Some((high.saturating_sub(base) as usize).saturating_sub(io_bytes))
+        }
+        _ => None,
+    };
     let stat = st.clone_dtoh(&status).map_err(derr)?;
     if stat[0] != 0 {
         return Err(Error::EmptySequence {
@@ -863,7 +895,7 @@ pub fn run(
         gemm_flops: 0.0,
         seconds: start.elapsed().as_secs_f64(),
         device_ms: Some(device_ms),
-        peak_extra_bytes: Some(work_bytes),
+        peak_extra_bytes: measured.or(Some(work_bytes)),
         warnings: if stat[2] != 0 {
             vec!["a row-level mean selects no row in the batch: it is 0, with no gradient".into()]
         } else {
