@@ -502,6 +502,21 @@ fn gpu_executor_matches_the_cpu_executor_and_is_deterministic() {
                             case.loss.name()
                         );
                         compare_outputs(&what, &got, &want, bf16, &mut failures);
+                        // The CPU reference ran the planner's choice: same strategy, same work.
+                        if want.report.strategy == strategy
+                            && got.report.gemm_flops != want.report.gemm_flops
+                        {
+                            failures.push(format!(
+                                "{what}: GEMM flops {} (cpu {})",
+                                got.report.gemm_flops, want.report.gemm_flops
+                            ));
+                        }
+                        match got.report.peak_extra_bytes {
+                            Some(p) if p <= budget => {}
+                            p => failures.push(format!(
+                                "{what}: allocator peak {p:?} B against a budget of {budget} B"
+                            )),
+                        }
                         if budget == 64 << 20 {
                             let again = liger::run(case.loss, &rt, &set, &case.params, &opts)
                                 .expect("gpu again");

@@ -51,8 +51,10 @@ pub struct Report {
     pub warnings: Vec<String>,
     /// Device time of the compute (GEMMs and kernels, inputs already on the device), ms.
     pub device_ms: Option<f64>,
-    /// Peak working memory the executor allocated on the device (inputs and returned outputs
-    /// excluded), bytes.
+    /// Peak extra device memory during the call as the device allocator measured it (its
+    /// high-water mark minus the use before the call, the uploaded inputs and the returned
+    /// gradients), bytes; `None` on the CPU or when the allocator keeps no counters
+    /// ([`Report::estimate`] is the planner's figure).
     pub peak_extra_bytes: Option<usize>,
 }
 

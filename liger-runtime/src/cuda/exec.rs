@@ -892,12 +892,32 @@ pub fn run(
         chunks,
         budget: opts.chunk_memory,
         estimate: fixed + per_row * chunk,
-        gemm_flops: 0.0,
+        gemm_flops: {
+            let mut hidden4 = [0usize; 4];
+            for (k, h) in heads.iter().enumerate().take(4) {
+                hidden4[k] = h.h;
+            }
+            sched
+                .cost(
+                    strategy,
+                    &liger_ir::schedule::Dims {
+                        rows: r,
+                        vocab: v,
+                        hidden: hidden4,
+                        group_rows,
+                    },
+                )
+                .gemm_flops
+        },
         seconds: start.elapsed().as_secs_f64(),
         device_ms: Some(device_ms),
-        peak_extra_bytes: measured.or(Some(work_bytes)),
+        peak_extra_bytes: measured,
         warnings: if stat[2] != 0 {
             vec!["a row-level mean selects no row in the batch: it is 0, with no gradient".into()]
+        } else if measured.is_none() {
+            vec![format!(
+                "the device allocator reports no peak; the executor's own allocations were {work_bytes} B"
+            )]
         } else {
             vec![]
         },
