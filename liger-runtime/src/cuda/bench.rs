@@ -3,11 +3,12 @@
 //! cuBLAS, one after another, timed with device events.
 
 use cudarc::cublas::CudaBlas;
-use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
+use cudarc::cublas::sys::cudaDataType;
 use cudarc::driver::{CudaSlice, DevicePtr};
 
 use crate::Error;
 use crate::cuda::device::Gpu;
+use crate::cuda::gemm::Gemm;
 
 fn cerr(e: impl std::fmt::Debug) -> Error {
     Error::Cuda {
@@ -39,51 +40,13 @@ pub fn gemm_floor_ms(
         let (q, _sync) = s.device_ptr(st);
         q
     };
-    let gemm = |ta: bool,
-                tb: bool,
-                m: usize,
-                n: usize,
-                k: usize,
-                a: u64,
-                lda: usize,
-                b: u64,
-                ldb: usize,
-                c: u64,
-                ldc: usize|
-     -> Result<(), Error> {
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        let op = |t: bool| {
-            if t {
-                cublasOperation_t::CUBLAS_OP_T
-            } else {
-                cublasOperation_t::CUBLAS_OP_N
-            }
-        };
-        // SAFETY: the buffers above are sized for these m, n, k and leading dimensions.
-        unsafe {
-            cudarc::cublas::result::gemm_ex(
-                *blas.handle(),
-                op(ta),
-                op(tb),
-                m as i32,
-                n as i32,
-                k as i32,
-                &alpha as *const f32 as *const std::ffi::c_void,
-                a as *const std::ffi::c_void,
-                cudaDataType::CUDA_R_16BF,
-                lda as i32,
-                b as *const std::ffi::c_void,
-                cudaDataType::CUDA_R_16BF,
-                ldb as i32,
-                &beta as *const f32 as *const std::ffi::c_void,
-                c as *mut std::ffi::c_void,
-                cudaDataType::CUDA_R_16BF,
-                ldc as i32,
-                cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .map_err(cerr)
+    let g = Gemm {
+        blas: &blas,
+        ab: cudaDataType::CUDA_R_16BF,
+        c: cudaDataType::CUDA_R_16BF,
+    };
+    let gemm = |ta, tb, m, n, k, a, lda, b, ldb, c, ldc| {
+        g.run(ta, tb, m, n, k, a, lda, b, ldb, 0.0, c, ldc)
     };
     let once = || -> Result<(), Error> {
         for &(h, grad) in heads {

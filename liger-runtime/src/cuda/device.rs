@@ -204,6 +204,37 @@ fn ptr<T>(s: &CudaSlice<T>, stream: &CudaStream) -> u64 {
     p
 }
 
+/// Uploads the value table of `g` for a batch of `s` sequences of `t` tokens over a vocabulary
+/// of `v`: one 4-byte array per node that is not vocab-level (vocab inputs included), holding
+/// `input(node)` where it gives data and zeros otherwise; `None` for vocab-level nodes, which
+/// live only inside the stream kernels.
+pub(crate) fn upload_values(
+    st: &Arc<CudaStream>,
+    g: &LossFn,
+    (s, t, v): (usize, usize, usize),
+    input: impl Fn(usize) -> Option<Vec<u32>>,
+) -> Result<Vec<Option<CudaSlice<u32>>>, Error> {
+    let len = |l: Level| match l {
+        Level::Vocab => v,
+        Level::Row => s * t,
+        Level::Seq => s,
+        Level::Pair => (s / 2).max(1),
+        Level::Batch => 1,
+    };
+    let mut bufs = Vec::with_capacity(g.nodes.len());
+    for (i, node) in g.nodes.iter().enumerate() {
+        let is_vocab_input =
+            matches!(node.op, Op::Input(id) if g.inputs[id.index()].kind == InputKind::VocabInput);
+        if node.ty.level == Level::Vocab && !is_vocab_input {
+            bufs.push(None);
+            continue;
+        }
+        let data = input(i).unwrap_or_else(|| vec![0; len(node.ty.level)]);
+        bufs.push(Some(st.clone_htod(&data).map_err(derr)?));
+    }
+    Ok(bufs)
+}
+
 /// Runs the stream kernels of `strategy` on the GPU with the inputs of `host` (from
 /// [`crate::cpu::streams_on_logits`]) and the given logits; returns the same row values and
 /// vocab outputs.
@@ -221,30 +252,16 @@ pub fn streams_on_gpu(
 ) -> Result<StreamsOut, Error> {
     let st = &gpu.stream;
     let r = s * t;
-    let count = |l: Level| match l {
-        Level::Vocab => v,
-        Level::Row => r,
-        Level::Seq => s,
-        Level::Pair => (s / 2).max(1),
-        Level::Batch => 1,
-    };
     // One 4-byte array per non-vocab node (and vocab inputs).
-    let mut bufs: Vec<Option<CudaSlice<u32>>> = Vec::with_capacity(g.nodes.len());
-    for (i, node) in g.nodes.iter().enumerate() {
-        let is_vocab_input =
-            matches!(node.op, Op::Input(id) if g.inputs[id.index()].kind == InputKind::VocabInput);
-        if node.ty.level == Level::Vocab && !is_vocab_input {
-            bufs.push(None);
-            continue;
-        }
-        let host_in = host.inputs.iter().find(|(n, _)| *n as usize == i);
-        let data: Vec<u32> = match host_in {
-            Some((_, HostArray::F(x))) => x.iter().map(|f| f.to_bits()).collect(),
-            Some((_, HostArray::I(x))) => x.iter().map(|&k| k as u32).collect(),
-            None => vec![0; count(node.ty.level)],
-        };
-        bufs.push(Some(st.clone_htod(&data).map_err(derr)?));
-    }
+    let bufs = upload_values(st, g, (s, t, v), |i| {
+        host.inputs
+            .iter()
+            .find(|(n, _)| *n as usize == i)
+            .map(|(_, a)| match a {
+                HostArray::F(x) => x.iter().map(|f| f.to_bits()).collect(),
+                HostArray::I(x) => x.iter().map(|&k| k as u32).collect(),
+            })
+    })?;
     let table: Vec<u64> = bufs
         .iter()
         .map(|b| b.as_ref().map_or(0, |b| ptr(b, st)))

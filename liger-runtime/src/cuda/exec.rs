@@ -6,20 +6,20 @@
 //! says so). Inputs are checked on the host before upload (shapes, dtypes, token ranges, NaN).
 
 use std::collections::BTreeMap;
-use std::ffi::c_void;
 use std::sync::Arc;
 use std::time::Instant;
 
 use cudarc::cublas::CudaBlas;
-use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
+use cudarc::cublas::sys::cudaDataType;
 use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
 use liger_ir::emit::{EmitOptions, GemmDType, KernelKind, emit_cuda};
-use liger_ir::{DType, InputKind, Level, LossFn, Op, OutputKind, Schedule, Strategy};
+use liger_ir::{DType, Level, LossFn, Op, OutputKind, Schedule, Strategy};
 
 use crate::cache::{Artifacts, Binary, Cache, KeyParts, bucket, hash_text};
 use crate::cpu::eval::Arr;
 use crate::cpu::{Prepared, prepare};
-use crate::cuda::device::Gpu;
+use crate::cuda::device::{Gpu, upload_values};
+use crate::cuda::gemm::Gemm;
 use crate::output::{HeadGrads, LossOutput, MetricOutput, Report};
 use crate::plan::RunOptions;
 use crate::tensor::{DType as HDType, TensorData};
@@ -122,70 +122,6 @@ pub fn module_for(
         })
     })?;
     Ok((b, module.kernels))
-}
-
-struct Gemm<'a> {
-    blas: &'a CudaBlas,
-    dt: cudaDataType,
-}
-
-impl Gemm<'_> {
-    /// Column-major `C[m,n] = alpha op(A) op(B) + beta C` with raw device pointers.
-    #[allow(clippy::too_many_arguments)]
-    fn run(
-        &self,
-        ta: bool,
-        tb: bool,
-        m: usize,
-        n: usize,
-        k: usize,
-        a: u64,
-        lda: usize,
-        b: u64,
-        ldb: usize,
-        beta: f32,
-        c: u64,
-        ldc: usize,
-    ) -> Result<(), Error> {
-        let (alpha, beta) = (1.0f32, beta);
-        let op = |t: bool| {
-            if t {
-                cublasOperation_t::CUBLAS_OP_T
-            } else {
-                cublasOperation_t::CUBLAS_OP_N
-            }
-        };
-        // SAFETY: the pointers are live device allocations of this context, sized by the
-        // caller for the given m, n, k and leading dimensions; alpha/beta point to host f32s
-        // (the handle's default pointer mode).
-        unsafe {
-            cudarc::cublas::result::gemm_ex(
-                *self.blas.handle(),
-                op(ta),
-                op(tb),
-                m as i32,
-                n as i32,
-                k as i32,
-                &alpha as *const f32 as *const c_void,
-                a as *const c_void,
-                self.dt,
-                lda as i32,
-                b as *const c_void,
-                self.dt,
-                ldb as i32,
-                &beta as *const f32 as *const c_void,
-                c as *mut c_void,
-                cudaDataType::CUDA_R_32F,
-                ldc as i32,
-                cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .map_err(|e| Error::Cuda {
-            lib: "cublas",
-            why: format!("{e:?}"),
-        })
-    }
 }
 
 /// Runs the gradient IR `g` on `gpu`.
@@ -307,7 +243,8 @@ pub fn run(
     })?;
     let gemm = Gemm {
         blas: &blas,
-        dt: cdt,
+        ab: cdt,
+        c: cudaDataType::CUDA_R_32F,
     };
 
     // The allocator's view: use before this call, and its high-water mark from here on.
@@ -317,37 +254,24 @@ pub fn run(
         let _ = gpu.reset_peak();
     }
     // Values: one array per non-vocab node, inputs uploaded.
-    let count = |l: Level| match l {
-        Level::Vocab => v,
-        Level::Row => r,
-        Level::Seq => s,
-        Level::Pair => (s / 2).max(1),
-        Level::Batch => 1,
-    };
-    let mut vals: Vec<Option<CudaSlice<u32>>> = Vec::with_capacity(g.nodes.len());
-    for (i, node) in g.nodes.iter().enumerate() {
-        let is_vin =
-            matches!(node.op, Op::Input(id) if g.inputs[id.index()].kind == InputKind::VocabInput);
-        if node.ty.level == Level::Vocab && !is_vin {
-            vals.push(None);
-            continue;
+    let vals = upload_values(&st, g, (s, t, v), |i| {
+        if !matches!(g.nodes[i].op, Op::Input(_)) {
+            return None;
         }
-        let data: Vec<u32> = match &ev.vals[i] {
-            Some(Arr::F(x)) if matches!(node.op, Op::Input(_)) => {
-                x.iter().map(|f| f.to_bits()).collect()
-            }
-            Some(Arr::B(x)) if matches!(node.op, Op::Input(_)) => x
-                .iter()
-                .map(|&b| if b { 1f32 } else { 0f32 }.to_bits())
-                .collect(),
-            Some(Arr::I(x)) if matches!(node.op, Op::Input(_)) => x
-                .iter()
-                .map(|k| k.map_or(-1i32, |u| u as i32) as u32)
-                .collect(),
-            _ => vec![0; count(node.ty.level)],
-        };
-        vals.push(Some(st.clone_htod(&data).map_err(derr)?));
-    }
+        match ev.vals[i].as_ref()? {
+            Arr::F(x) => Some(x.iter().map(|f| f.to_bits()).collect()),
+            Arr::B(x) => Some(
+                x.iter()
+                    .map(|&b| if b { 1f32 } else { 0f32 }.to_bits())
+                    .collect(),
+            ),
+            Arr::I(x) => Some(
+                x.iter()
+                    .map(|k| k.map_or(-1i32, |u| u as i32) as u32)
+                    .collect(),
+            ),
+        }
+    })?;
     let table: Vec<u64> = vals
         .iter()
         .map(|b| b.as_ref().map_or(0, |b| dptr(b, gpu)))

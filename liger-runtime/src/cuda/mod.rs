@@ -6,5 +6,6 @@
 pub mod bench;
 pub mod device;
 pub mod exec;
+mod gemm;
 pub mod libs;
 pub mod nvrtc;
