@@ -105,9 +105,9 @@ fn main() -> Result<(), liger::Error> {
             ..FocalDpoParams::default()
         };
         let out = FocalDpo.run(&Runtime::cpu(), &inputs, &p, &RunOptions::default())?;
-        let g = out
-            .grad("policy")
-            .map_or(0.0, |g| g.w.iter().map(|x| x * x).sum::<f32>().sqrt());
+        let g = out.grad("policy").map_or(0.0, |g| {
+            g.w.to_f32().iter().map(|x| x * x).sum::<f32>().sqrt()
+        });
         println!("  gamma {gamma}: loss {:.6}, |dW| {g:.4e}", out.loss);
     }
     Ok(())

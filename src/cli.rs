@@ -49,9 +49,13 @@ enum Command {
         /// A variant, `name=value` (repeatable).
         #[arg(long = "variant", value_name = "NAME=VALUE")]
         variants: Vec<String>,
-        /// The device: `cpu`.
+        /// The device: `cpu`, `cuda`, or `auto` (the GPU when one works, else the CPU).
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Dtypes of the gradients: `f32` (default), `bf16` or `f16` for all of them, or per
+        /// gradient as `x=bf16,w=f32,b=f32`.
+        #[arg(long, default_value = "f32")]
+        grad_dtype: String,
         /// Working-memory budget of the chunk loop, e.g. `256MiB`.
         #[arg(long, default_value = "256MiB")]
         chunk_memory: String,
@@ -217,6 +221,7 @@ pub fn main() -> ExitCode {
             chunk_memory,
             schedule,
             ignore_index,
+            grad_dtype,
         } => run(
             &loss,
             &inputs,
@@ -227,6 +232,7 @@ pub fn main() -> ExitCode {
             &chunk_memory,
             &schedule,
             ignore_index,
+            &grad_dtype,
         ),
     };
     match result {
@@ -426,6 +432,7 @@ fn run(
     chunk_memory: &str,
     schedule: &str,
     ignore_index: i64,
+    grad_dtype: &str,
 ) -> Result<(), Error> {
     let loss = crate::losses::by_name(name)?;
     let mut ps = ParamSet::new();
@@ -470,6 +477,7 @@ fn run(
         ignore_index,
         chunk_memory: crate::runtime::plan::parse_bytes(chunk_memory)?,
         schedule: strategy,
+        grad_dtypes: crate::GradDTypes::parse(grad_dtype)?,
     };
     let tensors = io::read(inputs)?;
     let set = build_inputs(loss, inputs, &tensors)?;
@@ -522,7 +530,13 @@ fn run(
             );
         }
     }
-    let norm = |x: &[f32]| x.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+    let norm = |x: &crate::GradBuf| {
+        x.to_f32()
+            .iter()
+            .map(|v| f64::from(*v).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
     for g in &r.grads {
         print!(
             "  grad {:<10} |dx| {:.6e}  |dW| {:.6e}",
@@ -561,15 +575,35 @@ fn run(
         let (s, t) = first_head
             .and_then(|h| tensors.get(&format!("{h}.x")))
             .map_or((0, 0), |x| (x.shape[0], x.shape[1]));
-        let mut outs: Vec<(String, Vec<usize>, Vec<f32>)> =
-            vec![("loss".into(), vec![], vec![r.loss])];
+        let owned = |shape: Vec<usize>, g: &crate::GradBuf| io::OwnedTensor {
+            shape,
+            data: match g {
+                crate::GradBuf::F32(x) => io::OwnedData::F32(x.clone()),
+                crate::GradBuf::BF16(x) => io::OwnedData::BF16(x.clone()),
+                crate::GradBuf::F16(x) => io::OwnedData::F16(x.clone()),
+            },
+        };
+        let mut outs = std::collections::BTreeMap::new();
+        outs.insert(
+            "loss".to_string(),
+            io::OwnedTensor {
+                shape: vec![],
+                data: io::OwnedData::F32(vec![r.loss]),
+            },
+        );
         for m in &r.metrics {
             let shape = match m.level {
                 liger_ir::Level::Batch => vec![],
                 liger_ir::Level::Row => vec![s, t],
                 _ => vec![m.values.len()],
             };
-            outs.push((format!("metric.{}", m.name), shape, m.values.clone()));
+            outs.insert(
+                format!("metric.{}", m.name),
+                io::OwnedTensor {
+                    shape,
+                    data: io::OwnedData::F32(m.values.clone()),
+                },
+            );
         }
         for g in &r.grads {
             let xs = tensors
@@ -580,13 +614,13 @@ fn run(
                 .get(&format!("{}.w", g.head))
                 .map(|w| w.shape.clone())
                 .unwrap_or_default();
-            outs.push((format!("grad.{}.x", g.head), xs, g.x.clone()));
-            outs.push((format!("grad.{}.w", g.head), ws, g.w.clone()));
+            outs.insert(format!("grad.{}.x", g.head), owned(xs, &g.x));
+            outs.insert(format!("grad.{}.w", g.head), owned(ws, &g.w));
             if let Some(b) = &g.b {
-                outs.push((format!("grad.{}.b", g.head), vec![b.len()], b.clone()));
+                outs.insert(format!("grad.{}.b", g.head), owned(vec![b.len()], b));
             }
         }
-        io::write_f32(path, &outs)?;
+        io::write(path, &outs)?;
         println!("  wrote {path}");
     }
     Ok(())

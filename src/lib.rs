@@ -48,9 +48,10 @@ pub use liger_ir as ir;
 pub use liger_macros::chunked_loss;
 pub use liger_runtime as runtime;
 pub use liger_runtime::{
-    DType, Error, Head, HeadGrads, InputSet, InputValue, LossOutput, MetricOutput, Report,
-    RunOptions, Runtime, Strategy, TensorData, TensorView,
+    DType, DeviceGrad, DeviceHead, DeviceHeadGrads, DeviceInput, DeviceInputs, DeviceOutput,
+    DeviceTensor, Error, GradBuf, GradDTypes, Head, HeadGrads, InputSet, InputValue, LossOutput,
+    MetricOutput, Report, RunOptions, Runtime, Strategy, TensorData, TensorView,
 };
 pub use loss::{ChunkedLoss, DefaultValue, ParamInfo, ParamKind, SpecInfo};
 pub use params::{ParamSet, ResolvedParams};
-pub use run::{gradient_ir, run};
+pub use run::{gradient_ir, gradient_ir_for, run, run_device};

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::loss::ChunkedLoss;
 use crate::params::ParamSet;
-use crate::{Error, InputSet, LossOutput, RunOptions, Runtime};
+use crate::{DeviceInputs, DeviceOutput, Error, InputSet, LossOutput, RunOptions, Runtime};
 
 /// The simplified gradient IR of the specialisation `params` and `inputs` select.
 pub fn gradient_ir(
@@ -14,13 +14,23 @@ pub fn gradient_ir(
     inputs: &InputSet<'_>,
     params: &ParamSet,
 ) -> Result<(liger_ir::LossFn, BTreeMap<String, f32>), Error> {
+    gradient_ir_for(loss, &inputs.names().collect::<Vec<_>>(), params)
+}
+
+/// [`gradient_ir`] for inputs given by name.
+pub fn gradient_ir_for(
+    loss: &dyn ChunkedLoss,
+    given: &[&str],
+    params: &ParamSet,
+) -> Result<(liger_ir::LossFn, BTreeMap<String, f32>), Error> {
+    let contains = |n: &str| given.contains(&n);
     let resolved = params.resolve(loss)?;
     for p in loss
         .params()
         .iter()
         .filter(|p| p.kind.is_input() && !p.optional)
     {
-        if !inputs.contains(p.name) {
+        if !contains(p.name) {
             return Err(Error::MissingInput {
                 loss: loss.name().into(),
                 name: p.name.into(),
@@ -28,7 +38,7 @@ pub fn gradient_ir(
             });
         }
     }
-    for name in inputs.names() {
+    for &name in given {
         if !loss.param(name).is_some_and(|p| p.kind.is_input()) {
             let known: Vec<&str> = loss
                 .params()
@@ -43,7 +53,7 @@ pub fn gradient_ir(
             });
         }
     }
-    let spec = loss.specialization(&resolved, &|n| inputs.contains(n))?;
+    let spec = loss.specialization(&resolved, &contains)?;
     let f = loss.ir(spec)?;
     let g = liger_ir::differentiate(&f).map_err(|diagnostics| Error::InvalidIr {
         loss: loss.name().into(),
@@ -64,4 +74,19 @@ pub fn run(
 ) -> Result<LossOutput, Error> {
     let (g, hyper) = gradient_ir(loss, inputs, params)?;
     runtime.run(&g, inputs, &hyper, options)
+}
+
+/// Runs `loss` on device buffers (a CUDA `runtime`), queued on `stream`: the loss, metrics and
+/// gradients come back as device buffers and nothing synchronises the stream (see
+/// [`crate::runtime::cuda::api`]).
+pub fn run_device(
+    loss: &dyn ChunkedLoss,
+    runtime: &Runtime,
+    inputs: &DeviceInputs<'_>,
+    params: &ParamSet,
+    options: &RunOptions,
+    stream: &std::sync::Arc<crate::runtime::cudarc::driver::CudaStream>,
+) -> Result<DeviceOutput, Error> {
+    let (g, hyper) = gradient_ir_for(loss, &inputs.names().collect::<Vec<_>>(), params)?;
+    runtime.run_device(&g, inputs, &hyper, options, stream)
 }

@@ -265,3 +265,72 @@ fn cli_errors_name_the_problem() {
         "not a token id",
     );
 }
+
+#[test]
+fn run_writes_gradients_in_the_dtypes_asked_for() {
+    let input = tmp("dpo_gd_in.safetensors");
+    let (out32, out16) = (tmp("dpo_gd_f32.safetensors"), tmp("dpo_gd_mix.safetensors"));
+    dpo_file(&input);
+    for (out, spec) in [(&out32, "f32"), (&out16, "x=bf16,w=f32,b=f16")] {
+        let st = liger()
+            .args([
+                "run",
+                "dpo",
+                "--inputs",
+                &input,
+                "--out",
+                out,
+                "--grad-dtype",
+                spec,
+            ])
+            .output()
+            .expect("runs");
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+    }
+    let (a, b) = (
+        liger::io::read(&out32).expect("f32"),
+        liger::io::read(&out16).expect("mixed"),
+    );
+    let OwnedData::F32(x32) = &a["grad.policy.x"].data else {
+        panic!("f32 x")
+    };
+    let OwnedData::F32(b32) = &a["grad.policy.b"].data else {
+        panic!("f32 b")
+    };
+    // The same f32 computation, rounded to nearest even once.
+    match &b["grad.policy.x"].data {
+        OwnedData::BF16(x) => {
+            assert_eq!(x.len(), x32.len());
+            assert!(
+                x.iter()
+                    .zip(x32)
+                    .all(|(p, q)| *p == half::bf16::from_f32(*q))
+            );
+        }
+        other => panic!("grad x: {other:?}"),
+    }
+    match &b["grad.policy.b"].data {
+        OwnedData::F16(x) => {
+            assert!(
+                x.iter()
+                    .zip(b32)
+                    .all(|(p, q)| *p == half::f16::from_f32(*q))
+            );
+        }
+        other => panic!("grad b: {other:?}"),
+    }
+    assert_eq!(a["grad.policy.w"], b["grad.policy.w"], "grad W stays f32");
+    assert_eq!(b["grad.policy.x"].shape, a["grad.policy.x"].shape);
+    fails_with(
+        &["run", "dpo", "--inputs", &input, "--grad-dtype", "x=f64"],
+        "`f64` is not f32, bf16 or f16",
+    );
+    fails_with(
+        &["run", "dpo", "--inputs", &input, "--grad-dtype", "dx=bf16"],
+        "`dx` is not a gradient (x, w, b)",
+    );
+}

@@ -140,9 +140,9 @@ fn compare(what: &str, out: &liger::LossOutput, want: &liger::reference::Output,
         let g = out
             .grad(&gw.head)
             .unwrap_or_else(|| panic!("{what}: grad {}", gw.head));
-        let mut tensors = vec![("x", &g.x, &gw.x), ("w", &g.w, &gw.w)];
+        let mut tensors = vec![("x", g.x.to_f32(), &gw.x), ("w", g.w.to_f32(), &gw.w)];
         if let (Some(a), Some(b)) = (&g.b, &gw.b) {
-            tensors.push(("b", a, b));
+            tensors.push(("b", a.to_f32(), b));
         } else {
             assert_eq!(
                 g.b.is_some(),
@@ -153,7 +153,7 @@ fn compare(what: &str, out: &liger::LossOutput, want: &liger::reference::Output,
         for (name, a, b) in tensors {
             assert_eq!(a.len(), b.len());
             if bf16 {
-                let e = rel_err(a, b);
+                let e = rel_err(&a, b);
                 assert!(e <= 1e-2, "{what}: d{name} relative error {e}");
             } else {
                 for (i, (x, y)) in a.iter().zip(b.iter()).enumerate() {
@@ -241,6 +241,7 @@ fn executor_matches_the_reference_fp32() {
                         ignore_index: ignore,
                         chunk_memory: budget + (4 << 20),
                         schedule: Some(strategy),
+                        ..RunOptions::default()
                     };
                     let out = match liger::run(case.loss, &rt, &set, &case.params, &opts) {
                         Ok(out) => out,
@@ -295,6 +296,7 @@ fn executor_matches_the_reference_on_a_larger_shape() {
                 ignore_index: -100,
                 chunk_memory: 16 << 20,
                 schedule: Some(strategy),
+                ..RunOptions::default()
             };
             let out = liger::run(case.loss, &rt, &set, &case.params, &opts).expect("runs");
             compare(
@@ -345,6 +347,7 @@ fn executor_with_bf16_inputs_is_within_one_percent() {
                 ignore_index: -100,
                 chunk_memory: 8 << 20,
                 schedule: Some(strategy),
+                ..RunOptions::default()
             };
             let out = liger::run(case.loss, &rt, &set, &case.params, &opts).expect("runs");
             compare(

@@ -237,3 +237,74 @@ fn budget_too_small_says_what_is_needed() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn gradient_dtypes_are_f32_bf16_or_f16() {
+    let b = batch(2, 5);
+    let opts = RunOptions {
+        grad_dtypes: liger::GradDTypes {
+            w: liger::DType::I64,
+            ..liger::GradDTypes::default()
+        },
+        ..RunOptions::default()
+    };
+    match liger::run(&Flce, &Runtime::cpu(), &b.flce(), &ParamSet::new(), &opts) {
+        Err(e @ Error::GradDType { grad: "w", .. }) => {
+            assert!(
+                e.to_string().contains("`grad w` was asked for in i64"),
+                "{e}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let f32s = liger::run(
+        &Flce,
+        &Runtime::cpu(),
+        &b.flce(),
+        &ParamSet::new(),
+        &RunOptions::default(),
+    )
+    .expect("f32");
+    let opts = RunOptions {
+        grad_dtypes: liger::GradDTypes::all(liger::DType::BF16),
+        ..RunOptions::default()
+    };
+    let bf = liger::run(&Flce, &Runtime::cpu(), &b.flce(), &ParamSet::new(), &opts).expect("bf16");
+    assert_eq!(
+        bf.loss.to_bits(),
+        f32s.loss.to_bits(),
+        "the loss does not depend on it"
+    );
+    let (g, g32) = (&bf.grads[0], &f32s.grads[0]);
+    assert_eq!(g.x.dtype(), liger::DType::BF16);
+    assert_eq!(g.w.dtype(), liger::DType::BF16);
+    assert_eq!(
+        g.x,
+        liger::GradBuf::from_f32(g32.x.to_f32(), liger::DType::BF16)
+    );
+    assert_eq!(
+        g.w,
+        liger::GradBuf::from_f32(g32.w.to_f32(), liger::DType::BF16)
+    );
+    assert!(g32.x.as_f32().is_some_and(|x| x.iter().any(|v| *v != 0.0)));
+}
+
+#[test]
+fn gradient_dtype_specs_parse_or_say_why() {
+    use liger::DType::{BF16, F16, F32};
+    use liger::GradDTypes;
+    assert_eq!(
+        GradDTypes::parse("bf16").expect("all"),
+        GradDTypes::all(BF16)
+    );
+    let m = GradDTypes::parse("x=f16, b=bf16").expect("mixed");
+    assert_eq!((m.x, m.w, m.b), (F16, F32, BF16));
+    for (bad, why) in [
+        ("f8", "`f8` is not f32, bf16 or f16"),
+        ("x=bf16,q=f32", "`q` is not a gradient"),
+        ("x=bf16,w", "`w` is not NAME=DTYPE"),
+    ] {
+        let e = GradDTypes::parse(bad).expect_err(bad);
+        assert!(e.to_string().contains(why), "{bad}: {e}");
+    }
+}

@@ -344,10 +344,10 @@ fn compare_outputs(
             failures.push(format!("{what}: no gradient of {}", c.head));
             continue;
         };
-        pairs.push((format!("d{}.x", c.head), g.x.clone(), c.x.clone()));
-        pairs.push((format!("d{}.w", c.head), g.w.clone(), c.w.clone()));
+        pairs.push((format!("d{}.x", c.head), g.x.to_f32(), c.x.to_f32()));
+        pairs.push((format!("d{}.w", c.head), g.w.to_f32(), c.w.to_f32()));
         if let (Some(a), Some(b)) = (&g.b, &c.b) {
-            pairs.push((format!("d{}.b", c.head), a.clone(), b.clone()));
+            pairs.push((format!("d{}.b", c.head), a.to_f32(), b.to_f32()));
         }
     }
     for (name, a, b) in pairs {
@@ -470,7 +470,7 @@ fn gpu_executor_matches_the_cpu_executor_and_is_deterministic() {
                     &RunOptions {
                         ignore_index: ignore,
                         chunk_memory: 64 << 20,
-                        schedule: None,
+                        ..RunOptions::default()
                     },
                 )
                 .expect("cpu");
@@ -481,6 +481,7 @@ fn gpu_executor_matches_the_cpu_executor_and_is_deterministic() {
                             ignore_index: ignore,
                             chunk_memory: budget,
                             schedule: Some(strategy),
+                            ..RunOptions::default()
                         };
                         let got = match liger::run(case.loss, &rt, &set, &case.params, &opts) {
                             Ok(o) => o,
@@ -523,7 +524,12 @@ fn gpu_executor_matches_the_cpu_executor_and_is_deterministic() {
                             let bits = |o: &liger::LossOutput| -> Vec<u32> {
                                 let mut b = vec![o.loss.to_bits()];
                                 for g in &o.grads {
-                                    b.extend(g.x.iter().chain(&g.w).map(|x| x.to_bits()));
+                                    b.extend(
+                                        g.x.to_f32()
+                                            .iter()
+                                            .chain(&g.w.to_f32())
+                                            .map(|x| x.to_bits()),
+                                    );
                                 }
                                 b
                             };
@@ -659,5 +665,582 @@ fn gpu_dpo_16k_tokens_stays_within_a_2gib_budget() {
         "peak extra memory {peak} B exceeds the budget {budget} B"
     );
     assert!(out.loss.is_finite());
-    assert_eq!(out.grads[0].w.len(), v * h, "grad W is returned in fp32");
+    assert_eq!(out.grads[0].w.len(), v * h);
+    assert_eq!(
+        out.grads[0].w.dtype(),
+        liger::DType::F32,
+        "grad W is returned in fp32"
+    );
+}
+
+/// One head's host data: name, hidden size, x, W, optional bias.
+type HeadData = (&'static str, usize, Vec<f32>, Vec<f32>, Option<Vec<f32>>);
+
+/// Host data of one executor case: per head `(name, h, x, w, b)`, targets, the seq input.
+struct CaseData {
+    heads: Vec<HeadData>,
+    target: Vec<i64>,
+    seq: Vec<f32>,
+}
+
+fn case_data(
+    case: &Case,
+    (s, t, h, v): (usize, usize, usize, usize),
+    bias: bool,
+    ignore: i64,
+    seed: u64,
+) -> CaseData {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let heads = case
+        .heads
+        .iter()
+        .map(|(name, mult)| {
+            let hh = h * mult;
+            let x = (0..s * t * hh).map(|_| normal(&mut rng, 1.0)).collect();
+            let w = (0..v * hh)
+                .map(|_| normal(&mut rng, 1.5 / (hh as f32).sqrt()))
+                .collect();
+            let b = bias.then(|| (0..v).map(|_| normal(&mut rng, 0.3)).collect());
+            (*name, hh, x, w, b)
+        })
+        .collect();
+    let target = (0..s * t)
+        .map(|i| {
+            if i % t > 0 && rng.f32() < 0.3 {
+                ignore
+            } else {
+                loop {
+                    let k = rng.usize(0..v) as i64;
+                    if k != ignore {
+                        break k;
+                    }
+                }
+            }
+        })
+        .collect();
+    let seq = (0..s).map(|_| normal(&mut rng, 5.0)).collect();
+    CaseData { heads, target, seq }
+}
+
+fn to_bf16(x: &[f32]) -> Vec<half::bf16> {
+    x.iter().map(|&a| half::bf16::from_f32(a)).collect()
+}
+
+/// Device copies of a case's inputs on `st` (x and W in bf16 when `bf16`; i32 targets when
+/// `i32_target`; the bias and the seq input in bf16 when `bf16`).
+struct DeviceData {
+    x: Vec<liger::runtime::DeviceGrad>,
+    w: Vec<liger::runtime::DeviceGrad>,
+    b: Vec<Option<liger::runtime::DeviceGrad>>,
+    t64: Option<cudarc_slice::I64>,
+    t32: Option<cudarc_slice::I32>,
+    seq: liger::runtime::DeviceGrad,
+}
+
+mod cudarc_slice {
+    pub type I64 = liger::runtime::cudarc::driver::CudaSlice<i64>;
+    pub type I32 = liger::runtime::cudarc::driver::CudaSlice<i32>;
+}
+
+fn upload_float(
+    st: &std::sync::Arc<liger::runtime::cudarc::driver::CudaStream>,
+    x: &[f32],
+    bf16: bool,
+) -> liger::runtime::DeviceGrad {
+    if bf16 {
+        liger::runtime::DeviceGrad::BF16(st.clone_htod(&to_bf16(x)).expect("upload"))
+    } else {
+        liger::runtime::DeviceGrad::F32(st.clone_htod(x).expect("upload"))
+    }
+}
+
+fn device_data(
+    st: &std::sync::Arc<liger::runtime::cudarc::driver::CudaStream>,
+    d: &CaseData,
+    bf16: bool,
+    i32_target: bool,
+) -> DeviceData {
+    DeviceData {
+        x: d.heads
+            .iter()
+            .map(|h| upload_float(st, &h.2, bf16))
+            .collect(),
+        w: d.heads
+            .iter()
+            .map(|h| upload_float(st, &h.3, bf16))
+            .collect(),
+        b: d.heads
+            .iter()
+            .map(|h| h.4.as_ref().map(|b| upload_float(st, b, bf16)))
+            .collect(),
+        t64: (!i32_target).then(|| st.clone_htod(&d.target).expect("t")),
+        t32: i32_target.then(|| {
+            let t: Vec<i32> = d.target.iter().map(|&x| x as i32).collect();
+            st.clone_htod(&t).expect("t")
+        }),
+        seq: upload_float(st, &d.seq, bf16),
+    }
+}
+
+fn dev_tensor<'a>(
+    g: &'a liger::runtime::DeviceGrad,
+    shape: &'a [usize],
+) -> liger::DeviceTensor<'a> {
+    use liger::runtime::DeviceGrad as G;
+    match g {
+        G::F32(x) => liger::DeviceTensor::new(x, shape),
+        G::BF16(x) => liger::DeviceTensor::new(x, shape),
+        G::F16(x) => liger::DeviceTensor::new(x, shape),
+    }
+    .expect("shape")
+}
+
+/// Shapes of a case's device inputs, kept alive for the tensors that borrow them.
+struct Shapes {
+    x: Vec<[usize; 3]>,
+    w: Vec<[usize; 2]>,
+    v: [usize; 1],
+    st: [usize; 2],
+    s: [usize; 1],
+}
+
+fn shapes(d: &CaseData, (s, t, _h, v): (usize, usize, usize, usize)) -> Shapes {
+    Shapes {
+        x: d.heads.iter().map(|h| [s, t, h.1]).collect(),
+        w: d.heads.iter().map(|h| [v, h.1]).collect(),
+        v: [v],
+        st: [s, t],
+        s: [s],
+    }
+}
+
+fn device_inputs<'a>(case: &Case, dd: &'a DeviceData, sh: &'a Shapes) -> liger::DeviceInputs<'a> {
+    let mut set = liger::DeviceInputs::new();
+    for (k, (name, _)) in case.heads.iter().enumerate() {
+        set = set.head(
+            name,
+            liger::DeviceHead {
+                x: dev_tensor(&dd.x[k], &sh.x[k]),
+                w: dev_tensor(&dd.w[k], &sh.w[k]),
+                b: dd.b[k].as_ref().map(|b| dev_tensor(b, &sh.v)),
+            },
+        );
+    }
+    let target = match (&dd.t64, &dd.t32) {
+        (Some(t), _) => liger::DeviceTensor::new(t, &sh.st),
+        (_, Some(t)) => liger::DeviceTensor::new(t, &sh.st),
+        _ => unreachable!("a target"),
+    }
+    .expect("target");
+    set = set.tensor("target", target);
+    if let Some(n) = case.seq {
+        set = set.tensor(n, dev_tensor(&dd.seq, &sh.s));
+    }
+    set
+}
+
+fn host_inputs<'a>(
+    case: &Case,
+    d: &'a CaseData,
+    bf: &'a [(Vec<half::bf16>, Vec<half::bf16>)],
+    sh: &'a Shapes,
+) -> InputSet<'a> {
+    let mut set = InputSet::new();
+    for (k, (name, _, x, w, b)) in d.heads.iter().enumerate() {
+        let (x, w) = if bf.is_empty() {
+            (
+                TensorView::new(x, &sh.x[k]).expect("x"),
+                TensorView::new(w, &sh.w[k]).expect("w"),
+            )
+        } else {
+            (
+                TensorView::new(&bf[k].0, &sh.x[k]).expect("x"),
+                TensorView::new(&bf[k].1, &sh.w[k]).expect("w"),
+            )
+        };
+        set = set.head(
+            name,
+            match b {
+                Some(b) => liger::Head::with_bias(x, w, TensorView::new(b, &sh.v).expect("b")),
+                None => liger::Head::new(x, w),
+            },
+        );
+    }
+    set = set.tensor("target", TensorView::new(&d.target, &sh.st).expect("t"));
+    if let Some(n) = case.seq {
+        set = set.tensor(n, TensorView::new(&d.seq, &sh.s).expect("seq"));
+    }
+    set
+}
+
+#[test]
+fn gpu_device_api_matches_the_host_api_and_the_cpu_with_gradient_dtypes() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    use liger::DType::{BF16, F16, F32};
+    let rt = liger::Runtime::cuda(0).expect("cuda runtime");
+    let cpu = liger::Runtime::cpu();
+    let st = rt
+        .cuda_context()
+        .expect("context")
+        .new_stream()
+        .expect("a stream of our own");
+    let mut failures = Vec::new();
+    let mut runs = 0;
+    for dims in [(6usize, 47usize, 31usize, 123usize), (4, 130, 64, 4099)] {
+        for (ci, case) in executor_cases().iter().enumerate() {
+            for (bias, ignore, bf16, gd) in [
+                (false, -100i64, false, liger::GradDTypes::default()),
+                (
+                    true,
+                    42,
+                    false,
+                    liger::GradDTypes {
+                        x: BF16,
+                        w: F32,
+                        b: F16,
+                    },
+                ),
+                (true, -100, true, liger::GradDTypes::all(BF16)),
+            ] {
+                let d = case_data(case, dims, bias, ignore, (ci * 10 + dims.3) as u64);
+                let sh = shapes(&d, dims);
+                // The bf16 host inputs hold the values the device gets; the bias and the seq
+                // input are rounded to bf16 on the host too, so all three runs see one batch.
+                let mut d = d;
+                if bf16 {
+                    for hd in &mut d.heads {
+                        if let Some(b) = &mut hd.4 {
+                            *b = to_bf16(b).iter().map(|v| v.to_f32()).collect();
+                        }
+                    }
+                    d.seq = to_bf16(&d.seq).iter().map(|v| v.to_f32()).collect();
+                }
+                let bf: Vec<(Vec<half::bf16>, Vec<half::bf16>)> = if bf16 {
+                    d.heads
+                        .iter()
+                        .map(|h| (to_bf16(&h.2), to_bf16(&h.3)))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let dd = device_data(&st, &d, bf16, ignore == 42);
+                let host_set = host_inputs(case, &d, &bf, &sh);
+                let dev_set = device_inputs(case, &dd, &sh);
+                let base = RunOptions {
+                    ignore_index: ignore,
+                    chunk_memory: 64 << 20,
+                    ..RunOptions::default()
+                };
+                let opts = RunOptions {
+                    grad_dtypes: gd,
+                    ..base
+                };
+                let what = format!(
+                    "{} {dims:?} bias={bias} ignore={ignore} bf16={bf16} grads {:?}/{:?}/{:?}",
+                    case.loss.name(),
+                    gd.x,
+                    gd.w,
+                    gd.b
+                );
+                let want =
+                    liger::run(case.loss, &cpu, &host_set, &case.params, &base).expect("cpu");
+                let host =
+                    liger::run(case.loss, &rt, &host_set, &case.params, &base).expect("host");
+                let out = liger::run_device(case.loss, &rt, &dev_set, &case.params, &opts, &st)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                let got = out.to_host().unwrap_or_else(|e| panic!("{what}: {e}"));
+                // Against the CPU executor (f32 view of the gradients; a bf16/f16 gradient is
+                // compared by relative norm).
+                let widened = liger::LossOutput {
+                    grads: got
+                        .grads
+                        .iter()
+                        .map(|g| liger::HeadGrads {
+                            head: g.head.clone(),
+                            x: liger::GradBuf::F32(g.x.to_f32()),
+                            w: liger::GradBuf::F32(g.w.to_f32()),
+                            b: g.b.as_ref().map(|b| liger::GradBuf::F32(b.to_f32())),
+                        })
+                        .collect(),
+                    ..got.clone()
+                };
+                let rounded = gd != liger::GradDTypes::default();
+                compare_outputs(&what, &widened, &want, bf16 || rounded, &mut failures);
+                // Against the host API on the same GPU: the same work, so the same bits (the
+                // gradients rounded once from the host API's f32 values).
+                if got.loss.to_bits() != host.loss.to_bits() {
+                    failures.push(format!(
+                        "{what}: loss {} vs host API {}",
+                        got.loss, host.loss
+                    ));
+                }
+                for (g, hg) in got.grads.iter().zip(&host.grads) {
+                    let same = g.x == liger::GradBuf::from_f32(hg.x.to_f32(), gd.x)
+                        && g.w == liger::GradBuf::from_f32(hg.w.to_f32(), gd.w)
+                        && g.b
+                            == hg
+                                .b
+                                .as_ref()
+                                .map(|b| liger::GradBuf::from_f32(b.to_f32(), gd.b));
+                    if !same {
+                        failures.push(format!(
+                            "{what}: {} gradients differ from the host API",
+                            g.head
+                        ));
+                    }
+                    if g.x.dtype() != gd.x || g.w.dtype() != gd.w {
+                        failures.push(format!(
+                            "{what}: gradient dtypes {:?}",
+                            (g.x.dtype(), g.w.dtype())
+                        ));
+                    }
+                }
+                if got.report.strategy != host.report.strategy
+                    || got.report.chunk_rows != host.report.chunk_rows
+                {
+                    failures.push(format!("{what}: planned differently from the host API"));
+                }
+                runs += 1;
+            }
+        }
+    }
+    eprintln!("{runs} device-API runs");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(runs >= 30, "{runs} runs");
+}
+
+#[test]
+fn gpu_device_api_queues_on_the_callers_stream_without_synchronising() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    use liger::runtime::cudarc::driver::{LaunchConfig, PushKernelArg};
+    let rt = liger::Runtime::cuda(0).expect("cuda runtime");
+    let ctx = rt.cuda_context().expect("context").clone();
+    let st = ctx.new_stream().expect("stream");
+    // A kernel that keeps the stream busy for `ns` nanoseconds of the global timer.
+    let src = r#"extern "C" __global__ void spin(unsigned long long ns) {
+        unsigned long long t0, t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+        do { asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); } while (t - t0 < ns);
+    }"#;
+    let arch = Gpu::new(0).expect("gpu").arch().expect("arch");
+    let c = liger::runtime::cuda::nvrtc::compile(src, "spin.cu", &arch).expect("nvrtc");
+    let module = ctx
+        .load_module(liger::runtime::cudarc::nvrtc::Ptx::from_binary(
+            c.cubin.expect("cubin"),
+        ))
+        .expect("load");
+    let spin = module.load_function("spin").expect("spin");
+    let one = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (1, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    for (ci, case) in executor_cases().iter().enumerate() {
+        let dims = (4usize, 64usize, 64usize, 4099usize);
+        let d = case_data(case, dims, ci % 2 == 0, -100, 77 + ci as u64);
+        let sh = shapes(&d, dims);
+        let dd = device_data(&st, &d, true, false);
+        let set = device_inputs(case, &dd, &sh);
+        let opts = RunOptions {
+            chunk_memory: 16 << 20,
+            ..RunOptions::default()
+        };
+        // Warm: kernels compiled and loaded, the stream's cuBLAS handle made.
+        let warm = liger::run_device(case.loss, &rt, &set, &case.params, &opts, &st).expect("warm");
+        let warm = warm.to_host().expect("warm result");
+        let ns = 400_000_000u64;
+        let mut b = st.launch_builder(&spin);
+        b.arg(&ns);
+        // SAFETY: `spin` takes one u64 and touches no memory.
+        unsafe { b.launch(one) }.expect("spin");
+        let t0 = Instant::now();
+        let out =
+            liger::run_device(case.loss, &rt, &set, &case.params, &opts, &st).expect("queued");
+        let queued = t0.elapsed();
+        let after = st.record_event(None).expect("event");
+        let busy = !after.is_complete();
+        let other = ctx.new_stream().expect("another stream");
+        let free = other.record_event(None).expect("event");
+        other.synchronize().expect("other stream");
+        eprintln!(
+            "{}: queued in {:.2} ms while the stream was busy: {busy}; {} chunks",
+            case.loss.name(),
+            queued.as_secs_f64() * 1e3,
+            out.report().chunks
+        );
+        assert!(
+            busy,
+            "{}: the call waited for the caller's stream",
+            case.loss.name()
+        );
+        assert!(
+            queued.as_millis() < 300,
+            "{}: queueing took {queued:?}",
+            case.loss.name()
+        );
+        assert!(free.is_complete(), "another stream is not held up by ours");
+        let got = out.to_host().expect("result");
+        assert_eq!(
+            got.loss.to_bits(),
+            warm.loss.to_bits(),
+            "{}",
+            case.loss.name()
+        );
+        assert_eq!(got.grads, warm.grads, "{}", case.loss.name());
+        assert!(out.device_ms().expect("events") > 0.0);
+    }
+}
+
+#[test]
+fn gpu_device_api_bad_input_gives_typed_errors() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    use liger::Error;
+    let rt = liger::Runtime::cuda(0).expect("cuda runtime");
+    let st = rt
+        .cuda_context()
+        .expect("context")
+        .new_stream()
+        .expect("stream");
+    let cases = executor_cases();
+    let (flce, dpo_hinge) = (&cases[0], &cases[4]);
+    let dims = (2usize, 5usize, 8usize, 33usize);
+    let opts = RunOptions::default();
+    let run =
+        |case: &Case, d: &CaseData, bf16: bool, i32t: bool| -> Result<liger::LossOutput, Error> {
+            let sh = shapes(d, dims);
+            let dd = device_data(&st, d, bf16, i32t);
+            let set = device_inputs(case, &dd, &sh);
+            let out = liger::run_device(case.loss, &rt, &set, &case.params, &opts, &st)?;
+            match out.check() {
+                Ok(_) => out.to_host(),
+                Err(e) => {
+                    // The loss is poisoned too.
+                    let loss = st.clone_dtoh(&out.loss().expect("loss")).expect("read");
+                    assert!(
+                        loss[0].is_nan(),
+                        "a failed check leaves the loss NaN, got {}",
+                        loss[0]
+                    );
+                    Err(e)
+                }
+            }
+        };
+    let ok = case_data(flce, dims, true, -100, 3);
+    run(flce, &ok, false, false).expect("valid inputs");
+    let mut d = case_data(flce, dims, true, -100, 3);
+    d.target[7] = 33;
+    match run(flce, &d, false, false) {
+        Err(Error::TargetOutOfRange {
+            seq: 1,
+            pos: 2,
+            value: 33,
+            vocab: 33,
+            ..
+        }) => {}
+        other => panic!("target 33: {other:?}"),
+    }
+    d.target[7] = -5;
+    match run(flce, &d, true, true) {
+        Err(Error::TargetOutOfRange {
+            seq: 1,
+            pos: 2,
+            value: -5,
+            ..
+        }) => {}
+        other => panic!("i32 target -5: {other:?}"),
+    }
+    let mut d = case_data(flce, dims, true, -100, 3);
+    d.heads[0].2[7] = f32::NAN;
+    match run(flce, &d, false, false) {
+        Err(Error::NonFinite {
+            input, index: 7, ..
+        }) if input == "logits.x" => {}
+        other => panic!("NaN x: {other:?}"),
+    }
+    let mut d = case_data(flce, dims, true, -100, 3);
+    d.heads[0].3[11] = f32::INFINITY;
+    match run(flce, &d, true, false) {
+        Err(Error::NonFinite {
+            input,
+            index: 11,
+            value,
+        }) if input == "logits.w" && value == f64::INFINITY => {}
+        other => panic!("inf w (bf16): {other:?}"),
+    }
+    let mut d = case_data(flce, dims, true, -100, 3);
+    if let Some(b) = &mut d.heads[0].4 {
+        b[4] = f32::NEG_INFINITY;
+    }
+    match run(flce, &d, false, false) {
+        Err(Error::NonFinite {
+            input, index: 4, ..
+        }) if input == "logits.b" => {}
+        other => panic!("-inf bias: {other:?}"),
+    }
+    let mut d = case_data(dpo_hinge, dims, false, -100, 4);
+    d.seq[1] = f32::NAN;
+    match run(dpo_hinge, &d, false, false) {
+        Err(Error::NonFinite {
+            input, index: 1, ..
+        }) if input == "ref_logps" => {}
+        other => panic!("NaN ref_logps: {other:?}"),
+    }
+    // Host-side checks: shapes, dtypes, kinds, the context.
+    let d = case_data(flce, dims, false, -100, 3);
+    let sh = shapes(&d, dims);
+    let dd = device_data(&st, &d, false, false);
+    let t64 = dd.t64.as_ref().expect("i64 targets");
+    assert!(matches!(
+        liger::DeviceTensor::new(t64, &[3, 5]),
+        Err(Error::ViewShape { .. })
+    ));
+    let x = dev_tensor(&dd.x[0], &sh.x[0]);
+    let wbf: liger::runtime::cudarc::driver::CudaSlice<half::bf16> =
+        st.clone_htod(&to_bf16(&d.heads[0].3)).expect("w");
+    let mixed = liger::DeviceInputs::new()
+        .head(
+            "logits",
+            liger::DeviceHead {
+                x,
+                w: liger::DeviceTensor::new(&wbf, &sh.w[0]).expect("w"),
+                b: None,
+            },
+        )
+        .tensor("target", liger::DeviceTensor::new(t64, &sh.st).expect("t"));
+    match liger::run_device(flce.loss, &rt, &mixed, &flce.params, &opts, &st) {
+        Err(Error::InputDType { input, .. }) if input == "logits.w" => {}
+        other => panic!("mixed dtypes: {other:?}"),
+    }
+    let wrong_target = liger::DeviceInputs::new()
+        .head(
+            "logits",
+            liger::DeviceHead {
+                x,
+                w: dev_tensor(&dd.w[0], &sh.w[0]),
+                b: None,
+            },
+        )
+        .tensor("target", dev_tensor(&dd.seq, &sh.s));
+    match liger::run_device(flce.loss, &rt, &wrong_target, &flce.params, &opts, &st) {
+        Err(Error::Shape { input, .. }) if input == "target" => {}
+        other => panic!("a [S] float target: {other:?}"),
+    }
+    let good = device_inputs(flce, &dd, &sh);
+    match liger::run_device(
+        flce.loss,
+        &liger::Runtime::cpu(),
+        &good,
+        &flce.params,
+        &opts,
+        &st,
+    ) {
+        Err(Error::Device { .. }) => {}
+        other => panic!("device buffers on the CPU runtime: {other:?}"),
+    }
 }

@@ -76,7 +76,7 @@ fn measure<T>(f: impl FnOnce() -> T) -> (T, usize) {
 fn output_bytes(out: &liger::LossOutput) -> usize {
     out.grads
         .iter()
-        .map(|g| 4 * (g.x.len() + g.w.len() + g.b.as_ref().map_or(0, Vec::len)))
+        .map(|g| 4 * (g.x.len() + g.w.len() + g.b.as_ref().map_or(0, liger::GradBuf::len)))
         .sum()
 }
 
@@ -195,6 +195,7 @@ fn every_schedule_stays_within_small_budgets() {
                     ignore_index: 42,
                     chunk_memory: budget,
                     schedule: Some(strategy),
+                    ..RunOptions::default()
                 };
                 let (res, peak) = measure(|| liger::run(*loss, &rt, set, &ParamSet::new(), &opts));
                 let out = match res {

@@ -171,3 +171,37 @@ fn ptx_fallback_targets_isa_9_0_or_older() {
         "PTX ISA {v} is newer than a CUDA 13.0 driver accepts"
     );
 }
+
+#[test]
+fn runtime_io_kernels_compile_for_sm80_and_sm90_without_spills() {
+    if libs::nvrtc().is_err() {
+        assert!(
+            std::env::var("LIGER_REQUIRE_NVRTC").map_or(true, |v| v != "1"),
+            "NVRTC required"
+        );
+        return;
+    }
+    let src = liger::runtime::cuda::engine::IO_SOURCE;
+    for arch in ["sm_80", "sm_90"] {
+        let c = nvrtc::compile(src, "liger_io.cu", arch).expect("compiles");
+        assert!(c.cubin.is_some(), "{arch}: a CUBIN");
+        let names: BTreeSet<&str> = c.kernels.iter().map(|k| k.name.as_str()).collect();
+        for want in [
+            "liger_check_finite_bf16",
+            "liger_in_float_f16",
+            "liger_in_tokens_i64",
+            "liger_in_tokens_i32",
+            "liger_in_mask_u8",
+            "liger_fetch_i64",
+            "liger_cast_bf16",
+            "liger_cast_f16",
+            "liger_poison",
+        ] {
+            assert!(
+                names.contains(want),
+                "{arch}: {want} missing from {names:?}"
+            );
+        }
+        assert!(c.spills().is_empty(), "{arch}: spills {:?}", c.spills());
+    }
+}

@@ -220,6 +220,24 @@ pub enum Error {
         /// Why.
         why: String,
     },
+    /// A gradient dtype that is not f32, bf16 or f16.
+    #[error("gradients can be returned in f32, bf16 or f16; `grad {grad}` was asked for in {got}")]
+    GradDType {
+        /// `x`, `w` or `b`.
+        grad: &'static str,
+        /// The dtype asked for.
+        got: crate::tensor::DType,
+    },
+    /// A gradient-dtype spec that does not parse.
+    #[error(
+        "`{spec}` is not a gradient dtype spec ({why}); use f32, bf16, f16 or x=bf16,w=f32,b=f32"
+    )]
+    BadGradDType {
+        /// The text.
+        spec: String,
+        /// What is wrong.
+        why: String,
+    },
     /// A size string that does not parse.
     #[error("`{value}` is not a size such as 256MiB, 2GiB or 1000000")]
     BadSize {

@@ -7,8 +7,11 @@
 //!   rayon across rows, the whole-batch values computed before the chunk loop; returns the
 //!   loss, metrics, `grad x`, `grad W` (f32 accumulated), `grad b` and a report.
 //!
-//! The CUDA executor arrives with its issue; CUDA libraries are loaded at run time, so this
-//! crate builds and its CPU path runs anywhere.
+//! - [`cuda`]: the CUDA executor (cuBLAS GEMMs and the generated kernels) with a host API
+//!   ([`Runtime::run`]) and a device API ([`Runtime::run_device`]: cudarc buffers in and out
+//!   on the caller's stream, no hidden synchronisation).
+//!
+//! CUDA libraries are loaded at run time, so this crate builds and its CPU path runs anywhere.
 
 pub mod cache;
 pub mod cpu;
@@ -20,11 +23,15 @@ pub mod plan;
 pub mod progress;
 pub mod tensor;
 
+pub use cuda::api::{DeviceHead, DeviceInput, DeviceInputs, DeviceOutput, DeviceTensor};
+pub use cuda::exec::{DeviceGrad, DeviceHeadGrads};
+/// The cudarc this crate is built against (device buffers and streams of the device API).
+pub use cudarc;
 pub use error::Error;
 pub use inputs::{InputSet, InputValue};
 pub use liger_ir::Strategy;
-pub use output::{HeadGrads, LossOutput, MetricOutput, Report};
-pub use plan::{Plan, RunOptions};
+pub use output::{GradBuf, HeadGrads, LossOutput, MetricOutput, Report};
+pub use plan::{GradDTypes, Plan, RunOptions};
 pub use tensor::{DType, Head, TensorData, TensorView};
 
 use std::collections::BTreeMap;
@@ -52,7 +59,7 @@ impl Device {
 #[derive(Clone)]
 pub struct Runtime {
     device: Device,
-    cuda: Option<std::sync::Arc<(cuda::device::Gpu, cache::Cache)>>,
+    cuda: Option<std::sync::Arc<cuda::engine::Engine>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -75,7 +82,10 @@ impl Runtime {
         let gpu = cuda::device::Gpu::new(ordinal)?;
         Ok(Runtime {
             device: Device::Cuda,
-            cuda: Some(std::sync::Arc::new((gpu, cache::Cache::from_env()))),
+            cuda: Some(std::sync::Arc::new(cuda::engine::Engine::new(
+                gpu,
+                cache::Cache::from_env(),
+            ))),
         })
     }
 
@@ -101,6 +111,32 @@ impl Runtime {
         self.device
     }
 
+    /// The CUDA context of a CUDA runtime: make the streams and buffers of
+    /// [`Runtime::run_device`] with it.
+    pub fn cuda_context(&self) -> Option<&std::sync::Arc<cudarc::driver::CudaContext>> {
+        self.cuda.as_ref().map(|e| &e.gpu.ctx)
+    }
+
+    /// Runs the gradient IR `grad_ir` on device inputs, queued on `stream` (a stream of
+    /// [`Runtime::cuda_context`]); returns device buffers without synchronising the stream.
+    /// See [`cuda::api`].
+    pub fn run_device(
+        &self,
+        grad_ir: &liger_ir::LossFn,
+        inputs: &DeviceInputs<'_>,
+        hyper: &BTreeMap<String, f32>,
+        options: &RunOptions,
+        stream: &std::sync::Arc<cudarc::driver::CudaStream>,
+    ) -> Result<DeviceOutput, Error> {
+        match &self.cuda {
+            Some(e) => cuda::api::run_device(e, grad_ir, inputs, hyper, options, stream),
+            None => Err(Error::Device {
+                device: self.device.name().into(),
+                why: "device buffers need a CUDA runtime (Runtime::cuda)".into(),
+            }),
+        }
+    }
+
     /// Runs the gradient IR `grad_ir` (differentiated and simplified) on `inputs` with
     /// hyperparameter values `hyper`.
     pub fn run(
@@ -111,7 +147,7 @@ impl Runtime {
         options: &RunOptions,
     ) -> Result<LossOutput, Error> {
         match (&self.device, &self.cuda) {
-            (Device::Cuda, Some(c)) => cuda::exec::run(&c.0, &c.1, grad_ir, inputs, hyper, options),
+            (Device::Cuda, Some(e)) => cuda::exec::run(e, grad_ir, inputs, hyper, options),
             _ => cpu::run(grad_ir, inputs, hyper, options),
         }
     }

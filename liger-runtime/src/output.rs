@@ -1,6 +1,9 @@
 //! What a run returns: loss, metrics, gradients and a report of how it ran.
 
+use half::{bf16, f16};
 use liger_ir::{Level, Strategy};
+
+use crate::tensor::DType;
 
 /// A metric: a scalar (batch), `[P]` (pair), `[S]` (seq) or `[S,T]` (row).
 #[derive(Clone, Debug, PartialEq)]
@@ -13,17 +16,80 @@ pub struct MetricOutput {
     pub values: Vec<f32>,
 }
 
-/// The gradients of one `Logits` head, in f32.
+/// A gradient in the dtype the caller chose ([`crate::GradDTypes`]); computed and accumulated
+/// in f32 either way, rounded to nearest even once at the end.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GradBuf {
+    /// f32 (the default).
+    F32(Vec<f32>),
+    /// bfloat16.
+    BF16(Vec<bf16>),
+    /// IEEE half.
+    F16(Vec<f16>),
+}
+
+impl GradBuf {
+    /// f32 values rounded to `dtype` (f32, bf16 or f16; other dtypes keep f32).
+    pub fn from_f32(x: Vec<f32>, dtype: DType) -> GradBuf {
+        match dtype {
+            DType::BF16 => GradBuf::BF16(x.iter().map(|&v| bf16::from_f32(v)).collect()),
+            DType::F16 => GradBuf::F16(x.iter().map(|&v| f16::from_f32(v)).collect()),
+            _ => GradBuf::F32(x),
+        }
+    }
+
+    /// Its dtype.
+    pub fn dtype(&self) -> DType {
+        match self {
+            GradBuf::F32(_) => DType::F32,
+            GradBuf::BF16(_) => DType::BF16,
+            GradBuf::F16(_) => DType::F16,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            GradBuf::F32(x) => x.len(),
+            GradBuf::BF16(x) => x.len(),
+            GradBuf::F16(x) => x.len(),
+        }
+    }
+
+    /// Whether it has no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The values as f32 (exact: every bf16/f16 value is an f32).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            GradBuf::F32(x) => x.clone(),
+            GradBuf::BF16(x) => x.iter().map(|v| v.to_f32()).collect(),
+            GradBuf::F16(x) => x.iter().map(|v| v.to_f32()).collect(),
+        }
+    }
+
+    /// The f32 values, when it is f32.
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match self {
+            GradBuf::F32(x) => Some(x),
+            _ => None,
+        }
+    }
+}
+
+/// The gradients of one `Logits` head.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HeadGrads {
     /// The head's name.
     pub head: String,
     /// `dL/dx`, `[S,T,H]`.
-    pub x: Vec<f32>,
+    pub x: GradBuf,
     /// `dL/dW`, `[V,H]`, accumulated in f32 across chunks.
-    pub w: Vec<f32>,
+    pub w: GradBuf,
     /// `dL/db`, `[V]`, when the head has a bias.
-    pub b: Option<Vec<f32>>,
+    pub b: Option<GradBuf>,
 }
 
 /// How a run went.

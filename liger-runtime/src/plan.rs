@@ -10,6 +10,7 @@ use liger_ir::schedule::{Cost, Dims};
 use liger_ir::{Schedule, Strategy};
 
 use crate::Error;
+use crate::tensor::DType;
 
 /// Options of a run.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -20,6 +21,8 @@ pub struct RunOptions {
     pub chunk_memory: usize,
     /// A strategy to force instead of the planner's choice.
     pub schedule: Option<Strategy>,
+    /// The dtypes gradients are returned in (all f32 by default).
+    pub grad_dtypes: GradDTypes,
 }
 
 impl Default for RunOptions {
@@ -28,7 +31,98 @@ impl Default for RunOptions {
             ignore_index: -100,
             chunk_memory: 256 << 20,
             schedule: None,
+            grad_dtypes: GradDTypes::default(),
         }
+    }
+}
+
+/// The dtypes of the returned gradients: f32 (the default), bf16 or f16 each. Gradients are
+/// always computed and accumulated in f32 (`dW` across chunks included) and rounded once at
+/// the end; a non-f32 choice costs an f32 working copy of that gradient during the run, which
+/// the planner counts in the budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GradDTypes {
+    /// `grad x`, `[S,T,H]`.
+    pub x: DType,
+    /// `grad W`, `[V,H]`.
+    pub w: DType,
+    /// `grad b`, `[V]`.
+    pub b: DType,
+}
+
+impl Default for GradDTypes {
+    fn default() -> Self {
+        GradDTypes {
+            x: DType::F32,
+            w: DType::F32,
+            b: DType::F32,
+        }
+    }
+}
+
+impl GradDTypes {
+    /// All three in `dtype`.
+    pub fn all(dtype: DType) -> Self {
+        GradDTypes {
+            x: dtype,
+            w: dtype,
+            b: dtype,
+        }
+    }
+
+    /// Parses `f32` / `bf16` / `f16` (all three) or `x=bf16,w=f32,b=f16` (unnamed ones f32).
+    pub fn parse(spec: &str) -> Result<Self, Error> {
+        let one = |s: &str| -> Result<DType, Error> {
+            match s.trim() {
+                "f32" => Ok(DType::F32),
+                "bf16" => Ok(DType::BF16),
+                "f16" => Ok(DType::F16),
+                other => Err(Error::BadGradDType {
+                    spec: spec.into(),
+                    why: format!("`{other}` is not f32, bf16 or f16"),
+                }),
+            }
+        };
+        if !spec.contains('=') {
+            return Ok(GradDTypes::all(one(spec)?));
+        }
+        let mut out = GradDTypes::default();
+        for part in spec.split(',') {
+            let (k, v) = part.split_once('=').ok_or_else(|| Error::BadGradDType {
+                spec: spec.into(),
+                why: format!("`{part}` is not NAME=DTYPE"),
+            })?;
+            let d = one(v)?;
+            match k.trim() {
+                "x" => out.x = d,
+                "w" => out.w = d,
+                "b" => out.b = d,
+                other => {
+                    return Err(Error::BadGradDType {
+                        spec: spec.into(),
+                        why: format!("`{other}` is not a gradient (x, w, b)"),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// An error naming the first choice that is not f32, bf16 or f16.
+    pub fn check(&self) -> Result<(), Error> {
+        for (grad, d) in [("x", self.x), ("w", self.w), ("b", self.b)] {
+            if !matches!(d, DType::F32 | DType::BF16 | DType::F16) {
+                return Err(Error::GradDType { grad, got: d });
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of f32 working copies these choices add for a head of `rows` x `h` with `v`
+    /// vocabulary entries (and a bias when `bias`).
+    pub fn working_bytes(&self, rows: usize, h: usize, v: usize, bias: bool) -> usize {
+        let f = |d: DType, n: usize| if d == DType::F32 { 0 } else { n * 4 };
+        f(self.x, rows * h) + f(self.w, v * h) + if bias { f(self.b, v) } else { 0 }
     }
 }
 

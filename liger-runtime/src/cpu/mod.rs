@@ -21,7 +21,7 @@ use liger_ir::{InputKind, Level, LossFn, OutputKind, Schedule, Strategy, ValueId
 
 use crate::Error;
 use crate::inputs::{InputSet, InputValue};
-use crate::output::{HeadGrads, LossOutput, MetricOutput, Report};
+use crate::output::{GradBuf, HeadGrads, LossOutput, MetricOutput, Report};
 use crate::plan::{RunOptions, plan};
 use crate::tensor::{TensorData, TensorView};
 use eval::{Arr, Eval, VBuf};
@@ -406,6 +406,7 @@ pub fn run(
     opts: &RunOptions,
 ) -> Result<LossOutput, Error> {
     let start = Instant::now();
+    opts.grad_dtypes.check()?;
     let sched = Schedule::of(g);
     let Prepared {
         mut heads,
@@ -738,9 +739,9 @@ pub fn run(
         .filter(|h| h.grad.is_some())
         .map(|h| HeadGrads {
             head: h.name,
-            x: h.dx,
-            w: h.dw,
-            b: h.db,
+            x: GradBuf::from_f32(h.dx, opts.grad_dtypes.x),
+            w: GradBuf::from_f32(h.dw, opts.grad_dtypes.w),
+            b: h.db.map(|b| GradBuf::from_f32(b, opts.grad_dtypes.b)),
         })
         .collect();
     Ok(LossOutput {

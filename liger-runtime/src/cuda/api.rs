@@ -1,0 +1,638 @@
+//! The device API: a loss on tensors that already live on the GPU, queued on the caller's
+//! stream, with the loss, metrics and gradients returned as device buffers.
+//!
+//! - Inputs are borrowed cudarc buffers ([`CudaSlice`] or [`CudaView`]) wrapped with a shape in
+//!   [`DeviceTensor`]s; heads are [`DeviceHead`]s (`x [S,T,H]`, `W [V,H]`, optional `b [V]`).
+//!   Shapes, dtypes and names are checked on the host before anything is queued.
+//! - Everything runs on the stream the caller passes; nothing synchronises it, and no other
+//!   stream is touched (cudarc's event tracking orders the caller's buffers written on other
+//!   streams before our reads, stream-side). The call returns as soon as the work is queued.
+//! - Values are checked on the device (token ids in range, non-finite floats in every float
+//!   input): a failed check poisons the loss to NaN and is reported, as the same typed error
+//!   the host API gives, by [`DeviceOutput::check`] — the one call that synchronises the
+//!   stream, and only when the caller asks.
+//! - Gradients come back in the dtypes of [`crate::RunOptions::grad_dtypes`] (f32 by default;
+//!   `grad W` is accumulated in f32 across chunks either way).
+//!
+//! The first run on a stream creates the stream's cuBLAS handle and workspace and may
+//! compile and load kernels; later runs with the same shapes bucket do neither.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtr, DeviceSlice, SyncOnDrop};
+use liger_ir::{InputKind, Level, LossFn, OutputKind, Schedule};
+
+use crate::Error;
+use crate::cuda::engine::Engine;
+use crate::cuda::exec::{
+    Checker, DevHead, DevSide, DeviceGrad, DeviceHeadGrads, Job, Ran, SideKind, enqueue,
+};
+use crate::output::{LossOutput, Report};
+use crate::plan::RunOptions;
+use crate::tensor::DType;
+
+/// Element types a device tensor may hold.
+pub trait DeviceElem: cudarc::driver::DeviceRepr {
+    /// Its dtype (`u8` and `bool` are masks: [`DType::Bool`]).
+    const DTYPE: DType;
+}
+
+impl DeviceElem for f32 {
+    const DTYPE: DType = DType::F32;
+}
+impl DeviceElem for half::bf16 {
+    const DTYPE: DType = DType::BF16;
+}
+impl DeviceElem for half::f16 {
+    const DTYPE: DType = DType::F16;
+}
+impl DeviceElem for i64 {
+    const DTYPE: DType = DType::I64;
+}
+impl DeviceElem for i32 {
+    const DTYPE: DType = DType::I32;
+}
+impl DeviceElem for bool {
+    const DTYPE: DType = DType::Bool;
+}
+impl DeviceElem for u8 {
+    const DTYPE: DType = DType::Bool;
+}
+
+/// A borrowed device buffer with its element type erased.
+trait Erased {
+    fn ptr<'s>(&'s self, st: &'s CudaStream) -> (u64, SyncOnDrop<'s>);
+    fn context(&self) -> &Arc<cudarc::driver::CudaContext>;
+}
+
+impl<T: DeviceElem> Erased for CudaSlice<T> {
+    fn ptr<'s>(&'s self, st: &'s CudaStream) -> (u64, SyncOnDrop<'s>) {
+        self.device_ptr(st)
+    }
+    fn context(&self) -> &Arc<cudarc::driver::CudaContext> {
+        DeviceSlice::stream(self).context()
+    }
+}
+
+impl<T: DeviceElem> Erased for CudaView<'_, T> {
+    fn ptr<'s>(&'s self, st: &'s CudaStream) -> (u64, SyncOnDrop<'s>) {
+        self.device_ptr(st)
+    }
+    fn context(&self) -> &Arc<cudarc::driver::CudaContext> {
+        DeviceSlice::stream(self).context()
+    }
+}
+
+/// A device buffer with a shape: an input of the device API.
+#[derive(Clone, Copy)]
+pub struct DeviceTensor<'a> {
+    buf: &'a dyn Erased,
+    dtype: DType,
+    shape: &'a [usize],
+}
+
+impl std::fmt::Debug for DeviceTensor<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceTensor({} {:?})", self.dtype, self.shape)
+    }
+}
+
+impl<'a> DeviceTensor<'a> {
+    /// `slice` seen as `shape` (its length must be the shape's element count).
+    pub fn new<T: DeviceElem>(slice: &'a CudaSlice<T>, shape: &'a [usize]) -> Result<Self, Error> {
+        Self::checked(slice, slice.len(), T::DTYPE, shape)
+    }
+
+    /// `view` seen as `shape` (its length must be the shape's element count).
+    pub fn from_view<T: DeviceElem>(
+        view: &'a CudaView<'a, T>,
+        shape: &'a [usize],
+    ) -> Result<Self, Error> {
+        Self::checked(view, view.len(), T::DTYPE, shape)
+    }
+
+    fn checked(
+        buf: &'a dyn Erased,
+        len: usize,
+        dtype: DType,
+        shape: &'a [usize],
+    ) -> Result<Self, Error> {
+        if shape.iter().product::<usize>() != len {
+            return Err(Error::ViewShape {
+                shape: shape.to_vec(),
+                elements: len,
+            });
+        }
+        Ok(DeviceTensor { buf, dtype, shape })
+    }
+
+    /// Its dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Its shape.
+    pub fn shape(&self) -> &[usize] {
+        self.shape
+    }
+
+    fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// An lm head on the device: hidden states, weight, optional bias.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceHead<'a> {
+    /// `x [S,T,H]` (f32, bf16 or f16; every head's x and W share one dtype).
+    pub x: DeviceTensor<'a>,
+    /// `W [V,H]`.
+    pub w: DeviceTensor<'a>,
+    /// `b [V]` (any float dtype).
+    pub b: Option<DeviceTensor<'a>>,
+}
+
+/// A device input: a head or a tensor.
+#[derive(Clone, Copy, Debug)]
+pub enum DeviceInput<'a> {
+    /// An lm head.
+    Head(DeviceHead<'a>),
+    /// Any other input.
+    Tensor(DeviceTensor<'a>),
+}
+
+/// Device inputs by parameter name.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceInputs<'a> {
+    map: BTreeMap<String, DeviceInput<'a>>,
+}
+
+impl<'a> DeviceInputs<'a> {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a head.
+    pub fn head(mut self, name: &str, head: DeviceHead<'a>) -> Self {
+        self.map.insert(name.into(), DeviceInput::Head(head));
+        self
+    }
+
+    /// Adds a tensor.
+    pub fn tensor(mut self, name: &str, t: DeviceTensor<'a>) -> Self {
+        self.map.insert(name.into(), DeviceInput::Tensor(t));
+        self
+    }
+
+    /// Whether `name` is given.
+    pub fn contains(&self, name: &str) -> bool {
+        self.map.contains_key(name)
+    }
+
+    /// Names given.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.map.keys().map(String::as_str)
+    }
+
+    fn get(&self, name: &str) -> Option<&DeviceInput<'a>> {
+        self.map.get(name)
+    }
+}
+
+/// What a device run returns: device buffers on the caller's stream (see the module docs).
+pub struct DeviceOutput {
+    ran: Ran,
+    g: LossFn,
+    stream: Arc<CudaStream>,
+}
+
+impl std::fmt::Debug for DeviceOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceOutput")
+            .field("loss", &self.g.name)
+            .field("report", &self.ran.report)
+            .finish()
+    }
+}
+
+impl DeviceOutput {
+    fn value(&self, id: liger_ir::ValueId) -> Option<CudaView<'_, f32>> {
+        let b = self.ran.vals[id.index()].as_ref()?;
+        // SAFETY: value arrays hold 4-byte words; f32 nodes hold f32 bits, and every u32 bit
+        // pattern is a valid f32.
+        unsafe { b.transmute::<f32>(b.len()) }
+    }
+
+    /// The loss, one f32 on the device (NaN when an input check failed).
+    pub fn loss(&self) -> Option<CudaView<'_, f32>> {
+        let o = self.g.outputs.iter().find(|o| o.kind == OutputKind::Loss)?;
+        self.value(o.value)
+    }
+
+    /// Metric `name` on the device: one f32 (batch), `[P]`, `[S]` or `[S,T]`, with its level.
+    pub fn metric(&self, name: &str) -> Option<(Level, CudaView<'_, f32>)> {
+        let o = self
+            .g
+            .outputs
+            .iter()
+            .find(|o| matches!(&o.kind, OutputKind::Metric(n) if n == name))?;
+        Some((self.g.ty(o.value).level, self.value(o.value)?))
+    }
+
+    /// Gradients of every head that has them.
+    pub fn grads(&self) -> &[DeviceHeadGrads] {
+        &self.ran.grads
+    }
+
+    /// Gradients of head `name`.
+    pub fn grad(&self, name: &str) -> Option<&DeviceHeadGrads> {
+        self.ran.grads.iter().find(|g| g.head == name)
+    }
+
+    /// Takes the gradient buffers (the loss and metrics stay readable).
+    pub fn take_grads(&mut self) -> Vec<DeviceHeadGrads> {
+        std::mem::take(&mut self.ran.grads)
+    }
+
+    /// The plan: strategy, chunk rows, chunks, budget, estimate, GEMM flops (no device time
+    /// or peak: see [`DeviceOutput::device_ms`]).
+    pub fn report(&self) -> &Report {
+        &self.ran.report
+    }
+
+    /// The stream the work was queued on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Waits for the work (synchronises the stream) and reads the status: a failed device
+    /// input check or an empty sequence is its typed error; otherwise the warnings.
+    pub fn check(&self) -> Result<Vec<String>, Error> {
+        self.ran.status(&self.stream)
+    }
+
+    /// Device time of the compute in ms (waits for the work's end event).
+    pub fn device_ms(&self) -> Result<f64, Error> {
+        let (t0, t1) = &self.ran.events;
+        t0.elapsed_ms(t1).map(f64::from).map_err(|e| Error::Cuda {
+            lib: "cuda",
+            why: format!("{e:?}"),
+        })
+    }
+
+    /// Checks the status and copies loss, metrics and gradients to the host (synchronises).
+    pub fn to_host(&self) -> Result<LossOutput, Error> {
+        let warnings = self.check()?;
+        let (loss, metrics, grads) = self.ran.to_host(&self.g, &self.stream)?;
+        Ok(LossOutput {
+            loss,
+            metrics,
+            grads,
+            report: Report {
+                warnings,
+                device_ms: self.device_ms().ok(),
+                ..self.ran.report.clone()
+            },
+        })
+    }
+}
+
+fn shape_err(input: String, expected: String, got: &[usize]) -> Error {
+    Error::Shape {
+        input,
+        expected,
+        got: got.to_vec(),
+    }
+}
+
+/// Runs the gradient IR `g` on device inputs, queued on `stream` (see the module docs).
+pub fn run_device(
+    engine: &Engine,
+    g: &LossFn,
+    inputs: &DeviceInputs<'_>,
+    hyper: &BTreeMap<String, f32>,
+    opts: &RunOptions,
+    stream: &Arc<CudaStream>,
+) -> Result<DeviceOutput, Error> {
+    opts.grad_dtypes.check()?;
+    if stream.context().cu_ctx() != engine.gpu.ctx.cu_ctx() {
+        return Err(Error::Device {
+            device: "cuda".into(),
+            why: "the stream belongs to another CUDA context than the runtime's; make it with \
+                  `Runtime::cuda_context()`"
+                .into(),
+        });
+    }
+    let sched = Schedule::of(g);
+    let loss = g.name.clone();
+    let st = stream;
+    // Heads: shapes and dtypes on the host.
+    let mut dims: Option<(usize, usize, usize)> = None;
+    let mut gemm_dtype: Option<DType> = None;
+    let mut found = Vec::new();
+    for hp in &sched.heads {
+        let name = hp.name.as_str();
+        let head = match inputs.get(name) {
+            Some(DeviceInput::Head(h)) => *h,
+            Some(DeviceInput::Tensor(_)) => {
+                return Err(Error::InputKind {
+                    loss,
+                    name: name.into(),
+                    kind: "logits",
+                    want: "a head (x, w, optional b)",
+                });
+            }
+            None => {
+                return Err(Error::MissingInput {
+                    loss,
+                    name: name.into(),
+                    kind: "logits",
+                });
+            }
+        };
+        let (xs, ws) = (head.x.shape(), head.w.shape());
+        if xs.len() != 3 {
+            return Err(shape_err(format!("{name}.x"), "[S,T,H]".into(), xs));
+        }
+        if ws.len() != 2 {
+            return Err(shape_err(format!("{name}.w"), "[V,H]".into(), ws));
+        }
+        let (s, t, v) = *dims.get_or_insert((xs[0], xs[1], ws[0]));
+        if xs[0] != s || xs[1] != t {
+            return Err(shape_err(
+                format!("{name}.x"),
+                format!("[S,T,H] with S={s}, T={t}"),
+                xs,
+            ));
+        }
+        let h = xs[2];
+        if ws != [v, h] {
+            return Err(shape_err(
+                format!("{name}.w"),
+                format!("[V,H] = [{v},{h}]"),
+                ws,
+            ));
+        }
+        if s == 0 || t == 0 || v == 0 || h == 0 {
+            return Err(Error::EmptyBatch {
+                what: format!("{name}: S={s}, T={t}, V={v}, H={h}"),
+            });
+        }
+        for (part, tns) in [("x", &head.x), ("w", &head.w)] {
+            let d = tns.dtype();
+            if !matches!(d, DType::F32 | DType::BF16 | DType::F16) {
+                return Err(Error::InputDType {
+                    input: format!("{name}.{part}"),
+                    expected: "f32, bf16 or f16 on the device",
+                    got: d,
+                });
+            }
+            if *gemm_dtype.get_or_insert(d) != d {
+                return Err(Error::InputDType {
+                    input: format!("{name}.{part}"),
+                    expected: "the dtype of every head's x and w",
+                    got: d,
+                });
+            }
+            if tns.buf.context().cu_ctx() != engine.gpu.ctx.cu_ctx() {
+                return Err(Error::Device {
+                    device: "cuda".into(),
+                    why: format!("input `{name}.{part}` lives in another CUDA context"),
+                });
+            }
+        }
+        if let Some(b) = &head.b {
+            if b.shape() != [v] {
+                return Err(shape_err(
+                    format!("{name}.b"),
+                    format!("[V] = [{v}]"),
+                    b.shape(),
+                ));
+            }
+            if !matches!(b.dtype(), DType::F32 | DType::BF16 | DType::F16) {
+                return Err(Error::InputDType {
+                    input: format!("{name}.b"),
+                    expected: "f32, bf16 or f16 on the device",
+                    got: b.dtype(),
+                });
+            }
+        }
+        found.push((hp, head, h));
+    }
+    let Some((s, t, v)) = dims else {
+        return Err(Error::MissingInput {
+            loss,
+            name: "a head".into(),
+            kind: "logits",
+        });
+    };
+    for name in inputs.names() {
+        if g.input_by_name(name).is_none() {
+            let known: Vec<&str> = g
+                .inputs
+                .iter()
+                .filter(|i| i.kind != InputKind::Param)
+                .map(|i| i.name.as_str())
+                .collect();
+            return Err(Error::UnknownInput {
+                loss,
+                name: name.into(),
+                known: known.join(", "),
+            });
+        }
+    }
+    if sched.group_level == Some(Level::Pair) && s % 2 != 0 {
+        return Err(Error::OddSequenceCount { num_seqs: s });
+    }
+
+    // Side inputs: shapes and dtypes on the host; hyperparameters as host words.
+    let mut words = BTreeMap::new();
+    let mut side_t: Vec<(String, usize, SideKind, DeviceTensor<'_>)> = Vec::new();
+    for (k, input) in g.inputs.iter().enumerate() {
+        if input.kind.is_head() {
+            continue;
+        }
+        let name = input.name.as_str();
+        let Some(node) = g.input_node(liger_ir::InputId(k as u32)) else {
+            continue;
+        };
+        if input.kind == InputKind::Param {
+            let x = hyper
+                .get(name)
+                .copied()
+                .ok_or_else(|| Error::MissingHyper { name: name.into() })?;
+            words.insert(node.index(), vec![x.to_bits()]);
+            continue;
+        }
+        let tv = match inputs.get(name) {
+            Some(DeviceInput::Tensor(t)) => *t,
+            Some(DeviceInput::Head(_)) => {
+                return Err(Error::InputKind {
+                    loss,
+                    name: name.into(),
+                    kind: input.kind.name(),
+                    want: "a tensor, not a head",
+                });
+            }
+            None => {
+                return Err(Error::MissingInput {
+                    loss,
+                    name: name.into(),
+                    kind: input.kind.name(),
+                });
+            }
+        };
+        let want: Vec<usize> = match input.kind {
+            InputKind::Target | InputKind::Tokens | InputKind::RowInput | InputKind::RowMask => {
+                vec![s, t]
+            }
+            InputKind::SeqInput | InputKind::SeqMask => vec![s],
+            InputKind::VocabInput => vec![v],
+            _ => vec![],
+        };
+        let shape_ok = if want.is_empty() {
+            tv.len() == 1
+        } else {
+            tv.shape() == want.as_slice()
+        };
+        if !shape_ok {
+            let expected = match input.kind {
+                InputKind::SeqInput | InputKind::SeqMask => format!("[S] = [{s}]"),
+                InputKind::VocabInput => format!("[V] = [{v}]"),
+                InputKind::ScalarInput => "a scalar ([] or [1])".into(),
+                _ => format!("[S,T] = [{s},{t}]"),
+            };
+            return Err(shape_err(name.into(), expected, tv.shape()));
+        }
+        let (kind, ok, expected) = match input.kind {
+            InputKind::Target | InputKind::Tokens => (
+                SideKind::Tokens {
+                    target: input.kind == InputKind::Target,
+                },
+                matches!(tv.dtype(), DType::I64 | DType::I32),
+                "token ids (i64 or i32)",
+            ),
+            InputKind::RowMask | InputKind::SeqMask => (
+                SideKind::Mask,
+                matches!(tv.dtype(), DType::Bool | DType::I64 | DType::I32),
+                "a mask (bool or u8, or 0/1 integers)",
+            ),
+            _ => (
+                SideKind::Float,
+                matches!(tv.dtype(), DType::F32 | DType::BF16 | DType::F16),
+                "f32, bf16 or f16 on the device",
+            ),
+        };
+        if !ok {
+            return Err(Error::InputDType {
+                input: name.into(),
+                expected,
+                got: tv.dtype(),
+            });
+        }
+        if tv.buf.context().cu_ctx() != engine.gpu.ctx.cu_ctx() {
+            return Err(Error::Device {
+                device: "cuda".into(),
+                why: format!("input `{name}` lives in another CUDA context"),
+            });
+        }
+        side_t.push((name.to_string(), node.index(), kind, tv));
+    }
+
+    // Addresses on the caller's stream; the guards record our reads when the work is queued.
+    let mut guards: Vec<SyncOnDrop<'_>> = Vec::new();
+    let n_checks = found.len() * 3 + side_t.len();
+    let mut checker = Checker::new(st, n_checks)?;
+    let mut bias_bufs: Vec<CudaSlice<f32>> = Vec::new();
+    let mut heads = Vec::new();
+    for (hp, head, h) in &found {
+        let name = hp.name.as_str();
+        let x = addr(head.x.buf, st, &mut guards);
+        let w = addr(head.w.buf, st, &mut guards);
+        checker.finite(
+            engine,
+            st,
+            &format!("{name}.x"),
+            (x, head.x.dtype(), head.x.len()),
+        )?;
+        checker.finite(
+            engine,
+            st,
+            &format!("{name}.w"),
+            (w, head.w.dtype(), head.w.len()),
+        )?;
+        let b = match &head.b {
+            Some(b) => {
+                let bp = addr(b.buf, st, &mut guards);
+                let out = checker.bias_f32(engine, st, &format!("{name}.b"), (bp, b.dtype(), v))?;
+                let p = crate::cuda::exec::dptr(&out, st);
+                bias_bufs.push(out);
+                Some(p)
+            }
+            None => None,
+        };
+        heads.push(DevHead {
+            name: name.into(),
+            input: match g.node(hp.node).op {
+                liger_ir::Op::Input(id) => id.index(),
+                _ => 0,
+            },
+            x,
+            w,
+            b,
+            h: *h,
+            grad: hp.grad.is_some(),
+        });
+    }
+    let mut side = Vec::new();
+    for (name, node, kind, tv) in &side_t {
+        side.push(DevSide {
+            name: name.clone(),
+            node: *node,
+            kind: *kind,
+            ptr: addr(tv.buf, st, &mut guards),
+            dtype: tv.dtype(),
+            len: tv.len(),
+        });
+    }
+    let ran = enqueue(
+        engine,
+        st,
+        Job {
+            g,
+            sched: &sched,
+            dims: (s, t, v),
+            heads,
+            dtype: gemm_dtype.unwrap_or(DType::F32),
+            words,
+            side,
+            checker: Some(checker),
+            opts,
+        },
+    )?;
+    drop(guards);
+    // The f32 bias copies are freed stream-ordered after the queued work.
+    drop(bias_bufs);
+    Ok(DeviceOutput {
+        ran,
+        g: g.clone(),
+        stream: st.clone(),
+    })
+}
+
+/// The address of `buf` for work on `st`; its guard (which records our read when dropped,
+/// after the work is queued) goes to `guards`.
+fn addr<'x>(buf: &'x dyn Erased, st: &'x CudaStream, guards: &mut Vec<SyncOnDrop<'x>>) -> u64 {
+    let (p, g) = buf.ptr(st);
+    guards.push(g);
+    p
+}
+
+impl DeviceHeadGrads {
+    /// The gradient buffers as `(x, w, b)`.
+    pub fn parts(&self) -> (&DeviceGrad, &DeviceGrad, Option<&DeviceGrad>) {
+        (&self.x, &self.w, self.b.as_ref())
+    }
+}

@@ -1,0 +1,177 @@
+//! The CUDA engine: one device, the kernel cache, the modules loaded on it, and a cuBLAS
+//! handle with its workspace for every stream the executor has run on.
+//!
+//! Invariants: everything here is created once and kept, so a run after the first loads no
+//! module, creates no handle and frees nothing (freeing device memory or destroying a cuBLAS
+//! handle may synchronise the device, which a run on the caller's stream must not do). The
+//! cuBLAS workspace is allocated from the device's memory pool on the stream it serves, so the
+//! allocator counts it (it is held by the engine, like the kernels, not by one run).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr};
+
+use crate::Error;
+use crate::cache::{Artifacts, Binary, Cache, KeyParts, hash_text};
+use crate::cuda::device::Gpu;
+
+/// Bytes of cuBLAS workspace per stream (NVIDIA's recommendation for Hopper).
+pub const CUBLAS_WORKSPACE: usize = 32 << 20;
+
+/// Streams whose cuBLAS handles are kept; a new stream beyond this evicts the oldest.
+const MAX_STREAMS: usize = 8;
+
+/// The runtime's I/O kernels (device inputs into the value table, checks, gradient casts).
+pub const IO_SOURCE: &str = include_str!("io.cu");
+
+/// A cuBLAS handle bound to one stream, with a workspace the engine owns.
+pub(crate) struct Blas {
+    pub(crate) handle: CudaBlas,
+    _workspace: CudaSlice<u8>,
+}
+
+/// One device with its caches; see the module docs.
+pub struct Engine {
+    /// The device and the engine's own stream (the host API runs on it).
+    pub gpu: Gpu,
+    /// The kernel cache.
+    pub cache: Cache,
+    modules: Mutex<HashMap<String, Arc<CudaModule>>>,
+    blas: Mutex<Vec<(usize, Arc<Mutex<Blas>>)>>,
+}
+
+fn derr(e: impl std::fmt::Debug) -> Error {
+    Error::Cuda {
+        lib: "cuda",
+        why: format!("{e:?}"),
+    }
+}
+
+impl Engine {
+    /// An engine on `gpu` with `cache`.
+    pub fn new(gpu: Gpu, cache: Cache) -> Engine {
+        Engine {
+            gpu,
+            cache,
+            modules: Mutex::new(HashMap::new()),
+            blas: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The module of cache key `key`, loading `binary` the first time.
+    pub(crate) fn module(&self, key: &str, binary: &Binary) -> Result<Arc<CudaModule>, Error> {
+        let mut m = self.modules.lock().map_err(|_| Error::Cuda {
+            lib: "cuda",
+            why: "the module table was poisoned by a panic in another thread".into(),
+        })?;
+        if let Some(x) = m.get(key) {
+            return Ok(x.clone());
+        }
+        let loaded = self.gpu.load(binary)?;
+        m.insert(key.to_string(), loaded.clone());
+        Ok(loaded)
+    }
+
+    /// A function of the runtime's I/O module (compiled once per arch through the cache).
+    pub(crate) fn io_fn(&self, name: &str) -> Result<CudaFunction, Error> {
+        let arch = self.gpu.arch()?;
+        let driver = self.gpu.driver_version()?;
+        let nv = crate::cuda::libs::nvrtc()?.version;
+        let parts = KeyParts::new()
+            .with(
+                "compiler",
+                format!("liger {} io", env!("CARGO_PKG_VERSION")),
+            )
+            .with("source", hash_text(IO_SOURCE))
+            .with("arch", arch.clone())
+            .with("nvrtc", format!("{}.{}", nv.0, nv.1))
+            .with("driver", format!("{}.{}", driver.0, driver.1));
+        let key = parts.key();
+        let cached = self.modules.lock().ok().and_then(|m| m.get(&key).cloned());
+        let module = match cached {
+            Some(m) => m,
+            None => {
+                let artifacts = Artifacts {
+                    cuda: IO_SOURCE.to_string(),
+                    ..Artifacts::default()
+                };
+                let (bin, _) = self.cache.get_or_compile(&parts, &artifacts, || {
+                    let c = crate::cuda::nvrtc::compile(IO_SOURCE, "liger_io.cu", &arch)?;
+                    let bytes = c.cubin.clone().ok_or_else(|| Error::Compile {
+                        arch: arch.clone(),
+                        log: c.log.clone(),
+                    })?;
+                    Ok(Binary {
+                        arch: c.arch,
+                        bytes,
+                        is_ptx: false,
+                        registers: c
+                            .kernels
+                            .iter()
+                            .map(|k| (k.name.clone(), k.registers))
+                            .collect(),
+                        log: c.log,
+                        compile_ms: c.millis,
+                    })
+                })?;
+                self.module(&key, &bin)?
+            }
+        };
+        module.load_function(name).map_err(derr)
+    }
+
+    /// The cuBLAS handle of `stream` (created with its workspace the first time). Lock it
+    /// for the duration of a run.
+    pub(crate) fn blas(&self, stream: &Arc<CudaStream>) -> Result<Arc<Mutex<Blas>>, Error> {
+        let id = stream.cu_stream() as usize;
+        let mut list = self.blas.lock().map_err(|_| Error::Cuda {
+            lib: "cublas",
+            why: "the handle table was poisoned by a panic in another thread".into(),
+        })?;
+        if let Some((_, b)) = list.iter().find(|(k, _)| *k == id) {
+            return Ok(b.clone());
+        }
+        let handle = CudaBlas::new(stream.clone()).map_err(|e| Error::Cuda {
+            lib: "cublas",
+            why: format!("{e:?}"),
+        })?;
+        let workspace: CudaSlice<u8> = stream.alloc_zeros(CUBLAS_WORKSPACE).map_err(derr)?;
+        {
+            let (p, _sync) = workspace.device_ptr(stream);
+            // SAFETY: the handle is live; the workspace is a live allocation of
+            // CUBLAS_WORKSPACE bytes on the handle's stream, kept alive with the handle.
+            let rc = unsafe {
+                cudarc::cublas::sys::cublasSetWorkspace_v2(
+                    *handle.handle(),
+                    p as *mut std::ffi::c_void,
+                    CUBLAS_WORKSPACE,
+                )
+            };
+            if rc != cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                return Err(Error::Cuda {
+                    lib: "cublas",
+                    why: format!("cublasSetWorkspace: {rc:?}"),
+                });
+            }
+        }
+        let b = Arc::new(Mutex::new(Blas {
+            handle,
+            _workspace: workspace,
+        }));
+        if list.len() >= MAX_STREAMS {
+            list.remove(0);
+        }
+        list.push((id, b.clone()));
+        Ok(b)
+    }
+}
+
+/// Locks a handle (a poisoned lock is an error, not a panic).
+pub(crate) fn lock(b: &Mutex<Blas>) -> Result<MutexGuard<'_, Blas>, Error> {
+    b.lock().map_err(|_| Error::Cuda {
+        lib: "cublas",
+        why: "a cuBLAS handle was poisoned by a panic in another thread".into(),
+    })
+}
