@@ -26,6 +26,8 @@ pub struct BenchRow {
     pub peak_bytes: usize,
     /// Rows per chunk.
     pub chunk_rows: usize,
+    /// Device time per phase of one extra profiled run (when asked for).
+    pub profile: Vec<crate::runtime::PhaseTime>,
 }
 
 fn rand_bf16(n: usize, sd: f32, seed: u64) -> Vec<bf16> {
@@ -41,8 +43,10 @@ fn rand_bf16(n: usize, sd: f32, seed: u64) -> Vec<bf16> {
         .collect()
 }
 
-/// Runs the benchmark; `budget` bytes of working memory, `reps` timed repetitions.
-pub fn run(budget: usize, reps: usize) -> Result<Vec<BenchRow>, Error> {
+/// Runs the benchmark; `budget` bytes of working memory, `reps` timed repetitions; with
+/// `profile`, one more run per case with device events around every phase; only the cases
+/// whose name contains `only`.
+pub fn run(budget: usize, reps: usize, profile: bool, only: &str) -> Result<Vec<BenchRow>, Error> {
     let rt = Runtime::cuda(0)?;
     let gpu = crate::runtime::cuda::device::Gpu::new(0)?;
     let (h, v) = (4096usize, 128256usize);
@@ -57,7 +61,7 @@ pub fn run(budget: usize, reps: usize) -> Result<Vec<BenchRow>, Error> {
         ("dpo 1 pair x 8192", &Dpo, 2, 8192),
         ("dpo 1 pair x 16384", &Dpo, 2, 16384),
     ];
-    for (name, loss, s, t) in cases {
+    for (name, loss, s, t) in cases.into_iter().filter(|c| c.0.contains(only)) {
         let x = rand_bf16(s * t * h, 1.0, 3);
         let xr = rand_bf16(s * t * h, 1.0, 4);
         let target: Vec<i64> = (0..s * t)
@@ -127,6 +131,15 @@ pub fn run(budget: usize, reps: usize) -> Result<Vec<BenchRow>, Error> {
             why: "no run".into(),
         })?;
         let floor = crate::runtime::cuda::bench::gemm_floor_ms(&gpu, s * t, v, &heads, reps)?;
+        let phases = if profile {
+            let o = RunOptions {
+                profile: true,
+                ..opts
+            };
+            crate::run(loss, &rt, &set, &params, &o)?.report.profile
+        } else {
+            Vec::new()
+        };
         let row = BenchRow {
             case: name.into(),
             schedule: rep.strategy.name().into(),
@@ -134,6 +147,7 @@ pub fn run(budget: usize, reps: usize) -> Result<Vec<BenchRow>, Error> {
             floor_ms: floor,
             peak_bytes: peak,
             chunk_rows: rep.chunk_rows,
+            profile: phases,
         };
         eprintln!(
             "{} {} {:.2} ms (floor {:.2} ms) peak {:.2} GiB",
@@ -173,9 +187,33 @@ pub fn table(rows: &[BenchRow], budget: usize) -> String {
             r.chunk_rows
         );
     }
+    for r in rows.iter().filter(|r| !r.profile.is_empty()) {
+        s += &format!("\nprofile of {} (one extra run, device events):\n", r.case);
+        s += &profile_table(&r.profile);
+    }
     for r in rows.iter().filter(|r| r.peak_bytes > budget) {
         s += &format!("OVER BUDGET: {} peaked at {} B\n", r.case, r.peak_bytes);
     }
+    s
+}
+
+/// A phase table: phase, launches, ms, share of the total (empty without phases).
+pub fn profile_table(phases: &[crate::runtime::PhaseTime]) -> String {
+    if phases.is_empty() {
+        return String::new();
+    }
+    let total: f64 = phases.iter().map(|p| p.ms).sum();
+    let mut s = format!("  {:<20} {:>8} {:>10} {:>7}\n", "phase", "launches", "ms", "share");
+    for p in phases {
+        s += &format!(
+            "  {:<20} {:>8} {:>10.3} {:>6.1}%\n",
+            p.phase,
+            p.launches,
+            p.ms,
+            100.0 * p.ms / total.max(1e-12)
+        );
+    }
+    s += &format!("  {:<20} {:>8} {:>10.3}\n", "total", "", total);
     s
 }
 
@@ -187,6 +225,9 @@ pub fn json(rows: &[BenchRow], budget: usize) -> serde_json::Value {
             "case": r.case, "schedule": r.schedule, "median_ms": r.ms, "gemm_floor_ms": r.floor_ms,
             "ratio": r.ms / r.floor_ms, "peak_extra_bytes": r.peak_bytes, "within_budget": r.peak_bytes <= budget,
             "chunk_rows": r.chunk_rows,
+            "profile": r.profile.iter().map(|p| serde_json::json!({
+                "phase": p.phase, "ms": p.ms, "launches": p.launches,
+            })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
 }

@@ -65,6 +65,9 @@ enum Command {
         /// Target value marking invalid rows.
         #[arg(long, default_value_t = -100, allow_negative_numbers = true)]
         ignore_index: i64,
+        /// Time every phase on the device (CUDA) and print the breakdown.
+        #[arg(long)]
+        profile: bool,
     },
     /// Show the IR stages of a built-in loss or a `.lir` file.
     Ir {
@@ -82,6 +85,13 @@ enum Command {
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<String>,
+        /// Also run every case once more with device events around each phase and print
+        /// where the time goes (not part of the timed runs).
+        #[arg(long)]
+        profile: bool,
+        /// Only the cases whose name contains this text.
+        #[arg(long, default_value = "")]
+        only: String,
     },
     /// Inspect and manage the kernel cache.
     Cache {
@@ -210,7 +220,13 @@ pub fn main() -> ExitCode {
         Command::Losses { json } => losses(json),
         Command::Ir { what } => ir(what),
         Command::Cache { what } => cache(what),
-        Command::Bench { budget, reps, json } => bench(&budget, reps, json.as_deref()),
+        Command::Bench {
+            budget,
+            reps,
+            json,
+            profile,
+            only,
+        } => bench(&budget, reps, json.as_deref(), profile, &only),
         Command::Run {
             loss,
             inputs,
@@ -222,6 +238,7 @@ pub fn main() -> ExitCode {
             schedule,
             ignore_index,
             grad_dtype,
+            profile,
         } => run(
             &loss,
             &inputs,
@@ -233,6 +250,7 @@ pub fn main() -> ExitCode {
             &schedule,
             ignore_index,
             &grad_dtype,
+            profile,
         ),
     };
     match result {
@@ -433,6 +451,7 @@ fn run(
     schedule: &str,
     ignore_index: i64,
     grad_dtype: &str,
+    profile: bool,
 ) -> Result<(), Error> {
     let loss = crate::losses::by_name(name)?;
     let mut ps = ParamSet::new();
@@ -478,6 +497,7 @@ fn run(
         chunk_memory: crate::runtime::plan::parse_bytes(chunk_memory)?,
         schedule: strategy,
         grad_dtypes: crate::GradDTypes::parse(grad_dtype)?,
+        profile,
     };
     let tensors = io::read(inputs)?;
     let set = build_inputs(loss, inputs, &tensors)?;
@@ -565,6 +585,7 @@ fn run(
     for w in &rep.warnings {
         println!("  warning: {w}");
     }
+    print!("{}", crate::bench::profile_table(&rep.profile));
 
     if let Some(path) = out {
         let first_head = loss
@@ -947,9 +968,15 @@ fn cache(what: CacheCommand) -> Result<(), Error> {
     Ok(())
 }
 
-fn bench(budget: &str, reps: usize, json: Option<&str>) -> Result<(), Error> {
+fn bench(
+    budget: &str,
+    reps: usize,
+    json: Option<&str>,
+    profile: bool,
+    only: &str,
+) -> Result<(), Error> {
     let budget = crate::runtime::plan::parse_bytes(budget)?;
-    let rows = crate::bench::run(budget, reps)?;
+    let rows = crate::bench::run(budget, reps, profile, only)?;
     out(&crate::bench::table(&rows, budget));
     if let Some(path) = json {
         let text =

@@ -30,7 +30,7 @@ pub use cudarc;
 pub use error::Error;
 pub use inputs::{InputSet, InputValue};
 pub use liger_ir::Strategy;
-pub use output::{GradBuf, HeadGrads, LossOutput, MetricOutput, Report};
+pub use output::{GradBuf, HeadGrads, LossOutput, MetricOutput, PhaseTime, Report};
 pub use plan::{GradDTypes, Plan, RunOptions};
 pub use tensor::{DType, Head, TensorData, TensorView};
 

@@ -92,6 +92,17 @@ pub struct HeadGrads {
     pub b: Option<GradBuf>,
 }
 
+/// Device time of one phase of a profiled CUDA run (`RunOptions::profile`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PhaseTime {
+    /// The phase (`logits GEMM`, `stream kernels`, `dx GEMM`, …).
+    pub phase: String,
+    /// Its device time summed over the run, ms.
+    pub ms: f64,
+    /// Timed launches (a GEMM with its bias add counts as one).
+    pub launches: usize,
+}
+
 /// How a run went.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Report {
@@ -122,6 +133,8 @@ pub struct Report {
     /// gradients), bytes; `None` on the CPU or when the allocator keeps no counters
     /// ([`Report::estimate`] is the planner's figure).
     pub peak_extra_bytes: Option<usize>,
+    /// Device time per phase when the run was profiled (`RunOptions::profile`), else empty.
+    pub profile: Vec<PhaseTime>,
 }
 
 /// The result of a run.

@@ -23,6 +23,9 @@ pub struct RunOptions {
     pub schedule: Option<Strategy>,
     /// The dtypes gradients are returned in (all f32 by default).
     pub grad_dtypes: GradDTypes,
+    /// Time every phase of a CUDA run with device events ([`crate::Report::profile`]); off
+    /// by default (the events cost a little).
+    pub profile: bool,
 }
 
 impl Default for RunOptions {
@@ -32,6 +35,7 @@ impl Default for RunOptions {
             chunk_memory: 256 << 20,
             schedule: None,
             grad_dtypes: GradDTypes::default(),
+            profile: false,
         }
     }
 }

@@ -733,6 +733,7 @@ pub fn run(
         warnings: std::mem::take(&mut ev.warnings),
         device_ms: None,
         peak_extra_bytes: None,
+        profile: Vec::new(),
     };
     let grads = heads
         .into_iter()

@@ -282,6 +282,12 @@ impl DeviceOutput {
         })
     }
 
+    /// Device time per phase when the run was profiled (`RunOptions::profile`; waits for
+    /// the work), else empty.
+    pub fn profile(&self) -> Result<Vec<crate::output::PhaseTime>, Error> {
+        crate::cuda::profile::summarize(&self.ran.marks)
+    }
+
     /// Checks the status and copies loss, metrics and gradients to the host (synchronises).
     pub fn to_host(&self) -> Result<LossOutput, Error> {
         let warnings = self.check()?;
@@ -293,6 +299,7 @@ impl DeviceOutput {
             report: Report {
                 warnings,
                 device_ms: self.device_ms().ok(),
+                profile: self.profile()?,
                 ..self.ran.report.clone()
             },
         })

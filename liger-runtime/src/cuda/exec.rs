@@ -28,6 +28,7 @@ use crate::cpu::{Prepared, prepare};
 use crate::cuda::device::upload_values;
 use crate::cuda::engine::{Engine, lock};
 use crate::cuda::gemm::Gemm;
+use crate::cuda::profile::{Marks, Profiler, summarize};
 use crate::output::{GradBuf, HeadGrads, LossOutput, MetricOutput, Report};
 use crate::plan::{GradDTypes, RunOptions};
 use crate::tensor::{DType as HDType, TensorData};
@@ -441,6 +442,8 @@ pub(crate) struct Ran {
     pub io_bytes: usize,
     /// Bytes the executor allocated for work (value arrays, tables, chunk buffers).
     pub work_bytes: usize,
+    /// Phase events, when profiled.
+    pub marks: Marks,
 }
 
 impl Ran {
@@ -690,6 +693,7 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
         c: cudaDataType::CUDA_R_32F,
     };
     let p = |x: &CudaSlice<f32>| dptr(x, st);
+    let prof = Profiler::new(st, opts.profile);
 
     // Values: one array per non-vocab node; host words uploaded, device inputs converted.
     let vals = upload_values(st, g, (s, t, v), |i| words.get(&i).cloned())?;
@@ -812,19 +816,24 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
         shared_mem_bytes: 0,
     };
     let array = |kind: KernelKind| -> Result<(), Error> {
-        let f = func(kind)?;
-        let mut b = st.launch_builder(&f);
-        b.arg(&table_d).arg(&si).arg(&ti).arg(&vi).arg(&status);
-        // SAFETY: arguments match the emitted array-kernel signature; arrays are sized per level.
-        unsafe { b.launch(single) }.map_err(derr)?;
-        Ok(())
+        prof.time("pre/group kernels", || {
+            let f = func(kind)?;
+            let mut b = st.launch_builder(&f);
+            b.arg(&table_d).arg(&si).arg(&ti).arg(&vi).arg(&status);
+            // SAFETY: arguments match the emitted array-kernel signature; arrays are sized per
+            // level.
+            unsafe { b.launch(single) }.map_err(derr)?;
+            Ok(())
+        })
     };
     // Logits of x rows [r0, r0+len) into z rows [off, off+len).
     let logits = |dev: &Dev, r0: usize, len: usize, off: usize| -> Result<(), Error> {
         let h = dev.head;
         let xp = h.x + (r0 * h.h * esz) as u64;
         let zp = p(&dev.z) + (off * v * 4) as u64;
-        gemm.run(true, false, v, len, h.h, h.w, h.h, xp, h.h, 0.0, zp, v)?;
+        prof.time("logits GEMM", || {
+            gemm.run(true, false, v, len, h.h, h.w, h.h, xp, h.h, 0.0, zp, v)
+        })?;
         if let Some(b) = h.b {
             let (ci, vi2, ld2) = (len as i32, v as i32, v as i64);
             let mut lb = st.launch_builder(&add_bias);
@@ -835,7 +844,7 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
                 shared_mem_bytes: 0,
             };
             // SAFETY: z holds at least off+len rows of v floats; b holds v floats.
-            unsafe { lb.launch(cfg) }.map_err(derr)?;
+            prof.time("bias add", || unsafe { lb.launch(cfg) }.map_err(derr))?;
         }
         Ok(())
     };
@@ -864,7 +873,7 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
             };
             // SAFETY: arguments match the emitted stream signature; logits and outputs hold c rows;
             // a row map holds c valid row indices.
-            unsafe { b.launch(cfg) }.map_err(derr)?;
+            prof.time("stream kernels", || unsafe { b.launch(cfg) }.map_err(derr))?;
             Ok(())
         };
     let bias_k = func(KernelKind::Bias)?;
@@ -878,7 +887,7 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
             shared_mem_bytes: 0,
         };
         // SAFETY: dz holds c rows of v GEMM-dtype entries; coef is null or holds c floats.
-        unsafe { lb.launch(cfg) }.map_err(derr)?;
+        prof.time("bias gradient", || unsafe { lb.launch(cfg) }.map_err(derr))?;
         Ok(())
     };
     // dx rows [r0, r0+len) = dz rows [off, ..) W; dW += dz^T x (column-major views).
@@ -890,8 +899,12 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
         let dzp = dptr(dz, st) + (off * v * esz) as u64;
         let dxp = p(dx) + (r0 * h.h * 4) as u64;
         let xp = h.x + (r0 * h.h * esz) as u64;
-        gemm.run(false, false, h.h, len, v, h.w, h.h, dzp, v, 0.0, dxp, h.h)?;
-        gemm.run(false, true, h.h, v, len, xp, h.h, dzp, v, 1.0, p(dw), h.h)?;
+        prof.time("dx GEMM", || {
+            gemm.run(false, false, h.h, len, v, h.w, h.h, dzp, v, 0.0, dxp, h.h)
+        })?;
+        prof.time("dW GEMM", || {
+            gemm.run(false, true, h.h, v, len, xp, h.h, dzp, v, 1.0, p(dw), h.h)
+        })?;
         Ok(())
     };
 
@@ -1069,7 +1082,9 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
                                 let h = dv.head;
                                 let up = dptr(u, st) + (goff * v * esz) as u64;
                                 let dxp = p(dx) + (p0 * h.h * 4) as u64;
-                                gemm.run(false, false, h.h, pl, v, h.w, h.h, up, v, 0.0, dxp, h.h)?;
+                                prof.time("dx GEMM", || {
+                                    gemm.run(false, false, h.h, pl, v, h.w, h.h, up, v, 0.0, dxp, h.h)
+                                })?;
                             }
                         }
                         goff += pl;
@@ -1097,7 +1112,7 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
                         shared_mem_bytes: 0,
                     };
                     // SAFETY: the coefficient kernel reads the value table and writes gr floats.
-                    unsafe { b.launch(cfg) }.map_err(derr)?;
+                    prof.time("deferred scaling", || unsafe { b.launch(cfg) }.map_err(derr))?;
                     let mut off = 0;
                     for (a, l) in segs {
                         let hi = h.h as i32;
@@ -1113,15 +1128,17 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
                             let dxp = p(dx) + (a * h.h * 4) as u64;
                             let mut b = st.launch_builder(&scale_rows);
                             b.arg(&dxp).arg(&ldx).arg(&li).arg(&hi).arg(&cp);
-                            // SAFETY: dx holds these l rows of h floats; c holds l floats.
-                            unsafe { b.launch(cfg) }.map_err(derr)?;
+                            prof.time("deferred scaling", || {
+                                // SAFETY: dx holds these l rows of h floats; c holds l floats.
+                                unsafe { b.launch(cfg) }.map_err(derr)
+                            })?;
                         }
                         let xp = h.x + (a * h.h * esz) as u64;
                         let xsp = dptr(xs, st) + (off * h.h * esz) as u64;
                         let mut b = st.launch_builder(&scaled_copy);
                         b.arg(&xp).arg(&ldx).arg(&li).arg(&hi).arg(&cp).arg(&xsp);
                         // SAFETY: x holds these l rows; xs has room for them at this offset.
-                        unsafe { b.launch(cfg) }.map_err(derr)?;
+                        prof.time("deferred scaling", || unsafe { b.launch(cfg) }.map_err(derr))?;
                         off += l;
                     }
                     if let Some(dw) = &dv.dw {
@@ -1156,8 +1173,12 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
     // Gradients into the dtypes asked for.
     let cast = |x: CudaSlice<f32>, to: HDType| -> Result<DeviceGrad, Error> {
         Ok(match to {
-            HDType::BF16 => DeviceGrad::BF16(cast_to(engine, st, &x, "liger_cast_bf16")?),
-            HDType::F16 => DeviceGrad::F16(cast_to(engine, st, &x, "liger_cast_f16")?),
+            HDType::BF16 => DeviceGrad::BF16(prof.time("gradient casts", || {
+                cast_to(engine, st, &x, "liger_cast_bf16")
+            })?),
+            HDType::F16 => DeviceGrad::F16(prof.time("gradient casts", || {
+                cast_to(engine, st, &x, "liger_cast_f16")
+            })?),
             _ => DeviceGrad::F32(x),
         })
     };
@@ -1244,6 +1265,7 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
         warnings: vec![],
         device_ms: None,
         peak_extra_bytes: None,
+        profile: Vec::new(),
     };
     let mut vals = vals;
     for b in vals.iter_mut().flatten() {
@@ -1258,6 +1280,7 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
         report,
         io_bytes,
         work_bytes,
+        marks: prof.into_marks(),
     })
 }
 
@@ -1398,6 +1421,7 @@ pub fn run(
     }
     let (loss, metrics, grads) = ran.to_host(g, &st)?;
     let report = Report {
+        profile: summarize(&ran.marks)?,
         seconds: start.elapsed().as_secs_f64(),
         device_ms: Some(device_ms),
         peak_extra_bytes: measured,

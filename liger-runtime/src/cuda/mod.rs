@@ -11,3 +11,4 @@ pub mod exec;
 mod gemm;
 pub mod libs;
 pub mod nvrtc;
+pub(crate) mod profile;
