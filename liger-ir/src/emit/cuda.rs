@@ -32,7 +32,7 @@ use crate::types::{DType, Level};
 const PRELUDE: &str = include_str!("prelude.cu");
 
 /// The emitter's version: bump on any change of the generated code's shape.
-pub const EMITTER_VERSION: &str = "cuda-emitter-2";
+pub const EMITTER_VERSION: &str = "cuda-emitter-3";
 
 /// What identifies the code generator in cache keys: its version and prelude.
 pub fn codegen_fingerprint() -> String {
@@ -564,7 +564,7 @@ fn stream_kernel(
                 },
             }
         }
-        s += "    for (int v = threadIdx.x; v < V; v += LIGER_BLOCK) {\n";
+        let mut body = String::new();
         let roots: Vec<ValueId> = reds
             .iter()
             .map(|it| match it {
@@ -572,12 +572,12 @@ fn stream_kernel(
                 Item::Node(v) => g.node(*v).args[0],
             })
             .collect();
-        s.push_str(&st.vocab_defs(&roots, "        "));
+        body.push_str(&st.vocab_defs(&roots, "        "));
         for it in &reds {
             match it {
                 Item::Lse(z) => {
                     let _ = writeln!(
-                        s,
+                        body,
                         "        liger_lse_add(lm{0}, ls{0}, {1});",
                         z.0,
                         st.at_v(*z)
@@ -587,17 +587,17 @@ fn stream_kernel(
                     let a = st.at_v(g.node(*v).args[0]);
                     match g.node(*v).op {
                         Op::SumVocab => {
-                            let _ = writeln!(s, "        acc{} += {a};", v.0);
+                            let _ = writeln!(body, "        acc{} += {a};", v.0);
                         }
                         Op::MaxVocab => {
-                            let _ = writeln!(s, "        acc{0} = fmaxf(acc{0}, {a});", v.0);
+                            let _ = writeln!(body, "        acc{0} = fmaxf(acc{0}, {a});", v.0);
                         }
                         Op::LogSumExp => {
-                            let _ = writeln!(s, "        liger_lse_add(lm{0}_, ls{0}_, {a});", v.0);
+                            let _ = writeln!(body, "        liger_lse_add(lm{0}_, ls{0}_, {a});", v.0);
                         }
                         _ => {
                             let _ = writeln!(
-                                s,
+                                body,
                                 "        if ({a} > am{0}) {{ am{0} = {a}; ak{0} = v; }}",
                                 v.0
                             );
@@ -606,7 +606,7 @@ fn stream_kernel(
                 }
             }
         }
-        s += "    }\n";
+        s += &vocab_loop(&heads, &body);
         for it in &reds {
             match it {
                 Item::Lse(z) => {
@@ -665,20 +665,59 @@ fn stream_kernel(
     }
     if !outputs.is_empty() {
         s += "    __syncthreads();\n    // last pass: write the vocab outputs\n";
-        s += "    for (int v = threadIdx.x; v < V; v += LIGER_BLOCK) {\n";
+        let mut body = String::new();
         let roots: Vec<ValueId> = outputs.iter().map(|(_, o)| *o).collect();
-        s.push_str(&st.vocab_defs(&roots, "        "));
+        body.push_str(&st.vocab_defs(&roots, "        "));
         for (slot, o) in outputs {
             let val = opts.gemm_dtype.store(&st.at_v(*o));
             let _ = writeln!(
-                s,
+                body,
                 "        (({}*)outs[{slot}])[(long long)i * ldo + v] = {val};",
                 opts.gemm_dtype.c_type()
             );
         }
-        s += "    }\n";
+        s += &vocab_loop(&heads, &body);
     }
     s += "}\n";
+    s
+}
+
+/// A loop of each thread over its vocabulary positions `v = threadIdx.x + k·LIGER_BLOCK`
+/// running `body` (lines indented by 8, reading head logits as `z{h}[v]`), unrolled
+/// `LIGER_UNROLL` times: the logits of all unrolled positions are loaded before any arithmetic,
+/// so every thread keeps several loads in flight (memory-level parallelism; the stream kernels
+/// are bound by global-memory latency otherwise). Each thread still visits its positions in
+/// increasing order, so every reduction accumulates in exactly the order of a plain loop.
+fn vocab_loop(heads: &std::collections::BTreeSet<usize>, body: &str) -> String {
+    let used: Vec<usize> = heads
+        .iter()
+        .copied()
+        .filter(|h| body.contains(&format!("z{h}[v]")))
+        .collect();
+    let mut inner = body.to_string();
+    for h in &used {
+        inner = inner.replace(&format!("z{h}[v]"), &format!("zu{h}[u]"));
+    }
+    let mut s = String::new();
+    s += "    #pragma unroll 1\n";
+    s += "    for (int v0 = threadIdx.x; v0 < V; v0 += LIGER_UNROLL * LIGER_BLOCK) {\n";
+    if !used.is_empty() {
+        for h in &used {
+            let _ = writeln!(s, "        float zu{h}[LIGER_UNROLL];");
+        }
+        s += "        #pragma unroll\n        for (int u = 0; u < LIGER_UNROLL; ++u) {\n";
+        s += "            const int v = v0 + u * LIGER_BLOCK;\n";
+        for h in &used {
+            let _ = writeln!(s, "            zu{h}[u] = (v < V) ? z{h}[v] : 0.0f;");
+        }
+        s += "        }\n";
+    }
+    s += "        #pragma unroll\n        for (int u = 0; u < LIGER_UNROLL; ++u) {\n";
+    s += "            const int v = v0 + u * LIGER_BLOCK;\n            if (v >= V) { break; }\n";
+    for line in inner.lines() {
+        let _ = writeln!(s, "    {line}");
+    }
+    s += "        }\n    }\n";
     s
 }
 

@@ -1,6 +1,8 @@
 // ---- liger prelude: header-free helpers (no CUDA headers, no libm macros) ----
 #define LIGER_NEG_INF __int_as_float(0xff800000)
 #define LIGER_BLOCK 256
+// Vocabulary positions per thread and loop trip whose logits are loaded together.
+#define LIGER_UNROLL 4
 
 __device__ __forceinline__ float liger_softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
 __device__ __forceinline__ float liger_sigmoid(float x) {
