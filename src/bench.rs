@@ -203,7 +203,10 @@ pub fn profile_table(phases: &[crate::runtime::PhaseTime]) -> String {
         return String::new();
     }
     let total: f64 = phases.iter().map(|p| p.ms).sum();
-    let mut s = format!("  {:<20} {:>8} {:>10} {:>7}\n", "phase", "launches", "ms", "share");
+    let mut s = format!(
+        "  {:<20} {:>8} {:>10} {:>7}\n",
+        "phase", "launches", "ms", "share"
+    );
     for p in phases {
         s += &format!(
             "  {:<20} {:>8} {:>10.3} {:>6.1}%\n",

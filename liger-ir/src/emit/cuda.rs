@@ -593,7 +593,8 @@ fn stream_kernel(
                             let _ = writeln!(body, "        acc{0} = fmaxf(acc{0}, {a});", v.0);
                         }
                         Op::LogSumExp => {
-                            let _ = writeln!(body, "        liger_lse_add(lm{0}_, ls{0}_, {a});", v.0);
+                            let _ =
+                                writeln!(body, "        liger_lse_add(lm{0}_, ls{0}_, {a});", v.0);
                         }
                         _ => {
                             let _ = writeln!(

@@ -1083,7 +1083,9 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
                                 let up = dptr(u, st) + (goff * v * esz) as u64;
                                 let dxp = p(dx) + (p0 * h.h * 4) as u64;
                                 prof.time("dx GEMM", || {
-                                    gemm.run(false, false, h.h, pl, v, h.w, h.h, up, v, 0.0, dxp, h.h)
+                                    gemm.run(
+                                        false, false, h.h, pl, v, h.w, h.h, up, v, 0.0, dxp, h.h,
+                                    )
                                 })?;
                             }
                         }
@@ -1112,7 +1114,9 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
                         shared_mem_bytes: 0,
                     };
                     // SAFETY: the coefficient kernel reads the value table and writes gr floats.
-                    prof.time("deferred scaling", || unsafe { b.launch(cfg) }.map_err(derr))?;
+                    prof.time("deferred scaling", || {
+                        unsafe { b.launch(cfg) }.map_err(derr)
+                    })?;
                     let mut off = 0;
                     for (a, l) in segs {
                         let hi = h.h as i32;
@@ -1138,25 +1142,16 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
                         let mut b = st.launch_builder(&scaled_copy);
                         b.arg(&xp).arg(&ldx).arg(&li).arg(&hi).arg(&cp).arg(&xsp);
                         // SAFETY: x holds these l rows; xs has room for them at this offset.
-                        prof.time("deferred scaling", || unsafe { b.launch(cfg) }.map_err(derr))?;
+                        prof.time("deferred scaling", || {
+                            unsafe { b.launch(cfg) }.map_err(derr)
+                        })?;
                         off += l;
                     }
                     if let Some(dw) = &dv.dw {
-                        let xsp = dptr(xs, st);
-                        gemm.run(
-                            false,
-                            true,
-                            h.h,
-                            v,
-                            gr,
-                            xsp,
-                            h.h,
-                            dptr(u, st),
-                            v,
-                            1.0,
-                            p(dw),
-                            h.h,
-                        )?;
+                        let (xsp, up) = (dptr(xs, st), dptr(u, st));
+                        prof.time("dW GEMM", || {
+                            gemm.run(false, true, h.h, v, gr, xsp, h.h, up, v, 1.0, p(dw), h.h)
+                        })?;
                     }
                     if let Some(db) = &dv.db {
                         bias(dptr(u, st), gr, p(cf), db)?;

@@ -42,9 +42,7 @@ impl<'s> Profiler<'s> {
 
     fn event(&self) -> Result<CudaEvent, Error> {
         self.st
-            .record_event(Some(
-                cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT,
-            ))
+            .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
             .map_err(derr)
     }
 
