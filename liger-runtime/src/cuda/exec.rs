@@ -2,10 +2,10 @@
 //! inputs, fp32 logits, fp32 `dx` and `dW` accumulators) and the generated kernels, for every
 //! strategy (fused, two passes, group-aligned, deferred row scaling).
 //!
-//! [`enqueue`] is the core: given device pointers to the heads and the side inputs (as host
+//! `enqueue` is the core: given device pointers to the heads and the side inputs (as host
 //! words or device tensors the I/O kernels convert and check), it plans the chunks under the
 //! budget and queues every copy, GEMM and kernel on one stream, never synchronising it; the
-//! result ([`Ran`]) holds the device buffers of the loss, metrics and gradients (in the dtypes
+//! result (`Ran`) holds the device buffers of the loss, metrics and gradients (in the dtypes
 //! asked for), the status words and two events. The host API ([`run`]) checks host tensors,
 //! uploads them to the engine's stream, enqueues, synchronises and reads back; the device API
 //! ([`crate::cuda::api`]) enqueues on the caller's stream and returns the buffers.
