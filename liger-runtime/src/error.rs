@@ -212,6 +212,19 @@ pub enum Error {
         /// What the cheapest chunk needs.
         needed: usize,
     },
+    /// A budget that fits the run only without the f32 working copies of gradients asked for
+    /// in bf16/f16.
+    #[error(
+        "gradients returned in bf16/f16 keep an f32 working copy of {copies} bytes during the run (they are computed and accumulated in f32), and with it the smallest chunk needs {needed} bytes, more than the budget of {budget}; raise the budget or return those gradients in f32"
+    )]
+    GradBudget {
+        /// The budget.
+        budget: usize,
+        /// What the cheapest chunk needs with the copies.
+        needed: usize,
+        /// Bytes of the f32 working copies.
+        copies: usize,
+    },
     /// A forced schedule that does not apply.
     #[error("schedule `{schedule}` cannot run: {why}")]
     Schedule {

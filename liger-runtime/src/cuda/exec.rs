@@ -610,10 +610,15 @@ fn plan_run(
         None => Strategy::TwoPass,
     };
     if !fits(strategy) {
-        return Err(Error::Budget {
-            budget,
-            needed: needed(strategy),
-        });
+        let needed = needed(strategy);
+        if grad_work > 0 && needed - grad_work <= budget {
+            return Err(Error::GradBudget {
+                budget,
+                needed,
+                copies: grad_work,
+            });
+        }
+        return Err(Error::Budget { budget, needed });
     }
     let chunk = match strategy {
         Strategy::GroupAligned => {
@@ -1429,4 +1434,96 @@ pub fn run(
         grads,
         report,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DevHead, plan_run};
+    use crate::plan::{GradDTypes, RunOptions};
+    use crate::tensor::DType;
+    use crate::{Error, Strategy};
+
+    fn flce() -> (liger_ir::LossFn, liger_ir::Schedule) {
+        let f = liger_ir::parse(include_str!("../../../liger-ir/tests/losses/flce.lir"))
+            .expect("parses");
+        let g = liger_ir::simplify(&liger_ir::differentiate(&f).expect("differentiates"));
+        let s = liger_ir::Schedule::of(&g);
+        (g, s)
+    }
+
+    fn head(h: usize) -> Vec<DevHead> {
+        vec![DevHead {
+            name: "logits".into(),
+            input: 0,
+            x: 0,
+            w: 0,
+            b: None,
+            h,
+            grad: true,
+        }]
+    }
+
+    #[test]
+    fn gradient_copies_count_in_the_budget_and_say_so() {
+        let (_, sched) = flce();
+        let (s, t, h, v) = (4, 512, 1024, 32000);
+        let f32_run = RunOptions {
+            chunk_memory: 64 << 20,
+            ..RunOptions::default()
+        };
+        let p = plan_run(&sched, &head(h), (s, t, v), 2, &f32_run).expect("fits in f32");
+        assert_eq!(p.strategy, Strategy::Fused);
+        // A bf16 grad W keeps its f32 accumulator (v*h*4 = 125 MiB): more than 64 MiB.
+        let bf16_w = RunOptions {
+            grad_dtypes: GradDTypes {
+                w: DType::BF16,
+                ..GradDTypes::default()
+            },
+            ..f32_run
+        };
+        match plan_run(&sched, &head(h), (s, t, v), 2, &bf16_w) {
+            Err(e @ Error::GradBudget { copies, .. }) => {
+                assert_eq!(copies, v * h * 4);
+                assert!(
+                    e.to_string().contains("return those gradients in f32"),
+                    "{e}"
+                );
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a bf16 grad W cannot fit in 64 MiB with its f32 accumulator"),
+        }
+        // With room for the copy the chunk is what is left, and never larger than in f32.
+        let roomy = RunOptions {
+            chunk_memory: 256 << 20,
+            ..bf16_w
+        };
+        let q = plan_run(&sched, &head(h), (s, t, v), 2, &roomy).expect("fits");
+        let q32 = plan_run(
+            &sched,
+            &head(h),
+            (s, t, v),
+            2,
+            &RunOptions {
+                chunk_memory: 256 << 20,
+                ..RunOptions::default()
+            },
+        )
+        .expect("fits");
+        assert!(q.chunk < q32.chunk, "{} vs {}", q.chunk, q32.chunk);
+        assert!(q.estimate <= 256 << 20);
+    }
+}
+
+#[cfg(test)]
+mod thread_tests {
+    fn send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn a_runtime_and_its_outputs_cross_threads() {
+        send_sync::<crate::Runtime>();
+        send_sync::<crate::cuda::engine::Engine>();
+        fn send<T: Send>() {}
+        send::<crate::DeviceOutput>();
+        send::<super::DeviceHeadGrads>();
+    }
 }
