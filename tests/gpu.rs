@@ -1039,8 +1039,14 @@ fn gpu_device_api_queues_on_the_callers_stream_without_synchronising() {
         block_dim: (1, 1, 1),
         shared_mem_bytes: 0,
     };
-    for (ci, case) in executor_cases().iter().enumerate() {
-        let dims = (4usize, 64usize, 64usize, 4099usize);
+    let cases = executor_cases();
+    let runs = cases
+        .iter()
+        .enumerate()
+        .map(|(ci, c)| (ci, c, (4usize, 64usize, 64usize, 4099usize)))
+        // A longer batch too: row arrays of 32 KiB, dozens of chunks.
+        .chain(std::iter::once((3, &cases[3], (2, 4096, 64, 4099))));
+    for (ci, case, dims) in runs {
         let d = case_data(case, dims, ci % 2 == 0, -100, 77 + ci as u64);
         let sh = shapes(&d, dims);
         let dd = device_data(&st, &d, true, false);
@@ -1191,6 +1197,17 @@ fn gpu_device_api_bad_input_gives_typed_errors() {
         }) if input == "ref_logps" => {}
         other => panic!("NaN ref_logps: {other:?}"),
     }
+    // A sequence with no valid token under `average`: found by the group kernel, and the loss
+    // is poisoned too (checked inside `run`).
+    let dpo_avg = &cases[3];
+    let mut d = case_data(dpo_avg, dims, false, -100, 5);
+    for e in d.target.iter_mut().skip(dims.1).take(dims.1) {
+        *e = -100;
+    }
+    match run(dpo_avg, &d, false, false) {
+        Err(Error::EmptySequence { seq: 1 }) => {}
+        other => panic!("empty sequence: {other:?}"),
+    }
     // Host-side checks: shapes, dtypes, kinds, the context.
     let d = case_data(flce, dims, false, -100, 3);
     let sh = shapes(&d, dims);
@@ -1242,5 +1259,156 @@ fn gpu_device_api_bad_input_gives_typed_errors() {
     ) {
         Err(Error::Device { .. }) => {}
         other => panic!("device buffers on the CPU runtime: {other:?}"),
+    }
+}
+
+/// A loss with every kind of side input: token ids (no target), a per-row weight, a row mask,
+/// a per-vocab prior and a scalar.
+#[liger::chunked_loss]
+pub fn side_inputs(
+    logits: Logits,
+    ids: Tokens,
+    weight: RowInput,
+    keep: RowMask,
+    prior: VocabInput,
+    scale: ScalarInput,
+) -> Loss {
+    let lp = logprob(logits, ids);
+    let expected_prior = sum_vocab(prior * exp(log_softmax(logits)));
+    let per_tok = weight * (expected_prior - lp);
+    metric("per_token", per_tok);
+    scale * sum(select(keep, per_tok, 0.0))
+}
+
+#[test]
+fn gpu_device_api_takes_every_side_input_kind_f16_and_views() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    use half::f16;
+    use liger::runtime::cudarc::driver::CudaSlice;
+    let rt = liger::Runtime::cuda(0).expect("cuda runtime");
+    let st = rt
+        .cuda_context()
+        .expect("context")
+        .new_stream()
+        .expect("stream");
+    let cpu = liger::Runtime::cpu();
+    let (s, t, h, v) = (3usize, 47usize, 40usize, 783usize);
+    let mut rng = fastrand::Rng::with_seed(21);
+    let x: Vec<f16> = (0..s * t * h)
+        .map(|_| f16::from_f32(normal(&mut rng, 1.0)))
+        .collect();
+    let w: Vec<f16> = (0..v * h)
+        .map(|_| f16::from_f32(normal(&mut rng, 0.2)))
+        .collect();
+    let ids: Vec<i32> = (0..s * t).map(|_| rng.usize(0..v) as i32).collect();
+    let weight: Vec<f32> = (0..s * t).map(|_| 0.5 + rng.f32()).collect();
+    let keep: Vec<bool> = (0..s * t).map(|i| i % 5 != 2).collect();
+    let prior: Vec<half::bf16> = (0..v).map(|_| half::bf16::from_f32(rng.f32())).collect();
+    let scale = [0.37f32];
+    let (xs, ws, rs, vs, one) = ([s, t, h], [v, h], [s, t], [v], [1usize]);
+    let host = InputSet::new()
+        .head(
+            "logits",
+            liger::Head::new(
+                TensorView::new(&x, &xs).expect("x"),
+                TensorView::new(&w, &ws).expect("w"),
+            ),
+        )
+        .tensor("ids", TensorView::new(&ids, &rs).expect("ids"))
+        .tensor("weight", TensorView::new(&weight, &rs).expect("weight"))
+        .tensor("keep", TensorView::new(&keep, &rs).expect("keep"))
+        .tensor("prior", TensorView::new(&prior, &vs).expect("prior"))
+        .tensor("scale", TensorView::new(&scale[..], &one).expect("scale"));
+    // On the device: the weight as a view into a larger buffer, the mask as bytes.
+    let xd: CudaSlice<f16> = st.clone_htod(&x).expect("x");
+    let wd: CudaSlice<f16> = st.clone_htod(&w).expect("w");
+    let idd: CudaSlice<i32> = st.clone_htod(&ids).expect("ids");
+    let mut padded = vec![f32::NAN; 5];
+    padded.extend(&weight);
+    padded.extend([f32::NAN; 3]);
+    let wbig: CudaSlice<f32> = st.clone_htod(&padded).expect("weight");
+    let wview = wbig.slice(5..5 + s * t);
+    let kd: CudaSlice<u8> = st
+        .clone_htod(&keep.iter().map(|&k| u8::from(k)).collect::<Vec<_>>())
+        .expect("keep");
+    let pd: CudaSlice<half::bf16> = st.clone_htod(&prior).expect("prior");
+    let sd: CudaSlice<f32> = st.clone_htod(&scale).expect("scale");
+    let dev = liger::DeviceInputs::new()
+        .head(
+            "logits",
+            liger::DeviceHead {
+                x: liger::DeviceTensor::new(&xd, &xs).expect("x"),
+                w: liger::DeviceTensor::new(&wd, &ws).expect("w"),
+                b: None,
+            },
+        )
+        .tensor("ids", liger::DeviceTensor::new(&idd, &rs).expect("ids"))
+        .tensor(
+            "weight",
+            liger::DeviceTensor::from_view(&wview, &rs).expect("weight"),
+        )
+        .tensor("keep", liger::DeviceTensor::new(&kd, &rs).expect("keep"))
+        .tensor("prior", liger::DeviceTensor::new(&pd, &vs).expect("prior"))
+        .tensor("scale", liger::DeviceTensor::new(&sd, &one).expect("scale"));
+    let params = ParamSet::new();
+    for budget in [1usize << 20, 64 << 20] {
+        let opts = RunOptions {
+            chunk_memory: budget,
+            ..RunOptions::default()
+        };
+        let want = liger::run(&SideInputs, &cpu, &host, &params, &opts).expect("cpu");
+        let host_gpu = liger::run(&SideInputs, &rt, &host, &params, &opts).expect("host api");
+        let out = liger::run_device(&SideInputs, &rt, &dev, &params, &opts, &st).expect("device");
+        let got = out.to_host().expect("result");
+        let mut failures = Vec::new();
+        compare_outputs(
+            &format!("side inputs, budget {budget}"),
+            &got,
+            &want,
+            true,
+            &mut failures,
+        );
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        assert_eq!(
+            got.loss.to_bits(),
+            host_gpu.loss.to_bits(),
+            "device vs host API"
+        );
+        assert_eq!(got.grads, host_gpu.grads, "device vs host API");
+        assert_eq!(
+            got.metric("per_token").map(|m| m.values.len()),
+            Some(s * t),
+            "a row metric is [S,T]"
+        );
+        assert!(
+            got.report.chunks > 1 || budget > 1 << 20,
+            "a small budget chunks"
+        );
+    }
+    // A NaN in the per-row weight (inside the view) is found on the device.
+    let mut bad = padded.clone();
+    bad[5 + 17] = f32::NAN;
+    let bbig: CudaSlice<f32> = st.clone_htod(&bad).expect("weight");
+    let bview = bbig.slice(5..5 + s * t);
+    let dev_bad = dev.clone().tensor(
+        "weight",
+        liger::DeviceTensor::from_view(&bview, &rs).expect("weight"),
+    );
+    let out = liger::run_device(
+        &SideInputs,
+        &rt,
+        &dev_bad,
+        &params,
+        &RunOptions::default(),
+        &st,
+    )
+    .expect("queued");
+    match out.check() {
+        Err(liger::Error::NonFinite {
+            input, index: 17, ..
+        }) if input == "weight" => {}
+        other => panic!("NaN weight: {other:?}"),
     }
 }

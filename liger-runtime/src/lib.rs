@@ -117,6 +117,14 @@ impl Runtime {
         self.cuda.as_ref().map(|e| &e.gpu.ctx)
     }
 
+    /// Drops what the runtime keeps for `stream` (its cuBLAS handle and workspace); call it
+    /// before destroying a stream borrowed from another library. May synchronise the device.
+    pub fn release_stream(&self, stream: &cudarc::driver::CudaStream) {
+        if let Some(e) = &self.cuda {
+            e.release_stream(stream);
+        }
+    }
+
     /// Runs the gradient IR `grad_ir` on device inputs, queued on `stream` (a stream of
     /// [`Runtime::cuda_context`]); returns device buffers without synchronising the stream.
     /// See [`cuda::api`].

@@ -99,7 +99,7 @@ pub struct PhaseTime {
     pub phase: String,
     /// Its device time summed over the run, ms.
     pub ms: f64,
-    /// Timed launches (a GEMM with its bias add counts as one).
+    /// Timed launches (the logits GEMM and its bias add are separate phases).
     pub launches: usize,
 }
 

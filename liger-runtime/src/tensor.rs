@@ -129,8 +129,9 @@ impl<'a> TensorView<'a> {
     /// A view of `data` with `shape`; the element count must match.
     pub fn new(data: impl Into<TensorData<'a>>, shape: &[usize]) -> Result<Self, Error> {
         let data = data.into();
-        let numel: usize = shape.iter().product();
-        if numel != data.len() {
+        // A product that overflows cannot be the length of any slice.
+        let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if numel != Some(data.len()) {
             return Err(Error::ViewShape {
                 shape: shape.to_vec(),
                 elements: data.len(),

@@ -8,14 +8,19 @@
 //!   stream is touched (cudarc's event tracking orders the caller's buffers written on other
 //!   streams before our reads, stream-side). The call returns as soon as the work is queued.
 //! - Values are checked on the device (token ids in range, non-finite floats in every float
-//!   input): a failed check poisons the loss to NaN and is reported, as the same typed error
-//!   the host API gives, by [`DeviceOutput::check`] — the one call that synchronises the
-//!   stream, and only when the caller asks.
+//!   input): a failed check (or a sequence with no valid token) makes the loss NaN and is
+//!   reported, as the same typed error the host API gives, by [`DeviceOutput::check`]. The
+//!   metrics and gradients of a failed run are not defined. `check`, `to_host`, `device_ms`
+//!   and `profile` wait for the work; nothing else does.
 //! - Gradients come back in the dtypes of [`crate::RunOptions::grad_dtypes`] (f32 by default;
 //!   `grad W` is accumulated in f32 across chunks either way).
+//! - Host words reach the device as a few small copies (the value table, hyperparameters),
+//!   every other array is zeroed by a memset on the stream.
 //!
-//! The first run on a stream creates the stream's cuBLAS handle and workspace and may
-//! compile and load kernels; later runs with the same shapes bucket do neither.
+//! The first run on a stream creates the stream's cuBLAS handle and workspace, and the first
+//! run of a shape bucket may compile and load kernels; later runs do neither. Handles are kept
+//! for the 8 most recently used streams (see [`crate::cuda::engine`]); release a borrowed
+//! stream with `Runtime::release_stream` before its owner destroys it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,8 +37,22 @@ use crate::output::{LossOutput, Report};
 use crate::plan::RunOptions;
 use crate::tensor::DType;
 
-/// Element types a device tensor may hold.
-pub trait DeviceElem: cudarc::driver::DeviceRepr {
+mod sealed {
+    /// Only the element types listed in this module implement [`super::DeviceElem`]: their
+    /// dtype and byte size are what the kernels read, so no other type may claim one.
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::bf16 {}
+    impl Sealed for half::f16 {}
+    impl Sealed for i64 {}
+    impl Sealed for i32 {}
+    impl Sealed for bool {}
+    impl Sealed for u8 {}
+}
+
+/// Element types a device tensor may hold (sealed: f32, bf16, f16, i64, i32, and bool or u8
+/// for masks).
+pub trait DeviceElem: cudarc::driver::DeviceRepr + sealed::Sealed {
     /// Its dtype (`u8` and `bool` are masks: [`DType::Bool`]).
     const DTYPE: DType;
 }
@@ -118,7 +137,14 @@ impl<'a> DeviceTensor<'a> {
         dtype: DType,
         shape: &'a [usize],
     ) -> Result<Self, Error> {
-        if shape.iter().product::<usize>() != len {
+        let count = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| Error::ViewShape {
+                shape: shape.to_vec(),
+                elements: len,
+            })?;
+        if count != len {
             return Err(Error::ViewShape {
                 shape: shape.to_vec(),
                 elements: len,
@@ -411,6 +437,12 @@ pub fn run_device(
             }
         }
         if let Some(b) = &head.b {
+            if b.buf.context().cu_ctx() != engine.gpu.ctx.cu_ctx() {
+                return Err(Error::Device {
+                    device: "cuda".into(),
+                    why: format!("input `{name}.b` lives in another CUDA context"),
+                });
+            }
             if b.shape() != [v] {
                 return Err(shape_err(
                     format!("{name}.b"),

@@ -229,8 +229,12 @@ pub(crate) fn upload_values(
             bufs.push(None);
             continue;
         }
-        let data = input(i).unwrap_or_else(|| vec![0; len(node.ty.level)]);
-        bufs.push(Some(st.clone_htod(&data).map_err(derr)?));
+        // Given words are copied; every other array is zeroed on the device (a memset queued
+        // on the stream: no host buffer, no copy).
+        bufs.push(Some(match input(i) {
+            Some(data) => st.clone_htod(&data).map_err(derr)?,
+            None => st.alloc_zeros(len(node.ty.level)).map_err(derr)?,
+        }));
     }
     Ok(bufs)
 }

@@ -1,11 +1,14 @@
 //! The CUDA engine: one device, the kernel cache, the modules loaded on it, and a cuBLAS
 //! handle with its workspace for every stream the executor has run on.
 //!
-//! Invariants: everything here is created once and kept, so a run after the first loads no
-//! module, creates no handle and frees nothing (freeing device memory or destroying a cuBLAS
-//! handle may synchronise the device, which a run on the caller's stream must not do). The
-//! cuBLAS workspace is allocated from the device's memory pool on the stream it serves, so the
-//! allocator counts it (it is held by the engine, like the kernels, not by one run).
+//! Invariants: everything here is created once and kept, so a run after the first with the
+//! same shape bucket loads no module, creates no handle and frees nothing (destroying a cuBLAS
+//! handle or unloading a module may synchronise the device, which a run on the caller's stream
+//! must not do). Handles are kept for the 8 most recently used streams; a ninth evicts the
+//! least recently used (its destruction may synchronise; [`Engine::release_stream`] lets the
+//! caller choose the moment). The cuBLAS workspace is allocated from the device's memory pool
+//! on the stream it serves, so the allocator counts it (it is held by the engine, like the
+//! kernels, not by one run).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,7 +23,8 @@ use crate::cuda::device::Gpu;
 /// Bytes of cuBLAS workspace per stream (NVIDIA's recommendation for Hopper).
 pub const CUBLAS_WORKSPACE: usize = 32 << 20;
 
-/// Streams whose cuBLAS handles are kept; a new stream beyond this evicts the oldest.
+/// Streams whose cuBLAS handles are kept; a new stream beyond this evicts the least recently
+/// used one.
 const MAX_STREAMS: usize = 8;
 
 /// The runtime's I/O kernels (device inputs into the value table, checks, gradient casts).
@@ -130,8 +134,12 @@ impl Engine {
             lib: "cublas",
             why: "the handle table was poisoned by a panic in another thread".into(),
         })?;
-        if let Some((_, b)) = list.iter().find(|(k, _)| *k == id) {
-            return Ok(b.clone());
+        if let Some(k) = list.iter().position(|(k, _)| *k == id) {
+            // Most recently used last.
+            let e = list.remove(k);
+            let b = e.1.clone();
+            list.push(e);
+            return Ok(b);
         }
         let handle = CudaBlas::new(stream.clone()).map_err(|e| Error::Cuda {
             lib: "cublas",
@@ -161,10 +169,22 @@ impl Engine {
             _workspace: workspace,
         }));
         if list.len() >= MAX_STREAMS {
+            // The least recently used stream's handle goes (destroying a handle may
+            // synchronise the device: see `release_stream` to choose when).
             list.remove(0);
         }
         list.push((id, b.clone()));
         Ok(b)
+    }
+
+    /// Drops the cuBLAS handle and workspace kept for `stream` (destroying a handle may
+    /// synchronise the device). Call it before destroying a stream borrowed from another
+    /// library (`wrap_borrowed_stream`): the engine keys handles by the raw stream.
+    pub fn release_stream(&self, stream: &CudaStream) {
+        let id = stream.cu_stream() as usize;
+        if let Ok(mut list) = self.blas.lock() {
+            list.retain(|(k, _)| *k != id);
+        }
     }
 }
 

@@ -1166,9 +1166,6 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
         }
     }
     array(KernelKind::Group)?;
-    let t1 = st
-        .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-        .map_err(derr)?;
 
     // Gradients into the dtypes asked for.
     let cast = |x: CudaSlice<f32>, to: HDType| -> Result<DeviceGrad, Error> {
@@ -1201,6 +1198,9 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
             });
         }
     }
+    let t1 = st
+        .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+        .map_err(derr)?;
     // Returned buffers: their last write is all the work queued above (so a consumer on
     // another stream waits for it, through cudarc's event tracking).
     for gr in &mut grads_out {
@@ -1220,8 +1220,8 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
         let f = engine.io_fn("liger_poison")?;
         let n = c.meta.len() as i32;
         let mut b = st.launch_builder(&f);
-        b.arg(&c.slots).arg(&n).arg(loss);
-        // SAFETY: slots holds at least n pairs; loss is a live 4-byte word.
+        b.arg(&c.slots).arg(&n).arg(&status).arg(loss);
+        // SAFETY: slots holds at least n pairs; status holds 4 ints; loss is a live 4-byte word.
         unsafe { b.launch(io_cfg(1)) }.map_err(derr)?;
     }
     let io_bytes: usize = vals

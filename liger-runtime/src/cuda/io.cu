@@ -53,7 +53,7 @@ extern "C" __global__ void liger_in_float_##NAME(const T* __restrict__ x, long l
                                                  unsigned long long* __restrict__ slot) {        \
     LIGER_GRID_STRIDE(i, n) {                                                                    \
         const float v = LOAD(x, i);                                                              \
-        if (!liger_finite(v)) { atomicMin(slot, (unsigned long long)i); }                        \
+        if (slot != 0 && !liger_finite(v)) { atomicMin(slot, (unsigned long long)i); }           \
         out[i] = __float_as_uint(v);                                                             \
     }                                                                                            \
 }
@@ -118,10 +118,12 @@ extern "C" __global__ void liger_cast_f16(const float* __restrict__ x, long long
 }
 // ---- end of runtime I/O kernels ----
 
-// After a checked run: when any check slot fired, the loss word becomes NaN, so a caller who
-// reads the loss without asking for the status still cannot take a wrong value for a right one.
-extern "C" __global__ void liger_poison(const unsigned long long* __restrict__ slots, int n, unsigned int* __restrict__ loss) {
+// After a checked run: when any check slot fired, or the generated kernels flagged a sequence
+// with no valid token (status[0]), the loss word becomes NaN, so a caller who reads the loss
+// without asking for the status still cannot take a wrong value for a right one.
+extern "C" __global__ void liger_poison(const unsigned long long* __restrict__ slots, int n, const int* __restrict__ status, unsigned int* __restrict__ loss) {
     if (blockIdx.x != 0 || threadIdx.x != 0) { return; }
+    if (status[0] != 0) { *loss = 0x7fc00000u; return; }
     for (int k = 0; k < n; ++k) {
         if (slots[2 * k] != LIGER_NONE) { *loss = 0x7fc00000u; return; }
     }
