@@ -1353,7 +1353,8 @@ fn gpu_device_api_takes_every_side_input_kind_f16_and_views() {
         .tensor("prior", liger::DeviceTensor::new(&pd, &vs).expect("prior"))
         .tensor("scale", liger::DeviceTensor::new(&sd, &one).expect("scale"));
     let params = ParamSet::new();
-    for budget in [1usize << 20, 64 << 20] {
+    let small = (4usize << 20) + (600 << 10);
+    for budget in [small, 64 << 20] {
         let opts = RunOptions {
             chunk_memory: budget,
             ..RunOptions::default()
