@@ -393,75 +393,18 @@ fn gpu_executor_matches_the_cpu_executor_and_is_deterministic() {
                 (true, 42, false),
                 (true, -100, true),
             ] {
-                let mut rng = fastrand::Rng::with_seed((ci * 10 + v) as u64);
-                let mut xs = Vec::new();
-                let mut ws = Vec::new();
-                let mut bs = Vec::new();
-                for (_, mult) in &case.heads {
-                    let hh = h * mult;
-                    xs.push(
-                        (0..s * t * hh)
-                            .map(|_| normal(&mut rng, 1.0))
-                            .collect::<Vec<f32>>(),
-                    );
-                    ws.push(
-                        (0..v * hh)
-                            .map(|_| normal(&mut rng, 1.5 / (hh as f32).sqrt()))
-                            .collect::<Vec<f32>>(),
-                    );
-                    bs.push(
-                        bias.then(|| (0..v).map(|_| normal(&mut rng, 0.3)).collect::<Vec<f32>>()),
-                    );
-                }
-                let xb: Vec<Vec<half::bf16>> = xs
-                    .iter()
-                    .map(|x| x.iter().map(|&a| half::bf16::from_f32(a)).collect())
-                    .collect();
-                let wb: Vec<Vec<half::bf16>> = ws
-                    .iter()
-                    .map(|x| x.iter().map(|&a| half::bf16::from_f32(a)).collect())
-                    .collect();
-                let target: Vec<i64> = (0..s * t)
-                    .map(|i| {
-                        if i % t > 0 && rng.f32() < 0.3 {
-                            ignore
-                        } else {
-                            loop {
-                                let k = rng.usize(0..v) as i64;
-                                if k != ignore {
-                                    break k;
-                                }
-                            }
-                        }
-                    })
-                    .collect();
-                let seq: Vec<f32> = (0..s).map(|_| normal(&mut rng, 5.0)).collect();
-                let mut set = InputSet::new();
-                for (k, (name, mult)) in case.heads.iter().enumerate() {
-                    let hh = h * mult;
-                    let (x, w) = if bf16 {
-                        (
-                            TensorView::new(&xb[k], &[s, t, hh]).expect("x"),
-                            TensorView::new(&wb[k], &[v, hh]).expect("w"),
-                        )
-                    } else {
-                        (
-                            TensorView::new(&xs[k], &[s, t, hh]).expect("x"),
-                            TensorView::new(&ws[k], &[v, hh]).expect("w"),
-                        )
-                    };
-                    let head = match &bs[k] {
-                        Some(b) => {
-                            liger::Head::with_bias(x, w, TensorView::new(b, &[v]).expect("b"))
-                        }
-                        None => liger::Head::new(x, w),
-                    };
-                    set = set.head(name, head);
-                }
-                set = set.tensor("target", TensorView::new(&target, &[s, t]).expect("t"));
-                if let Some(n) = case.seq {
-                    set = set.tensor(n, TensorView::new(&seq, &[s]).expect("seq"));
-                }
+                let dims = (s, t, h, v);
+                let d = case_data(case, dims, bias, ignore, (ci * 10 + v) as u64);
+                let sh = shapes(&d, dims);
+                let bf: Vec<(Vec<half::bf16>, Vec<half::bf16>)> = if bf16 {
+                    d.heads
+                        .iter()
+                        .map(|x| (to_bf16(&x.2), to_bf16(&x.3)))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let set = host_inputs(case, &d, &bf, &sh);
                 let want = liger::run(
                     case.loss,
                     &cpu,
@@ -673,6 +616,21 @@ fn gpu_dpo_16k_tokens_stays_within_a_2gib_budget() {
     );
 }
 
+/// A CUDA runtime and a stream of our own on it (None, after saying why, without a GPU).
+fn runtime_and_stream() -> Option<(
+    liger::Runtime,
+    std::sync::Arc<liger::runtime::cudarc::driver::CudaStream>,
+)> {
+    gpu_or_skip()?;
+    let rt = liger::Runtime::cuda(0).expect("cuda runtime");
+    let st = rt
+        .cuda_context()
+        .expect("context")
+        .new_stream()
+        .expect("a stream of our own");
+    Some((rt, st))
+}
+
 /// One head's host data: name, hidden size, x, W, optional bias.
 type HeadData = (&'static str, usize, Vec<f32>, Vec<f32>, Option<Vec<f32>>);
 
@@ -875,17 +833,11 @@ fn host_inputs<'a>(
 
 #[test]
 fn gpu_device_api_matches_the_host_api_and_the_cpu_with_gradient_dtypes() {
-    if gpu_or_skip().is_none() {
+    let Some((rt, st)) = runtime_and_stream() else {
         return;
-    }
+    };
     use liger::DType::{BF16, F16, F32};
-    let rt = liger::Runtime::cuda(0).expect("cuda runtime");
     let cpu = liger::Runtime::cpu();
-    let st = rt
-        .cuda_context()
-        .expect("context")
-        .new_stream()
-        .expect("a stream of our own");
     let mut failures = Vec::new();
     let mut runs = 0;
     for dims in [(6usize, 47usize, 31usize, 123usize), (4, 130, 64, 4099)] {
@@ -1103,16 +1055,10 @@ fn gpu_device_api_queues_on_the_callers_stream_without_synchronising() {
 
 #[test]
 fn gpu_device_api_bad_input_gives_typed_errors() {
-    if gpu_or_skip().is_none() {
+    let Some((rt, st)) = runtime_and_stream() else {
         return;
-    }
+    };
     use liger::Error;
-    let rt = liger::Runtime::cuda(0).expect("cuda runtime");
-    let st = rt
-        .cuda_context()
-        .expect("context")
-        .new_stream()
-        .expect("stream");
     let cases = executor_cases();
     let (flce, dpo_hinge) = (&cases[0], &cases[4]);
     let dims = (2usize, 5usize, 8usize, 33usize);
@@ -1282,17 +1228,11 @@ pub fn side_inputs(
 
 #[test]
 fn gpu_device_api_takes_every_side_input_kind_f16_and_views() {
-    if gpu_or_skip().is_none() {
+    let Some((rt, st)) = runtime_and_stream() else {
         return;
-    }
+    };
     use half::f16;
     use liger::runtime::cudarc::driver::CudaSlice;
-    let rt = liger::Runtime::cuda(0).expect("cuda runtime");
-    let st = rt
-        .cuda_context()
-        .expect("context")
-        .new_stream()
-        .expect("stream");
     let cpu = liger::Runtime::cpu();
     let (s, t, h, v) = (3usize, 47usize, 40usize, 783usize);
     let mut rng = fastrand::Rng::with_seed(21);

@@ -14,6 +14,7 @@
 //! CUDA libraries are loaded at run time, so this crate builds and its CPU path runs anywhere.
 
 pub mod cache;
+mod check;
 pub mod cpu;
 pub mod cuda;
 pub mod error;

@@ -20,6 +20,7 @@ use liger_ir::schedule::Dims;
 use liger_ir::{InputKind, Level, LossFn, OutputKind, Schedule, Strategy, ValueId};
 
 use crate::Error;
+use crate::check;
 use crate::inputs::{InputSet, InputValue};
 use crate::output::{GradBuf, HeadGrads, LossOutput, MetricOutput, Report};
 use crate::plan::{RunOptions, plan};
@@ -109,14 +110,6 @@ fn gather_rows(x: &TensorView<'_>, rows: &[usize], h: usize) -> Vec<f32> {
     out
 }
 
-fn shape_err(input: String, expected: String, got: &[usize]) -> Error {
-    Error::Shape {
-        input,
-        expected,
-        got: got.to_vec(),
-    }
-}
-
 /// Loads every input that is not a head into `ev` (checking shapes, dtypes, token ranges and
 /// finite values).
 fn load_side_inputs(
@@ -146,44 +139,15 @@ fn load_side_inputs(
         }
         let tv = match inputs.get(name) {
             Some(InputValue::Tensor(t)) => t,
-            Some(InputValue::Head(_)) => {
-                return Err(Error::InputKind {
-                    loss: g.name.clone(),
-                    name: name.into(),
-                    kind: input.kind.name(),
-                    want: "a tensor, not a head",
-                });
-            }
-            None => {
-                return Err(Error::MissingInput {
-                    loss: g.name.clone(),
-                    name: name.into(),
-                    kind: input.kind.name(),
-                });
+            other => {
+                return Err(check::tensor_missing(
+                    &g.name,
+                    input,
+                    matches!(other, Some(InputValue::Head(_))),
+                ));
             }
         };
-        let want: Vec<usize> = match input.kind {
-            InputKind::Target | InputKind::Tokens | InputKind::RowInput | InputKind::RowMask => {
-                vec![s, t]
-            }
-            InputKind::SeqInput | InputKind::SeqMask => vec![s],
-            InputKind::VocabInput => vec![v],
-            _ => vec![],
-        };
-        let shape_ok = if want.is_empty() {
-            tv.shape().iter().product::<usize>() == 1
-        } else {
-            tv.shape() == want.as_slice()
-        };
-        if !shape_ok {
-            let expected = match input.kind {
-                InputKind::SeqInput | InputKind::SeqMask => format!("[S] = [{s}]"),
-                InputKind::VocabInput => format!("[V] = [{v}]"),
-                InputKind::ScalarInput => "a scalar ([] or [1])".into(),
-                _ => format!("[S,T] = [{s},{t}]"),
-            };
-            return Err(shape_err(name.into(), expected, tv.shape()));
-        }
+        check::side_shape(input, tv.shape(), (s, t, v))?;
         let arr = match input.kind {
             InputKind::Target | InputKind::Tokens => {
                 let ids: Vec<i64> = match tv.data() {
@@ -263,51 +227,21 @@ pub(crate) fn prepare<'f, 'a>(
         let name = hp.name.as_str();
         let head = match inputs.get(name) {
             Some(InputValue::Head(h)) => h,
-            Some(InputValue::Tensor(_)) => {
-                return Err(Error::InputKind {
-                    loss: loss_name.clone(),
-                    name: name.into(),
-                    kind: "logits",
-                    want: "a head (x, w, optional b)",
-                });
-            }
-            None => {
-                return Err(Error::MissingInput {
-                    loss: loss_name.clone(),
-                    name: name.into(),
-                    kind: "logits",
-                });
+            other => {
+                return Err(check::head_missing(
+                    &loss_name,
+                    name,
+                    matches!(other, Some(InputValue::Tensor(_))),
+                ));
             }
         };
-        let xs = head.x.shape();
-        let ws = head.w.shape();
-        if xs.len() != 3 {
-            return Err(shape_err(format!("{name}.x"), "[S,T,H]".into(), xs));
-        }
-        if ws.len() != 2 {
-            return Err(shape_err(format!("{name}.w"), "[V,H]".into(), ws));
-        }
-        let (s, t, v) = *dims.get_or_insert((xs[0], xs[1], ws[0]));
-        if xs[0] != s || xs[1] != t {
-            return Err(shape_err(
-                format!("{name}.x"),
-                format!("[S,T,H] with S={s}, T={t}"),
-                xs,
-            ));
-        }
-        let h = xs[2];
-        if ws != [v, h] {
-            return Err(shape_err(
-                format!("{name}.w"),
-                format!("[V,H] = [{v},{h}]"),
-                ws,
-            ));
-        }
-        if s == 0 || t == 0 || v == 0 || h == 0 {
-            return Err(Error::EmptyBatch {
-                what: format!("{name}: S={s}, T={t}, V={v}, H={h}"),
-            });
-        }
+        let (s, t, v, h) = check::head_shapes(
+            name,
+            head.x.shape(),
+            head.w.shape(),
+            head.b.as_ref().map(TensorView::shape),
+            &mut dims,
+        )?;
         for (part, view) in [("x", &head.x), ("w", &head.w)] {
             if !view.dtype().is_float() {
                 return Err(Error::InputDType {
@@ -320,13 +254,6 @@ pub(crate) fn prepare<'f, 'a>(
         }
         let b = match &head.b {
             Some(b) => {
-                if b.shape() != [v] {
-                    return Err(shape_err(
-                        format!("{name}.b"),
-                        format!("[V] = [{v}]"),
-                        b.shape(),
-                    ));
-                }
                 check_finite(&format!("{name}.b"), b.data())?;
                 Some(to_f32(&format!("{name}.b"), b)?)
             }
@@ -372,24 +299,7 @@ pub(crate) fn prepare<'f, 'a>(
     // Other inputs.
     let mut ev = Eval::new(g, s, t, v);
     load_side_inputs(&mut ev, g, inputs, hyper, opts, (s, t, v))?;
-    for (name, _) in inputs.names().map(|n| (n, ())) {
-        if g.input_by_name(name).is_none() {
-            let known: Vec<&str> = g
-                .inputs
-                .iter()
-                .filter(|i| i.kind != InputKind::Param)
-                .map(|i| i.name.as_str())
-                .collect();
-            return Err(Error::UnknownInput {
-                loss: loss_name,
-                name: name.into(),
-                known: known.join(", "),
-            });
-        }
-    }
-    if sched.group_level == Some(Level::Pair) && s % 2 != 0 {
-        return Err(Error::OddSequenceCount { num_seqs: s });
-    }
+    check::names_and_pairs(g, sched, inputs.names(), s)?;
 
     Ok(Prepared {
         heads,

@@ -29,6 +29,7 @@ use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtr, DeviceSlice, Sy
 use liger_ir::{InputKind, Level, LossFn, OutputKind, Schedule};
 
 use crate::Error;
+use crate::check;
 use crate::cuda::engine::Engine;
 use crate::cuda::exec::{
     Checker, DevHead, DevSide, DeviceGrad, DeviceHeadGrads, Job, Ran, SideKind, enqueue,
@@ -332,14 +333,6 @@ impl DeviceOutput {
     }
 }
 
-fn shape_err(input: String, expected: String, got: &[usize]) -> Error {
-    Error::Shape {
-        input,
-        expected,
-        got: got.to_vec(),
-    }
-}
-
 /// Runs the gradient IR `g` on device inputs, queued on `stream` (see the module docs).
 pub fn run_device(
     engine: &Engine,
@@ -365,96 +358,57 @@ pub fn run_device(
     let mut dims: Option<(usize, usize, usize)> = None;
     let mut gemm_dtype: Option<DType> = None;
     let mut found = Vec::new();
+    // Every buffer must live in the runtime's context.
+    let same_context = |t: &DeviceTensor<'_>, input: &str| -> Result<(), Error> {
+        if t.buf.context().cu_ctx() == engine.gpu.ctx.cu_ctx() {
+            return Ok(());
+        }
+        Err(Error::Device {
+            device: "cuda".into(),
+            why: format!("input `{input}` lives in another CUDA context"),
+        })
+    };
+    let gemm_float = |d: DType| matches!(d, DType::F32 | DType::BF16 | DType::F16);
     for hp in &sched.heads {
         let name = hp.name.as_str();
         let head = match inputs.get(name) {
             Some(DeviceInput::Head(h)) => *h,
-            Some(DeviceInput::Tensor(_)) => {
-                return Err(Error::InputKind {
-                    loss,
-                    name: name.into(),
-                    kind: "logits",
-                    want: "a head (x, w, optional b)",
-                });
-            }
-            None => {
-                return Err(Error::MissingInput {
-                    loss,
-                    name: name.into(),
-                    kind: "logits",
-                });
+            other => {
+                return Err(check::head_missing(
+                    &loss,
+                    name,
+                    matches!(other, Some(DeviceInput::Tensor(_))),
+                ));
             }
         };
-        let (xs, ws) = (head.x.shape(), head.w.shape());
-        if xs.len() != 3 {
-            return Err(shape_err(format!("{name}.x"), "[S,T,H]".into(), xs));
-        }
-        if ws.len() != 2 {
-            return Err(shape_err(format!("{name}.w"), "[V,H]".into(), ws));
-        }
-        let (s, t, v) = *dims.get_or_insert((xs[0], xs[1], ws[0]));
-        if xs[0] != s || xs[1] != t {
-            return Err(shape_err(
-                format!("{name}.x"),
-                format!("[S,T,H] with S={s}, T={t}"),
-                xs,
-            ));
-        }
-        let h = xs[2];
-        if ws != [v, h] {
-            return Err(shape_err(
-                format!("{name}.w"),
-                format!("[V,H] = [{v},{h}]"),
-                ws,
-            ));
-        }
-        if s == 0 || t == 0 || v == 0 || h == 0 {
-            return Err(Error::EmptyBatch {
-                what: format!("{name}: S={s}, T={t}, V={v}, H={h}"),
-            });
-        }
-        for (part, tns) in [("x", &head.x), ("w", &head.w)] {
+        let (_, _, _, h) = check::head_shapes(
+            name,
+            head.x.shape(),
+            head.w.shape(),
+            head.b.as_ref().map(DeviceTensor::shape),
+            &mut dims,
+        )?;
+        let parts = [
+            ("x", Some(&head.x)),
+            ("w", Some(&head.w)),
+            ("b", head.b.as_ref()),
+        ];
+        for (part, tns) in parts.iter().filter_map(|(p, t)| Some((*p, (*t)?))) {
+            same_context(tns, &format!("{name}.{part}"))?;
             let d = tns.dtype();
-            if !matches!(d, DType::F32 | DType::BF16 | DType::F16) {
+            if !gemm_float(d) {
                 return Err(Error::InputDType {
                     input: format!("{name}.{part}"),
                     expected: "f32, bf16 or f16 on the device",
                     got: d,
                 });
             }
-            if *gemm_dtype.get_or_insert(d) != d {
+            // The bias may be any float dtype; x and W of every head share the GEMM dtype.
+            if part != "b" && *gemm_dtype.get_or_insert(d) != d {
                 return Err(Error::InputDType {
                     input: format!("{name}.{part}"),
                     expected: "the dtype of every head's x and w",
                     got: d,
-                });
-            }
-            if tns.buf.context().cu_ctx() != engine.gpu.ctx.cu_ctx() {
-                return Err(Error::Device {
-                    device: "cuda".into(),
-                    why: format!("input `{name}.{part}` lives in another CUDA context"),
-                });
-            }
-        }
-        if let Some(b) = &head.b {
-            if b.buf.context().cu_ctx() != engine.gpu.ctx.cu_ctx() {
-                return Err(Error::Device {
-                    device: "cuda".into(),
-                    why: format!("input `{name}.b` lives in another CUDA context"),
-                });
-            }
-            if b.shape() != [v] {
-                return Err(shape_err(
-                    format!("{name}.b"),
-                    format!("[V] = [{v}]"),
-                    b.shape(),
-                ));
-            }
-            if !matches!(b.dtype(), DType::F32 | DType::BF16 | DType::F16) {
-                return Err(Error::InputDType {
-                    input: format!("{name}.b"),
-                    expected: "f32, bf16 or f16 on the device",
-                    got: b.dtype(),
                 });
             }
         }
@@ -467,24 +421,7 @@ pub fn run_device(
             kind: "logits",
         });
     };
-    for name in inputs.names() {
-        if g.input_by_name(name).is_none() {
-            let known: Vec<&str> = g
-                .inputs
-                .iter()
-                .filter(|i| i.kind != InputKind::Param)
-                .map(|i| i.name.as_str())
-                .collect();
-            return Err(Error::UnknownInput {
-                loss,
-                name: name.into(),
-                known: known.join(", "),
-            });
-        }
-    }
-    if sched.group_level == Some(Level::Pair) && s % 2 != 0 {
-        return Err(Error::OddSequenceCount { num_seqs: s });
-    }
+    check::names_and_pairs(g, &sched, inputs.names(), s)?;
 
     // Side inputs: shapes and dtypes on the host; hyperparameters as host words.
     let mut words = BTreeMap::new();
@@ -507,44 +444,15 @@ pub fn run_device(
         }
         let tv = match inputs.get(name) {
             Some(DeviceInput::Tensor(t)) => *t,
-            Some(DeviceInput::Head(_)) => {
-                return Err(Error::InputKind {
-                    loss,
-                    name: name.into(),
-                    kind: input.kind.name(),
-                    want: "a tensor, not a head",
-                });
-            }
-            None => {
-                return Err(Error::MissingInput {
-                    loss,
-                    name: name.into(),
-                    kind: input.kind.name(),
-                });
+            other => {
+                return Err(check::tensor_missing(
+                    &loss,
+                    input,
+                    matches!(other, Some(DeviceInput::Head(_))),
+                ));
             }
         };
-        let want: Vec<usize> = match input.kind {
-            InputKind::Target | InputKind::Tokens | InputKind::RowInput | InputKind::RowMask => {
-                vec![s, t]
-            }
-            InputKind::SeqInput | InputKind::SeqMask => vec![s],
-            InputKind::VocabInput => vec![v],
-            _ => vec![],
-        };
-        let shape_ok = if want.is_empty() {
-            tv.len() == 1
-        } else {
-            tv.shape() == want.as_slice()
-        };
-        if !shape_ok {
-            let expected = match input.kind {
-                InputKind::SeqInput | InputKind::SeqMask => format!("[S] = [{s}]"),
-                InputKind::VocabInput => format!("[V] = [{v}]"),
-                InputKind::ScalarInput => "a scalar ([] or [1])".into(),
-                _ => format!("[S,T] = [{s},{t}]"),
-            };
-            return Err(shape_err(name.into(), expected, tv.shape()));
-        }
+        check::side_shape(input, tv.shape(), (s, t, v))?;
         let (kind, ok, expected) = match input.kind {
             InputKind::Target | InputKind::Tokens => (
                 SideKind::Tokens {
@@ -560,7 +468,7 @@ pub fn run_device(
             ),
             _ => (
                 SideKind::Float,
-                matches!(tv.dtype(), DType::F32 | DType::BF16 | DType::F16),
+                gemm_float(tv.dtype()),
                 "f32, bf16 or f16 on the device",
             ),
         };
@@ -571,12 +479,7 @@ pub fn run_device(
                 got: tv.dtype(),
             });
         }
-        if tv.buf.context().cu_ctx() != engine.gpu.ctx.cu_ctx() {
-            return Err(Error::Device {
-                device: "cuda".into(),
-                why: format!("input `{name}` lives in another CUDA context"),
-            });
-        }
+        same_context(&tv, name)?;
         side_t.push((name.to_string(), node.index(), kind, tv));
     }
 

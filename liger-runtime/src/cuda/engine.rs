@@ -102,23 +102,7 @@ impl Engine {
                     ..Artifacts::default()
                 };
                 let (bin, _) = self.cache.get_or_compile(&parts, &artifacts, || {
-                    let c = crate::cuda::nvrtc::compile(IO_SOURCE, "liger_io.cu", &arch)?;
-                    let bytes = c.cubin.clone().ok_or_else(|| Error::Compile {
-                        arch: arch.clone(),
-                        log: c.log.clone(),
-                    })?;
-                    Ok(Binary {
-                        arch: c.arch,
-                        bytes,
-                        is_ptx: false,
-                        registers: c
-                            .kernels
-                            .iter()
-                            .map(|k| (k.name.clone(), k.registers))
-                            .collect(),
-                        log: c.log,
-                        compile_ms: c.millis,
-                    })
+                    crate::cuda::nvrtc::cubin(IO_SOURCE, "liger_io.cu", &arch)
                 })?;
                 self.module(&key, &bin)?
             }

@@ -113,24 +113,7 @@ pub fn module_for(
         cuda: module.source.clone(),
     };
     let (b, _) = cache.get_or_compile(&parts, &artifacts, || {
-        let c = crate::cuda::nvrtc::compile(&module.source, "liger.cu", arch)?;
-        let registers = c
-            .kernels
-            .iter()
-            .map(|k| (k.name.clone(), k.registers))
-            .collect();
-        let bytes = c.cubin.clone().ok_or_else(|| Error::Compile {
-            arch: arch.into(),
-            log: c.log.clone(),
-        })?;
-        Ok(Binary {
-            arch: c.arch,
-            bytes,
-            is_ptx: false,
-            registers,
-            log: c.log,
-            compile_ms: c.millis,
-        })
+        crate::cuda::nvrtc::cubin(&module.source, "liger.cu", arch)
     })?;
     Ok((parts.key(), b, module.kernels))
 }

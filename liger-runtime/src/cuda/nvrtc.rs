@@ -53,6 +53,28 @@ fn num_before(s: &str, unit: &str) -> Option<u32> {
     s[..i].split_whitespace().last()?.parse().ok()
 }
 
+/// Compiles `source` to a CUBIN for `arch` (`sm_XX`) as the kernel cache stores it, with the
+/// registers of every kernel and NVRTC's log.
+pub fn cubin(source: &str, name: &str, arch: &str) -> Result<crate::cache::Binary, Error> {
+    let c = compile(source, name, arch)?;
+    let bytes = c.cubin.clone().ok_or_else(|| Error::Compile {
+        arch: arch.into(),
+        log: c.log.clone(),
+    })?;
+    Ok(crate::cache::Binary {
+        arch: c.arch,
+        bytes,
+        is_ptx: false,
+        registers: c
+            .kernels
+            .iter()
+            .map(|k| (k.name.clone(), k.registers))
+            .collect(),
+        log: c.log,
+        compile_ms: c.millis,
+    })
+}
+
 /// Parses ptxas' `-v` report.
 pub fn parse_ptxas(log: &str) -> Vec<KernelStats> {
     let mut out: Vec<KernelStats> = Vec::new();
