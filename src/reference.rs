@@ -156,44 +156,8 @@ pub fn evaluate(
     params: &ParamSet,
     ignore_index: i64,
 ) -> Result<Output, Error> {
-    let resolved = params.resolve(loss)?;
-    for name in inputs.names() {
-        if !loss.param(name).is_some_and(|p| p.kind.is_input()) {
-            let known: Vec<&str> = loss
-                .params()
-                .iter()
-                .filter(|p| p.kind.is_input())
-                .map(|p| p.name)
-                .collect();
-            return Err(Error::UnknownInput {
-                loss: loss.name().into(),
-                name: name.into(),
-                known: known.join(", "),
-            });
-        }
-    }
-    for p in loss
-        .params()
-        .iter()
-        .filter(|p| p.kind.is_input() && !p.optional)
-    {
-        if !inputs.contains(p.name) {
-            return Err(Error::MissingInput {
-                loss: loss.name().into(),
-                name: p.name.into(),
-                kind: p.kind.name(),
-            });
-        }
-    }
-    let spec = loss.specialization(&resolved, &|n| inputs.contains(n))?;
-    let f = loss.ir(spec)?;
-    let g = liger_ir::simplify(&liger_ir::differentiate(&f).map_err(|diagnostics| {
-        Error::InvalidIr {
-            loss: loss.name().into(),
-            spec: spec.describe(),
-            diagnostics,
-        }
-    })?);
+    let (resolved, spec, f, g) =
+        crate::run::specialise(loss, &inputs.names().collect::<Vec<_>>(), params)?;
 
     // Sizes from the first head.
     let first_head =

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::loss::ChunkedLoss;
-use crate::params::ParamSet;
+use crate::loss::{ChunkedLoss, SpecInfo};
+use crate::params::{ParamSet, ResolvedParams};
 use crate::{DeviceInputs, DeviceOutput, Error, InputSet, LossOutput, RunOptions, Runtime};
 
 /// The simplified gradient IR of the specialisation `params` and `inputs` select.
@@ -17,12 +17,22 @@ pub fn gradient_ir(
     gradient_ir_for(loss, &inputs.names().collect::<Vec<_>>(), params)
 }
 
-/// [`gradient_ir`] for inputs given by name.
-pub fn gradient_ir_for(
+/// What [`specialise`] returns.
+pub(crate) type Specialised = (
+    ResolvedParams,
+    &'static SpecInfo,
+    liger_ir::LossFn,
+    liger_ir::LossFn,
+);
+
+/// The specialisation `params` and the `given` input names select: the resolved parameters,
+/// the specialisation, its surface IR and its simplified gradient IR (shared by the executors and the f64
+/// reference path).
+pub(crate) fn specialise(
     loss: &dyn ChunkedLoss,
     given: &[&str],
     params: &ParamSet,
-) -> Result<(liger_ir::LossFn, BTreeMap<String, f32>), Error> {
+) -> Result<Specialised, Error> {
     let contains = |n: &str| given.contains(&n);
     let resolved = params.resolve(loss)?;
     for p in loss
@@ -60,8 +70,19 @@ pub fn gradient_ir_for(
         spec: spec.describe(),
         diagnostics,
     })?;
+    let g = liger_ir::simplify(&g);
+    Ok((resolved, spec, f, g))
+}
+
+/// [`gradient_ir`] for inputs given by name.
+pub fn gradient_ir_for(
+    loss: &dyn ChunkedLoss,
+    given: &[&str],
+    params: &ParamSet,
+) -> Result<(liger_ir::LossFn, BTreeMap<String, f32>), Error> {
+    let (resolved, _, _, g) = specialise(loss, given, params)?;
     let hyper = resolved.floats().map(|(k, v)| (k.to_string(), v)).collect();
-    Ok((liger_ir::simplify(&g), hyper))
+    Ok((g, hyper))
 }
 
 /// Runs `loss` on `runtime`: loss, metrics, gradients of every `Logits` head and a report.

@@ -180,18 +180,7 @@ fn load_side_inputs(
                 }
                 Arr::I(out)
             }
-            InputKind::RowMask | InputKind::SeqMask => Arr::B(match tv.data() {
-                TensorData::Bool(x) => x.to_vec(),
-                TensorData::I64(x) => x.iter().map(|&v| v != 0).collect(),
-                TensorData::I32(x) => x.iter().map(|&v| v != 0).collect(),
-                _ => {
-                    return Err(Error::InputDType {
-                        input: name.into(),
-                        expected: "a mask (bool, or 0/1 integers)",
-                        got: tv.dtype(),
-                    });
-                }
-            }),
+            InputKind::RowMask | InputKind::SeqMask => Arr::B(tv.to_bool(name)?),
             _ => {
                 check_finite(name, tv.data())?;
                 Arr::F(to_f32(name, tv)?)
