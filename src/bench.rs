@@ -119,17 +119,17 @@ pub fn run(budget: usize, reps: usize, profile: bool, only: &str) -> Result<Vec<
         for _ in 0..reps.max(1) {
             let out = crate::run(loss, &rt, &set, &params, &opts)?;
             ms.push(out.report.device_ms.unwrap_or(f64::NAN));
-            peak = peak.max(out.report.peak_extra_bytes.ok_or_else(|| Error::Device {
-                device: "cuda".into(),
-                why: "the device allocator reports no peak memory (no default memory pool)".into(),
+            peak = peak.max(out.report.peak_extra_bytes.ok_or_else(|| {
+                crate::runtime::Error::Device {
+                    device: "cuda".into(),
+                    why: "the device allocator reports no peak memory (no default memory pool)"
+                        .into(),
+                }
             })?);
             last = Some(out.report);
         }
         ms.sort_by(|a, b| a.total_cmp(b));
-        let rep = last.ok_or_else(|| Error::Device {
-            device: "cuda".into(),
-            why: "no run".into(),
-        })?;
+        let rep = last.ok_or_else(|| crate::runtime::Error::Internal("no timed run".into()))?;
         let floor = crate::runtime::cuda::bench::gemm_floor_ms(&gpu, s * t, v, &heads, reps)?;
         let phases = if profile {
             let o = RunOptions {

@@ -51,7 +51,7 @@ impl OwnedTensor {
             OwnedData::I32(x) => x.into(),
             OwnedData::Bool(x) => x.into(),
         };
-        TensorView::new(data, &self.shape)
+        Ok(TensorView::new(data, &self.shape)?)
     }
 }
 

@@ -35,8 +35,8 @@ extern crate self as liger;
 pub mod bench;
 #[doc(hidden)]
 pub mod cli;
+mod error;
 pub mod io;
-pub mod kernels;
 pub mod loss;
 pub mod losses;
 pub mod params;
@@ -44,14 +44,15 @@ pub mod prelude;
 pub mod reference;
 mod run;
 
+pub use error::Error;
 pub use liger_ir as ir;
 pub use liger_macros::chunked_loss;
 pub use liger_runtime as runtime;
 pub use liger_runtime::{
     DType, DeviceGrad, DeviceHead, DeviceHeadGrads, DeviceInput, DeviceInputs, DeviceOutput,
-    DeviceTensor, Error, GradBuf, GradDTypes, Head, HeadGrads, InputSet, InputValue, LossOutput,
-    MetricOutput, Report, RunOptions, Runtime, Strategy, TensorData, TensorView,
+    DeviceTensor, GradBuf, GradDTypes, Head, HeadGrads, InputSet, InputValue, LossOutput,
+    MetricOutput, Pipeline, Report, RunOptions, Runtime, Strategy, TensorData, TensorView,
 };
 pub use loss::{ChunkedLoss, DefaultValue, ParamInfo, ParamKind, SpecInfo};
 pub use params::{ParamSet, ResolvedParams};
-pub use run::{gradient_ir, gradient_ir_for, run, run_device};
+pub use run::{pipeline, pipeline_for, run, run_device};

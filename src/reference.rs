@@ -13,6 +13,7 @@ use liger_ir::{HostBatch, HostInput, InputKind};
 
 use crate::loss::ChunkedLoss;
 use crate::params::ParamSet;
+use crate::runtime::Error as RtError;
 use crate::{Error, Head, InputSet, InputValue, TensorView};
 
 /// The gradients of one `Logits` head.
@@ -64,11 +65,12 @@ struct Dims {
 }
 
 fn shape_err(input: String, expected: String, got: &[usize]) -> Error {
-    Error::Shape {
+    RtError::Shape {
         input,
         expected,
         got: got.to_vec(),
     }
+    .into()
 }
 
 /// A head's f64 data with its checked sizes.
@@ -140,12 +142,13 @@ fn expect_tensor<'a>(
 ) -> Result<&'a TensorView<'a>, Error> {
     match v {
         InputValue::Tensor(t) => Ok(t),
-        InputValue::Head(_) => Err(Error::InputKind {
+        InputValue::Head(_) => Err(RtError::InputKind {
             loss: loss.name().into(),
             name: name.into(),
             kind: kind.name(),
             want: "a tensor, not a head",
-        }),
+        }
+        .into()),
     }
 }
 
@@ -156,8 +159,10 @@ pub fn evaluate(
     params: &ParamSet,
     ignore_index: i64,
 ) -> Result<Output, Error> {
-    let (resolved, spec, f, g) =
+    let (resolved, spec, p) =
         crate::run::specialise(loss, &inputs.names().collect::<Vec<_>>(), params)?;
+    let g = p.grad();
+    let f = p.surface().unwrap_or(g);
 
     // Sizes from the first head.
     let first_head =
@@ -169,11 +174,12 @@ pub fn evaluate(
                 _ => None,
             });
     let Some((hname, h0)) = first_head else {
-        return Err(Error::MissingInput {
+        return Err(RtError::MissingInput {
             loss: loss.name().into(),
             name: "a head".into(),
             kind: "logits",
-        });
+        }
+        .into());
     };
     let xs = h0.x.shape();
     let ws = h0.w.shape();
@@ -205,21 +211,23 @@ pub fn evaluate(
                     .insert(name.into(), HostInput::Scalar(f64::from(x)));
                 continue;
             }
-            return Err(Error::MissingInput {
+            return Err(RtError::MissingInput {
                 loss: loss.name().into(),
                 name: name.into(),
                 kind: input.kind.name(),
-            });
+            }
+            .into());
         };
         let host = match input.kind {
             InputKind::Logits | InputKind::Frozen => {
                 let InputValue::Head(h) = v else {
-                    return Err(Error::InputKind {
+                    return Err(RtError::InputKind {
                         loss: loss.name().into(),
                         name: name.into(),
                         kind: input.kind.name(),
                         want: "a head (x, w, optional b)",
-                    });
+                    }
+                    .into());
                 };
                 let hd = head_data(name, h, &d)?;
                 let z = logits(&hd, &d);
@@ -292,7 +300,7 @@ pub fn evaluate(
         };
         batch.inputs.insert(name.into(), host);
     }
-    let e = liger_ir::evaluate(&g, &batch)?;
+    let e = liger_ir::evaluate(g, &batch)?;
     let mut grads = Vec::new();
     for (name, dz) in e.grads {
         let Some(hd) = heads.get(&name) else { continue };

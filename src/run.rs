@@ -1,33 +1,50 @@
 //! Running a [`ChunkedLoss`] on an executor: parameters resolved against the loss's table,
-//! the specialisation chosen from the variants and the inputs present, its IR differentiated
-//! and simplified, then handed to the runtime.
+//! the specialisation chosen from the variants and the inputs present, its IR taken through
+//! the [`Pipeline`] (differentiated, simplified and scheduled once per process and
+//! specialisation), then handed to the runtime.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::loss::{ChunkedLoss, SpecInfo};
 use crate::params::{ParamSet, ResolvedParams};
+use crate::runtime::Pipeline;
 use crate::{DeviceInputs, DeviceOutput, Error, InputSet, LossOutput, RunOptions, Runtime};
 
-/// The simplified gradient IR of the specialisation `params` and `inputs` select.
-pub fn gradient_ir(
-    loss: &dyn ChunkedLoss,
-    inputs: &InputSet<'_>,
-    params: &ParamSet,
-) -> Result<(liger_ir::LossFn, BTreeMap<String, f32>), Error> {
-    gradient_ir_for(loss, &inputs.names().collect::<Vec<_>>(), params)
+/// What [`specialise`] returns.
+pub(crate) type Specialised = (ResolvedParams, &'static SpecInfo, Arc<Pipeline>);
+
+/// The pipeline of a specialisation, built once per process (keyed by its IR text).
+fn pipeline_of(loss: &dyn ChunkedLoss, spec: &'static SpecInfo) -> Result<Arc<Pipeline>, Error> {
+    static CACHE: OnceLock<Mutex<HashMap<&'static str, Arc<Pipeline>>>> = OnceLock::new();
+    let text = spec.ir.ok_or(Error::Refused {
+        loss: loss.name().into(),
+        spec: spec.describe(),
+        input: spec.refused.unwrap_or("?"),
+    })?;
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(p) = cache.lock().ok().and_then(|m| m.get(text).cloned()) {
+        return Ok(p);
+    }
+    let p = Arc::new(pipeline(loss, spec)?);
+    if let Ok(mut m) = cache.lock() {
+        m.insert(text, p.clone());
+    }
+    Ok(p)
 }
 
-/// What [`specialise`] returns.
-pub(crate) type Specialised = (
-    ResolvedParams,
-    &'static SpecInfo,
-    liger_ir::LossFn,
-    liger_ir::LossFn,
-);
+/// The pipeline of specialisation `spec` of `loss` (not cached).
+pub fn pipeline(loss: &dyn ChunkedLoss, spec: &SpecInfo) -> Result<Pipeline, Error> {
+    let f = loss.ir(spec)?;
+    Pipeline::new(f).map_err(|diagnostics| Error::InvalidIr {
+        loss: loss.name().into(),
+        spec: spec.describe(),
+        diagnostics,
+    })
+}
 
 /// The specialisation `params` and the `given` input names select: the resolved parameters,
-/// the specialisation, its surface IR and its simplified gradient IR (shared by the executors and the f64
-/// reference path).
+/// the specialisation and its pipeline (shared by the executors and the f64 reference path).
 pub(crate) fn specialise(
     loss: &dyn ChunkedLoss,
     given: &[&str],
@@ -41,11 +58,12 @@ pub(crate) fn specialise(
         .filter(|p| p.kind.is_input() && !p.optional)
     {
         if !contains(p.name) {
-            return Err(Error::MissingInput {
+            return Err(crate::runtime::Error::MissingInput {
                 loss: loss.name().into(),
                 name: p.name.into(),
                 kind: p.kind.name(),
-            });
+            }
+            .into());
         }
     }
     for &name in given {
@@ -56,33 +74,29 @@ pub(crate) fn specialise(
                 .filter(|p| p.kind.is_input())
                 .map(|p| p.name)
                 .collect();
-            return Err(Error::UnknownInput {
+            return Err(crate::runtime::Error::UnknownInput {
                 loss: loss.name().into(),
                 name: name.into(),
                 known: known.join(", "),
-            });
+            }
+            .into());
         }
     }
     let spec = loss.specialization(&resolved, &contains)?;
-    let f = loss.ir(spec)?;
-    let g = liger_ir::differentiate(&f).map_err(|diagnostics| Error::InvalidIr {
-        loss: loss.name().into(),
-        spec: spec.describe(),
-        diagnostics,
-    })?;
-    let g = liger_ir::simplify(&g);
-    Ok((resolved, spec, f, g))
+    let p = pipeline_of(loss, spec)?;
+    Ok((resolved, spec, p))
 }
 
-/// [`gradient_ir`] for inputs given by name.
-pub fn gradient_ir_for(
+/// The pipeline and hyperparameter values of the specialisation `params` and the inputs
+/// named `given` select.
+pub fn pipeline_for(
     loss: &dyn ChunkedLoss,
     given: &[&str],
     params: &ParamSet,
-) -> Result<(liger_ir::LossFn, BTreeMap<String, f32>), Error> {
-    let (resolved, _, _, g) = specialise(loss, given, params)?;
+) -> Result<(Arc<Pipeline>, BTreeMap<String, f32>), Error> {
+    let (resolved, _, p) = specialise(loss, given, params)?;
     let hyper = resolved.floats().map(|(k, v)| (k.to_string(), v)).collect();
-    Ok((g, hyper))
+    Ok((p, hyper))
 }
 
 /// Runs `loss` on `runtime`: loss, metrics, gradients of every `Logits` head and a report.
@@ -93,8 +107,8 @@ pub fn run(
     params: &ParamSet,
     options: &RunOptions,
 ) -> Result<LossOutput, Error> {
-    let (g, hyper) = gradient_ir(loss, inputs, params)?;
-    runtime.run(&g, inputs, &hyper, options)
+    let (p, hyper) = pipeline_for(loss, &inputs.names().collect::<Vec<_>>(), params)?;
+    Ok(runtime.run(&p, inputs, &hyper, options)?)
 }
 
 /// Runs `loss` on device buffers (a CUDA `runtime`), queued on `stream`: the loss, metrics and
@@ -108,6 +122,6 @@ pub fn run_device(
     options: &RunOptions,
     stream: &std::sync::Arc<crate::runtime::cudarc::driver::CudaStream>,
 ) -> Result<DeviceOutput, Error> {
-    let (g, hyper) = gradient_ir_for(loss, &inputs.names().collect::<Vec<_>>(), params)?;
-    runtime.run_device(&g, inputs, &hyper, options, stream)
+    let (p, hyper) = pipeline_for(loss, &inputs.names().collect::<Vec<_>>(), params)?;
+    Ok(runtime.run_device(&p, inputs, &hyper, options, stream)?)
 }

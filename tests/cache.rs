@@ -6,9 +6,12 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use liger::ChunkedLoss;
-use liger::kernels::{KernelRequest, compile, key_parts, stages};
+use liger::ir::emit::{EmitOptions, GemmDType};
 use liger::prelude::*;
+use liger::runtime::cache::key::{Target, module_key};
 use liger::runtime::cache::{Cache, KeyParts, Mode, Origin};
+use liger::runtime::cuda::compile::{Compiled, compile};
+use liger::{Pipeline, Strategy};
 
 /// Cross-entropy; `ce_copy` below is the same loss under another name, elsewhere in the file.
 #[chunked_loss]
@@ -40,20 +43,60 @@ fn temp_root(tag: &str) -> PathBuf {
     d
 }
 
-fn req() -> KernelRequest {
-    KernelRequest {
-        vocab: 123,
-        hidden: vec![31],
-        chunk_rows: 100,
-        seq_len: 47,
-        ..KernelRequest::default()
+/// What a key is built from, besides the loss.
+#[derive(Clone)]
+struct Req {
+    strategy: Option<Strategy>,
+    dtype: GemmDType,
+    arch: &'static str,
+    nvrtc: (i32, i32),
+}
+
+fn req() -> Req {
+    Req {
+        strategy: None,
+        dtype: GemmDType::BF16,
+        arch: "sm_90",
+        nvrtc: (13, 0),
     }
 }
 
-fn parts_of(loss: &dyn ChunkedLoss, r: &KernelRequest) -> KeyParts {
-    let spec = &loss.specializations()[0];
-    let st = stages(loss, spec, r.strategy, r.gemm_dtype).expect("stages");
-    key_parts(&st, spec, r, (13, 0))
+fn pipe(loss: &dyn ChunkedLoss, spec: usize) -> Pipeline {
+    liger::pipeline(loss, &loss.specializations()[spec]).expect("pipeline")
+}
+
+fn key_of(p: &Pipeline, r: &Req) -> KeyParts {
+    let s = p.strategy(r.strategy).expect("applies");
+    module_key(
+        p,
+        s,
+        &EmitOptions {
+            gemm_dtype: r.dtype,
+        },
+        &Target {
+            arch: r.arch.into(),
+            nvrtc: r.nvrtc,
+        },
+    )
+}
+
+fn parts_of(loss: &dyn ChunkedLoss, r: &Req) -> KeyParts {
+    key_of(&pipe(loss, 0), r)
+}
+
+fn build(loss: &dyn ChunkedLoss, cache: &Cache) -> Compiled {
+    let p = pipe(loss, 0);
+    let s = p.strategy(None).expect("a strategy");
+    compile(
+        &p,
+        s,
+        &EmitOptions {
+            gemm_dtype: GemmDType::BF16,
+        },
+        "sm_90",
+        cache,
+    )
+    .expect("compiles")
 }
 
 #[test]
@@ -71,60 +114,32 @@ fn renaming_or_moving_a_loss_keeps_its_key() {
 fn every_key_component_changes_the_key() {
     let base = req();
     let k0 = parts_of(&Dpo, &base).key();
-    let changes: Vec<(&str, KernelRequest)> = vec![
-        (
-            "vocab",
-            KernelRequest {
-                vocab: 124,
-                ..base.clone()
-            },
-        ),
-        (
-            "hidden",
-            KernelRequest {
-                hidden: vec![32, 31],
-                ..base.clone()
-            },
-        ),
-        (
-            "bucket (rows)",
-            KernelRequest {
-                chunk_rows: 200,
-                ..base.clone()
-            },
-        ),
-        (
-            "bucket (seq)",
-            KernelRequest {
-                seq_len: 65,
-                ..base.clone()
-            },
-        ),
+    let changes: Vec<(&str, Req)> = vec![
         (
             "arch",
-            KernelRequest {
-                arch: "sm_80".into(),
+            Req {
+                arch: "sm_80",
                 ..base.clone()
             },
         ),
         (
-            "driver",
-            KernelRequest {
-                driver: Some("13000".into()),
+            "nvrtc",
+            Req {
+                nvrtc: (13, 1),
                 ..base.clone()
             },
         ),
         (
             "dtype",
-            KernelRequest {
-                gemm_dtype: liger::ir::emit::GemmDType::F32,
+            Req {
+                dtype: GemmDType::F32,
                 ..base.clone()
             },
         ),
         (
             "schedule",
-            KernelRequest {
-                strategy: Some(liger::Strategy::TwoPass),
+            Req {
+                strategy: Some(Strategy::TwoPass),
                 ..base.clone()
             },
         ),
@@ -136,32 +151,91 @@ fn every_key_component_changes_the_key() {
             "changing {what} must change the key"
         );
     }
-    // Same bucket: 100 and 120 rows both round to 128; hyperparameters never enter the key.
-    assert_eq!(
-        parts_of(
-            &Dpo,
-            &KernelRequest {
-                chunk_rows: 120,
-                ..base.clone()
-            }
-        )
-        .key(),
-        k0
-    );
-    // The specialisation (and so the IR) and the NVRTC version.
-    let spec1 = &Dpo.specializations()[1];
-    let st = stages(&Dpo, spec1, None, base.gemm_dtype).expect("stages");
-    assert_ne!(key_parts(&st, spec1, &base, (13, 0)).key(), k0);
-    let spec0 = &Dpo.specializations()[0];
-    let st = stages(&Dpo, spec0, None, base.gemm_dtype).expect("stages");
-    assert_ne!(key_parts(&st, spec0, &base, (13, 1)).key(), k0);
-    // Each named component, one at a time.
+    // Another specialisation is another IR.
+    assert_ne!(key_of(&pipe(&Dpo, 1), &base).key(), k0);
+    // Each named component, one at a time; the components are exactly the codegen inputs.
     let p = parts_of(&Dpo, &base);
+    let names: Vec<&str> = p.components.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "schema", "compiler", "ir", "schedule", "dtype", "arch", "nvrtc"
+        ]
+    );
     for i in 0..p.components.len() {
         let mut q = p.clone();
         q.components[i].1.push('x');
         assert_ne!(q.key(), k0, "component {}", q.components[i].0);
     }
+}
+
+/// `liger cache warm` writes exactly the keys a run's path derives: for every built-in loss,
+/// every specialisation the command line can select and every schedule, the keys printed by
+/// `warm` equal the keys of the pipeline `liger::pipeline_for` gives a run (the executors
+/// compile through `runtime::cuda::compile` with that pipeline).
+#[test]
+fn warm_writes_the_keys_a_run_reads() {
+    if !nvrtc() {
+        return;
+    }
+    let root = temp_root("warm-run");
+    let nv = liger::runtime::cuda::libs::nvrtc().expect("nvrtc").version;
+    for (loss, given, variants) in [
+        (&Flce as &dyn ChunkedLoss, vec!["logits", "target"], vec![]),
+        (&Jsd, vec!["student", "teacher", "target"], vec![]),
+        (
+            &Dpo,
+            vec!["policy", "reference", "target"],
+            vec!["loss_type=Hinge"],
+        ),
+        (
+            &Dpo,
+            vec!["policy", "ref_logps", "target"],
+            vec!["reference=absent"],
+        ),
+    ] {
+        let mut args = vec!["cache", "warm", loss.name(), "--arch", "sm_90"];
+        for v in &variants {
+            args.extend(["--variant", v]);
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_liger"))
+            .args(&args)
+            .env("LIGER_CACHE_DIR", &root)
+            .output()
+            .expect("runs");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut params = ParamSet::new();
+        for v in variants.iter().filter(|v| !v.contains("absent")) {
+            let (k, x) = v.split_once('=').expect("k=v");
+            params = params.variant(k, x);
+        }
+        let (p, _) = liger::pipeline_for(loss, &given, &params).expect("run pipeline");
+        for s in &p.schedule().candidates {
+            let k = module_key(
+                &p,
+                *s,
+                &EmitOptions {
+                    gemm_dtype: GemmDType::BF16,
+                },
+                &Target {
+                    arch: "sm_90".into(),
+                    nvrtc: nv,
+                },
+            )
+            .key();
+            assert!(
+                text.contains(&format!("key {k}")),
+                "{} {s}: warm did not write the run's key {k}:\n{text}",
+                loss.name()
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
 }
 
 #[test]
@@ -171,8 +245,7 @@ fn disk_hits_misses_explain_and_modes() {
     }
     let root = temp_root("modes");
     let cache = Cache::open(Some(root.clone()), Mode::ReadWrite);
-    let spec = &Flce.specializations()[0];
-    let k = compile(&Flce, spec, &req(), &cache).expect("compiles");
+    let k = build(&Flce, &cache);
     assert!(
         matches!(&k.origin, Origin::Compiled { why } if why.contains("no entries")),
         "{:?}",
@@ -185,57 +258,33 @@ fn disk_hits_misses_explain_and_modes() {
             .any(|(n, r)| n == "liger_fused" && *r > 0)
     );
     // Same process: memory. New cache object (a new process): disk.
-    assert_eq!(
-        compile(&Flce, spec, &req(), &cache).expect("hit").origin,
-        Origin::Memory
-    );
+    assert_eq!(build(&Flce, &cache).origin, Origin::Memory);
     let again = Cache::open(Some(root.clone()), Mode::ReadWrite);
-    assert_eq!(
-        compile(&Flce, spec, &req(), &again).expect("hit").origin,
-        Origin::Disk
-    );
+    assert_eq!(build(&Flce, &again).origin, Origin::Disk);
     assert_eq!(again.entries()[0].hits, 1);
     // A miss explains itself.
-    let r2 = KernelRequest {
-        vocab: 124,
-        ..req()
+    let p = pipe(&Flce, 0);
+    let f32_opts = EmitOptions {
+        gemm_dtype: GemmDType::F32,
     };
-    let miss = compile(&Flce, spec, &r2, &again).expect("compiles");
+    let miss = compile(&p, Strategy::Fused, &f32_opts, "sm_90", &again).expect("compiles");
     match &miss.origin {
-        Origin::Compiled { why } => assert!(why.contains("vocab: 123 -> 124"), "{why}"),
+        Origin::Compiled { why } => assert!(why.contains("dtype: bf16 -> f32"), "{why}"),
         other => panic!("{other:?}"),
     }
     assert_eq!(again.stats().entries, 2);
     // Read-only: serves entries, writes none.
     let ro = Cache::open(Some(root.clone()), Mode::ReadOnly);
-    assert_eq!(
-        compile(&Flce, spec, &req(), &ro).expect("hit").origin,
-        Origin::Disk
-    );
-    compile(
-        &Flce,
-        spec,
-        &KernelRequest {
-            vocab: 125,
-            ..req()
-        },
-        &ro,
-    )
-    .expect("compiles");
+    assert_eq!(build(&Flce, &ro).origin, Origin::Disk);
+    compile(&p, Strategy::TwoPass, &f32_opts, "sm_90", &ro).expect("compiles");
     assert_eq!(ro.stats().entries, 2, "read-only writes nothing");
     // Refresh: recompiles even with an entry.
     let rf = Cache::open(Some(root.clone()), Mode::Refresh);
-    assert!(matches!(
-        compile(&Flce, spec, &req(), &rf).expect("compiles").origin,
-        Origin::Compiled { .. }
-    ));
+    assert!(matches!(build(&Flce, &rf).origin, Origin::Compiled { .. }));
     // Off: no disk at all.
     let off = Cache::open(Some(root.clone()), Mode::Off);
     assert!(off.root().is_none());
-    assert!(matches!(
-        compile(&Flce, spec, &req(), &off).expect("compiles").origin,
-        Origin::Compiled { .. }
-    ));
+    assert!(matches!(build(&Flce, &off).origin, Origin::Compiled { .. }));
     // Inspection: show the stored stages; clear.
     let e = again.get(&k.key.key()[..10]).expect("entry by prefix");
     assert!(e.file("kernel.cu").expect("source").contains("liger_fused"));
@@ -260,9 +309,8 @@ fn truncated_and_garbled_entries_are_recompiled_with_a_warning() {
         return;
     }
     let root = temp_root("corrupt");
-    let spec = &Jsd.specializations()[0];
     let fresh = || Cache::open(Some(root.clone()), Mode::ReadWrite);
-    let k = compile(&Jsd, spec, &req(), &fresh()).expect("compiles");
+    let k = build(&Jsd, &fresh());
     let dir = root.join("v1").join(k.key.key());
     let cubin = dir.join("kernel.cubin");
     let good = std::fs::read(&cubin).expect("cubin");
@@ -291,7 +339,7 @@ fn truncated_and_garbled_entries_are_recompiled_with_a_warning() {
     ] {
         damage().expect("damage the entry");
         let c = fresh();
-        let r = compile(&Jsd, spec, &req(), &c).expect("recompiles");
+        let r = build(&Jsd, &c);
         assert!(
             matches!(&r.origin, Origin::Compiled { why } if why.contains("unusable")),
             "{what}: {:?}",
@@ -310,11 +358,7 @@ fn truncated_and_garbled_entries_are_recompiled_with_a_warning() {
             good,
             "{what}: entry restored"
         );
-        assert_eq!(
-            compile(&Jsd, spec, &req(), &fresh()).expect("hit").origin,
-            Origin::Disk,
-            "{what}"
-        );
+        assert_eq!(build(&Jsd, &fresh()).origin, Origin::Disk, "{what}");
     }
     let _ = std::fs::remove_dir_all(&root);
 }
@@ -328,7 +372,17 @@ fn two_processes_filling_one_entry_both_succeed() {
     let spawn = || {
         Command::new(env!("CARGO_BIN_EXE_liger"))
             .args([
-                "cache", "warm", "dpo", "--arch", "sm_80", "--vocab", "1000", "--hidden", "64",
+                "cache",
+                "warm",
+                "dpo",
+                "--arch",
+                "sm_80",
+                "--schedule",
+                "two-pass",
+                "--variant",
+                "ref_logps=absent",
+                "--variant",
+                "reference=present",
             ])
             .env("LIGER_CACHE_DIR", &root)
             .spawn()
@@ -354,7 +408,15 @@ fn two_processes_filling_one_entry_both_succeed() {
     );
     let out = Command::new(env!("CARGO_BIN_EXE_liger"))
         .args([
-            "cache", "warm", "dpo", "--arch", "sm_80", "--vocab", "1000", "--hidden", "64",
+            "cache",
+            "warm",
+            "dpo",
+            "--arch",
+            "sm_80",
+            "--schedule",
+            "two-pass",
+            "--variant",
+            "ref_logps=absent",
         ])
         .env("LIGER_CACHE_DIR", &root)
         .output()

@@ -238,7 +238,7 @@ fn cli_errors_name_the_problem() {
     );
     fails_with(
         &["run", "dpo", "--inputs", &input, "--schedule", "fastest"],
-        "not a schedule",
+        "not a choice of `--schedule`",
     );
     fails_with(
         &["run", "dpo", "--inputs", &input, "--device", "cuda"],

@@ -104,10 +104,18 @@ fn cache_commands_list_show_diff_and_clear() {
     let d = Some(dir.as_path());
     let (ok, out, _) = liger(&["cache", "path"], d);
     assert!(ok && out.trim() == dir.to_str().expect("path"), "{out}");
-    for v in ["1000", "2000"] {
+    for dtype in ["bf16", "f32"] {
         let (ok, out, err) = liger(
             &[
-                "cache", "warm", "flce", "--arch", "sm_80", "--vocab", v, "--hidden", "64",
+                "cache",
+                "warm",
+                "flce",
+                "--arch",
+                "sm_80",
+                "--dtype",
+                dtype,
+                "--schedule",
+                "fused",
             ],
             d,
         );
@@ -126,7 +134,7 @@ fn cache_commands_list_show_diff_and_clear() {
         .collect();
     let (ok, out, _) = liger(&["cache", "diff", &keys[0], &keys[1]], d);
     assert!(
-        ok && out.contains("vocab:") && out.lines().count() == 1,
+        ok && out.contains("dtype:") && out.lines().count() == 1,
         "{out}"
     );
     let (ok, out, _) = liger(&["cache", "show", &keys[0][..8], "--cuda"], d);

@@ -2,24 +2,32 @@
 //! generated CUDA (one specialisation and schedule each, bf16 GEMMs). Source locations are
 //! left out of the surface IR so that editing a loss's comments does not churn them.
 
-use liger::ir::emit::GemmDType;
+use liger::ir::emit::{EmitOptions, GemmDType};
 
 #[test]
 fn ir_stages_and_cuda_of_every_builtin() {
     for loss in liger::losses::builtin() {
         let spec = &loss.specializations()[0];
-        let st = liger::kernels::stages(loss, spec, None, GemmDType::BF16).expect("stages");
-        let mut surface = st.surface.clone();
+        let p = liger::pipeline(loss, spec).expect("pipeline");
+        let module = p
+            .module(
+                p.schedule().candidates[0],
+                &EmitOptions {
+                    gemm_dtype: GemmDType::BF16,
+                },
+            )
+            .expect("emits");
+        let mut surface = p.surface().expect("a surface IR").clone();
         surface.locs.iter_mut().for_each(|l| *l = None);
         surface.outputs.iter_mut().for_each(|o| o.loc = None);
         let stages = format!(
             "; specialisation: {}\n; ---- surface\n{}; ---- gradient\n{}; ---- schedule\n{}",
             spec.describe(),
             liger::ir::print(&surface),
-            liger::ir::print(&st.grad),
-            st.schedule.render(&st.grad)
+            liger::ir::print(p.grad()),
+            p.schedule().render(p.grad())
         );
         insta::assert_snapshot!(format!("{}_stages", loss.name()), stages);
-        insta::assert_snapshot!(format!("{}_cuda", loss.name()), st.module.source);
+        insta::assert_snapshot!(format!("{}_cuda", loss.name()), module.source);
     }
 }

@@ -214,8 +214,9 @@ fn cases() -> Vec<Case> {
 }
 
 fn schedules(case: &Case, set: &InputSet<'_>) -> Vec<Strategy> {
-    let (g, _) = liger::gradient_ir(case.loss, set, &case.params).expect("gradient IR");
-    liger::ir::Schedule::of(&g).candidates
+    let names: Vec<&str> = set.names().collect();
+    let (p, _) = liger::pipeline_for(case.loss, &names, &case.params).expect("pipeline");
+    p.schedule().candidates.clone()
 }
 
 #[test]
@@ -245,7 +246,7 @@ fn executor_matches_the_reference_fp32() {
                     };
                     let out = match liger::run(case.loss, &rt, &set, &case.params, &opts) {
                         Ok(out) => out,
-                        Err(liger::Error::Budget { .. })
+                        Err(liger::Error::Runtime(liger::runtime::Error::Budget { .. }))
                             if matches!(strategy, Strategy::GroupAligned | Strategy::Deferred)
                                 && budget < (1 << 20) =>
                         {

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use liger::prelude::*;
+use liger::runtime::Error as RtError;
 use liger::{Error, RunOptions, Runtime};
 
 struct Batch {
@@ -77,7 +78,7 @@ fn shape_mismatch_names_the_tensor() {
         )
         .tensor("target", TensorView::new(&b.tg, &[2, 5]).expect("t"));
     match run(&Flce, &set, &ParamSet::new()) {
-        Err(Error::Shape { input, got, .. }) => {
+        Err(Error::Runtime(RtError::Shape { input, got, .. })) => {
             assert_eq!((input.as_str(), got), ("logits.w", vec![17, 7]))
         }
         other => panic!("{other:?}"),
@@ -86,7 +87,7 @@ fn shape_mismatch_names_the_tensor() {
         .head("logits", b.head())
         .tensor("target", TensorView::new(&b.tg, &[5, 2]).expect("t"));
     assert!(
-        matches!(run(&Flce, &set, &ParamSet::new()), Err(Error::Shape { input, .. }) if input == "target")
+        matches!(run(&Flce, &set, &ParamSet::new()), Err(Error::Runtime(RtError::Shape { input, .. })) if input == "target")
     );
 }
 
@@ -95,19 +96,19 @@ fn target_outside_the_vocabulary_is_located() {
     let mut b = batch(2, 5);
     b.tg[7] = 17;
     match run(&Flce, &b.flce(), &ParamSet::new()) {
-        Err(Error::TargetOutOfRange {
+        Err(Error::Runtime(RtError::TargetOutOfRange {
             seq: 1,
             pos: 2,
             value: 17,
             vocab: 17,
             ..
-        }) => {}
+        })) => {}
         other => panic!("{other:?}"),
     }
     b.tg[7] = -1;
     assert!(matches!(
         run(&Flce, &b.flce(), &ParamSet::new()),
-        Err(Error::TargetOutOfRange { value: -1, .. })
+        Err(Error::Runtime(RtError::TargetOutOfRange { value: -1, .. }))
     ));
 }
 
@@ -127,7 +128,7 @@ fn ignore_index_42_is_honoured_and_minus_100_then_refused() {
     // With the default ignore index, 42 is a token id outside V = 17.
     assert!(matches!(
         run(&Flce, &b.flce(), &ParamSet::new()),
-        Err(Error::TargetOutOfRange { value: 42, .. })
+        Err(Error::Runtime(RtError::TargetOutOfRange { value: 42, .. }))
     ));
 }
 
@@ -136,7 +137,7 @@ fn odd_sequence_count_for_a_paired_loss() {
     let b = batch(3, 4);
     assert!(matches!(
         run(&Dpo, &b.dpo(), &ParamSet::new()),
-        Err(Error::OddSequenceCount { num_seqs: 3 })
+        Err(Error::Runtime(RtError::OddSequenceCount { num_seqs: 3 }))
     ));
 }
 
@@ -149,7 +150,7 @@ fn sequence_without_valid_token_under_seq_mean() {
     let params = ParamSet::new().variant("average", "true");
     assert!(matches!(
         run(&Dpo, &b.dpo(), &params),
-        Err(Error::EmptySequence { seq: 1 })
+        Err(Error::Runtime(RtError::EmptySequence { seq: 1 }))
     ));
     // Summed log-probs allow it.
     run(&Dpo, &b.dpo(), &ParamSet::new()).expect("seq_sum of no row is 0");
@@ -161,15 +162,15 @@ fn non_finite_inputs_are_refused() {
         let mut b = batch(2, 4);
         b.x[5] = bad;
         match run(&Flce, &b.flce(), &ParamSet::new()) {
-            Err(Error::NonFinite {
+            Err(Error::Runtime(RtError::NonFinite {
                 input, index: 5, ..
-            }) => assert_eq!(input, "logits.x"),
+            })) => assert_eq!(input, "logits.x"),
             other => panic!("{other:?}"),
         }
         let mut b = batch(2, 4);
         b.w[3] = bad;
         assert!(
-            matches!(run(&Flce, &b.flce(), &ParamSet::new()), Err(Error::NonFinite { input, .. }) if input == "logits.w")
+            matches!(run(&Flce, &b.flce(), &ParamSet::new()), Err(Error::Runtime(RtError::NonFinite { input, .. })) if input == "logits.w")
         );
     }
 }
@@ -190,7 +191,7 @@ fn empty_batch_is_refused() {
         .tensor("target", TensorView::new(&tg, &[0, 4]).expect("t"));
     assert!(matches!(
         run(&Flce, &set, &ParamSet::new()),
-        Err(Error::EmptyBatch { .. })
+        Err(Error::Runtime(RtError::EmptyBatch { .. }))
     ));
 }
 
@@ -213,13 +214,13 @@ fn missing_required_input_and_unknown_input() {
     let b = batch(2, 4);
     let set = InputSet::new().head("logits", b.head());
     assert!(
-        matches!(run(&Flce, &set, &ParamSet::new()), Err(Error::MissingInput { name, .. }) if name == "target")
+        matches!(run(&Flce, &set, &ParamSet::new()), Err(Error::Runtime(RtError::MissingInput { name, .. })) if name == "target")
     );
     let set = b
         .flce()
         .tensor("weights", TensorView::new(&b.tg, &[2, 4]).expect("t"));
     assert!(
-        matches!(run(&Flce, &set, &ParamSet::new()), Err(Error::UnknownInput { name, .. }) if name == "weights")
+        matches!(run(&Flce, &set, &ParamSet::new()), Err(Error::Runtime(RtError::UnknownInput { name, .. })) if name == "weights")
     );
 }
 
@@ -231,8 +232,8 @@ fn budget_too_small_says_what_is_needed() {
         ..RunOptions::default()
     };
     match liger::run(&Flce, &Runtime::cpu(), &b.flce(), &ParamSet::new(), &opts) {
-        Err(e @ Error::Budget { .. }) => {
-            assert!(e.to_string().contains("raise --chunk-memory"), "{e}")
+        Err(Error::Runtime(e @ RtError::Budget { .. })) => {
+            assert!(e.to_string().contains("RunOptions::chunk_memory"), "{e}")
         }
         other => panic!("{other:?}"),
     }
@@ -249,7 +250,7 @@ fn gradient_dtypes_are_f32_bf16_or_f16() {
         ..RunOptions::default()
     };
     match liger::run(&Flce, &Runtime::cpu(), &b.flce(), &ParamSet::new(), &opts) {
-        Err(e @ Error::GradDType { grad: "w", .. }) => {
+        Err(Error::Runtime(e @ RtError::GradDType { grad: "w", .. })) => {
             assert!(
                 e.to_string().contains("`grad w` was asked for in i64"),
                 "{e}"

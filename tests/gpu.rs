@@ -7,13 +7,14 @@
 //! Without a GPU every test prints why and passes, unless `LIGER_REQUIRE_GPU=1` (set by
 //! `run.sh`), which makes a missing GPU a failure.
 
+use liger::runtime::Error as RtError;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use liger::ir::emit::GemmDType;
-use liger::kernels::{KernelRequest, compile};
+use liger::ir::emit::{EmitOptions, GemmDType};
 use liger::runtime::cache::{Cache, Mode, Origin};
 use liger::runtime::cpu::streams_on_logits;
+use liger::runtime::cuda::compile::compile;
 use liger::runtime::cuda::device::{Gpu, streams_on_gpu};
 use liger::{InputSet, ParamSet, RunOptions, TensorView};
 
@@ -56,8 +57,8 @@ fn gpu_stream_kernels_match_the_cpu_executor() {
         let resolved = ParamSet::new().resolve(loss).expect("defaults");
         let hyper: BTreeMap<String, f32> =
             resolved.floats().map(|(k, v)| (k.to_string(), v)).collect();
-        let stages = liger::kernels::stages(loss, spec, None, GemmDType::BF16).expect("stages");
-        let g = stages.grad.clone();
+        let p = liger::pipeline(loss, spec).expect("pipeline");
+        let g = p.grad().clone();
         for &v in &[123usize, 32003, 128256] {
             let mut rng = fastrand::Rng::with_seed(v as u64);
             let target: Vec<i64> = (0..s * t)
@@ -79,37 +80,30 @@ fn gpu_stream_kernels_match_the_cpu_executor() {
             for (k, input) in g.inputs.iter().enumerate() {
                 if input.kind.is_head() {
                     logits.insert(
-                        k,
+                        liger::ir::InputId(k as u32),
                         (0..s * t * v)
                             .map(|_| normal(&mut rng, 2.0))
                             .collect::<Vec<f32>>(),
                     );
                 }
             }
-            for &strategy in &stages.schedule.candidates {
+            for &strategy in &p.schedule().candidates {
                 for dtype in [GemmDType::BF16, GemmDType::F32] {
                     if dtype == GemmDType::F32 && v != 123 {
                         continue;
                     }
-                    let req = KernelRequest {
-                        strategy: Some(strategy),
-                        gemm_dtype: dtype,
-                        vocab: v,
-                        hidden: vec![64; 2],
-                        arch: arch.clone(),
-                        ..KernelRequest::default()
-                    };
-                    let k = compile(loss, spec, &req, &cache).expect("compiles");
+                    let opts = EmitOptions { gemm_dtype: dtype };
+                    let k = compile(&p, strategy, &opts, &arch, &cache).expect("compiles");
                     let module = gpu.load(&k.binary).expect("loads");
                     let opts = RunOptions::default();
                     let cpu =
-                        streams_on_logits(&g, &set, &hyper, &opts, &logits, (s, t, v), strategy)
+                        streams_on_logits(&p, &set, &hyper, &opts, &logits, (s, t, v), strategy)
                             .expect("cpu streams");
                     let dev = streams_on_gpu(
                         &gpu,
                         &module,
-                        &k.stages.module.kernels,
-                        &g,
+                        &k.module,
+                        &p,
                         strategy,
                         dtype,
                         &cpu,
@@ -190,15 +184,15 @@ fn gpu_cache_fill_and_load() {
         });
     let cache = Cache::open(Some(root), Mode::ReadWrite);
     for loss in liger::losses::builtin() {
-        let spec = &loss.specializations()[0];
-        let req = KernelRequest {
-            arch: arch.clone(),
-            ..KernelRequest::default()
+        let p = liger::pipeline(loss, &loss.specializations()[0]).expect("pipeline");
+        let strategy = p.schedule().candidates[0];
+        let opts = EmitOptions {
+            gemm_dtype: GemmDType::BF16,
         };
         let start = Instant::now();
-        let k = compile(loss, spec, &req, &cache).expect("compiles");
+        let k = compile(&p, strategy, &opts, &arch, &cache).expect("compiles");
         let module = gpu.load(&k.binary).expect("loads");
-        for kern in &k.stages.module.kernels {
+        for kern in &k.module.kernels {
             module.load_function(&kern.name).expect("kernel present");
         }
         let origin = match &k.origin {
@@ -417,8 +411,9 @@ fn gpu_executor_matches_the_cpu_executor_and_is_deterministic() {
                     },
                 )
                 .expect("cpu");
-                let (gir, _) = liger::gradient_ir(case.loss, &set, &case.params).expect("IR");
-                for strategy in liger::ir::Schedule::of(&gir).candidates {
+                let names: Vec<&str> = set.names().collect();
+                let (gir, _) = liger::pipeline_for(case.loss, &names, &case.params).expect("IR");
+                for strategy in gir.schedule().candidates.clone() {
                     for budget in [(4 << 20) + (200 << 10), 64 << 20] {
                         let opts = RunOptions {
                             ignore_index: ignore,
@@ -428,12 +423,13 @@ fn gpu_executor_matches_the_cpu_executor_and_is_deterministic() {
                         };
                         let got = match liger::run(case.loss, &rt, &set, &case.params, &opts) {
                             Ok(o) => o,
-                            Err(liger::Error::Budget { .. })
-                                if budget < (8 << 20)
-                                    && matches!(
-                                        strategy,
-                                        liger::Strategy::GroupAligned | liger::Strategy::Deferred
-                                    ) =>
+                            Err(liger::Error::Runtime(liger::runtime::Error::Budget {
+                                ..
+                            })) if budget < (8 << 20)
+                                && matches!(
+                                    strategy,
+                                    liger::Strategy::GroupAligned | liger::Strategy::Deferred
+                                ) =>
                             {
                                 continue;
                             }
@@ -522,14 +518,17 @@ fn gpu_bad_input_gives_typed_errors() {
         };
     target[3] = v as i64;
     assert!(
-        matches!(run(&x, &target, s, &liger::losses::Flce, &ParamSet::new()), Err(liger::Error::TargetOutOfRange { value, .. }) if value == v as i64)
+        matches!(run(&x, &target, s, &liger::losses::Flce, &ParamSet::new()), Err(liger::Error::Runtime(liger::runtime::Error::TargetOutOfRange { value, .. })) if value == v as i64)
     );
     target[3] = 1;
     let mut xn = x.clone();
     xn[7] = f32::NAN;
     assert!(matches!(
         run(&xn, &target, s, &liger::losses::Flce, &ParamSet::new()),
-        Err(liger::Error::NonFinite { index: 7, .. })
+        Err(liger::Error::Runtime(liger::runtime::Error::NonFinite {
+            index: 7,
+            ..
+        }))
     ));
     // A sequence with no valid token under seq_mean: found by the device's group kernel.
     let mut empty = target.clone();
@@ -538,14 +537,16 @@ fn gpu_bad_input_gives_typed_errors() {
     }
     let avg = ParamSet::new().variant("average", "true");
     match run(&x, &empty, s, &liger::losses::Dpo, &avg) {
-        Err(liger::Error::EmptySequence { seq: 1 }) => {}
+        Err(liger::Error::Runtime(liger::runtime::Error::EmptySequence { seq: 1 })) => {}
         other => panic!("{other:?}"),
     }
     let x3: Vec<f32> = (0..3 * t * h).map(|_| normal(&mut rng, 1.0)).collect();
     let t3: Vec<i64> = (0..3 * t).map(|i| (i % v) as i64).collect();
     assert!(matches!(
         run(&x3, &t3, 3, &liger::losses::Dpo, &ParamSet::new()),
-        Err(liger::Error::OddSequenceCount { num_seqs: 3 })
+        Err(liger::Error::Runtime(
+            liger::runtime::Error::OddSequenceCount { num_seqs: 3 }
+        ))
     ));
 }
 
@@ -1070,7 +1071,7 @@ fn gpu_device_api_bad_input_gives_typed_errors() {
             let set = device_inputs(case, &dd, &sh);
             let out = liger::run_device(case.loss, &rt, &set, &case.params, &opts, &st)?;
             match out.check() {
-                Ok(_) => out.to_host(),
+                Ok(_) => Ok(out.to_host()?),
                 Err(e) => {
                     // The loss is poisoned too.
                     let loss = st.clone_dtoh(&out.loss().expect("loss")).expect("read");
@@ -1079,7 +1080,7 @@ fn gpu_device_api_bad_input_gives_typed_errors() {
                         "a failed check leaves the loss NaN, got {}",
                         loss[0]
                     );
-                    Err(e)
+                    Err(e.into())
                 }
             }
         };
@@ -1088,41 +1089,41 @@ fn gpu_device_api_bad_input_gives_typed_errors() {
     let mut d = case_data(flce, dims, true, -100, 3);
     d.target[7] = 33;
     match run(flce, &d, false, false) {
-        Err(Error::TargetOutOfRange {
+        Err(Error::Runtime(RtError::TargetOutOfRange {
             seq: 1,
             pos: 2,
             value: 33,
             vocab: 33,
             ..
-        }) => {}
+        })) => {}
         other => panic!("target 33: {other:?}"),
     }
     d.target[7] = -5;
     match run(flce, &d, true, true) {
-        Err(Error::TargetOutOfRange {
+        Err(Error::Runtime(RtError::TargetOutOfRange {
             seq: 1,
             pos: 2,
             value: -5,
             ..
-        }) => {}
+        })) => {}
         other => panic!("i32 target -5: {other:?}"),
     }
     let mut d = case_data(flce, dims, true, -100, 3);
     d.heads[0].2[7] = f32::NAN;
     match run(flce, &d, false, false) {
-        Err(Error::NonFinite {
+        Err(Error::Runtime(RtError::NonFinite {
             input, index: 7, ..
-        }) if input == "logits.x" => {}
+        })) if input == "logits.x" => {}
         other => panic!("NaN x: {other:?}"),
     }
     let mut d = case_data(flce, dims, true, -100, 3);
     d.heads[0].3[11] = f32::INFINITY;
     match run(flce, &d, true, false) {
-        Err(Error::NonFinite {
+        Err(Error::Runtime(RtError::NonFinite {
             input,
             index: 11,
             value,
-        }) if input == "logits.w" && value == f64::INFINITY => {}
+        })) if input == "logits.w" && value == f64::INFINITY => {}
         other => panic!("inf w (bf16): {other:?}"),
     }
     let mut d = case_data(flce, dims, true, -100, 3);
@@ -1130,17 +1131,17 @@ fn gpu_device_api_bad_input_gives_typed_errors() {
         b[4] = f32::NEG_INFINITY;
     }
     match run(flce, &d, false, false) {
-        Err(Error::NonFinite {
+        Err(Error::Runtime(RtError::NonFinite {
             input, index: 4, ..
-        }) if input == "logits.b" => {}
+        })) if input == "logits.b" => {}
         other => panic!("-inf bias: {other:?}"),
     }
     let mut d = case_data(dpo_hinge, dims, false, -100, 4);
     d.seq[1] = f32::NAN;
     match run(dpo_hinge, &d, false, false) {
-        Err(Error::NonFinite {
+        Err(Error::Runtime(RtError::NonFinite {
             input, index: 1, ..
-        }) if input == "ref_logps" => {}
+        })) if input == "ref_logps" => {}
         other => panic!("NaN ref_logps: {other:?}"),
     }
     // A sequence with no valid token under `average`: found by the group kernel, and the loss
@@ -1151,7 +1152,7 @@ fn gpu_device_api_bad_input_gives_typed_errors() {
         *e = -100;
     }
     match run(dpo_avg, &d, false, false) {
-        Err(Error::EmptySequence { seq: 1 }) => {}
+        Err(Error::Runtime(RtError::EmptySequence { seq: 1 })) => {}
         other => panic!("empty sequence: {other:?}"),
     }
     // Host-side checks: shapes, dtypes, kinds, the context.
@@ -1161,7 +1162,7 @@ fn gpu_device_api_bad_input_gives_typed_errors() {
     let t64 = dd.t64.as_ref().expect("i64 targets");
     assert!(matches!(
         liger::DeviceTensor::new(t64, &[3, 5]),
-        Err(Error::ViewShape { .. })
+        Err(RtError::ViewShape { .. })
     ));
     let x = dev_tensor(&dd.x[0], &sh.x[0]);
     let wbf: liger::runtime::cudarc::driver::CudaSlice<half::bf16> =
@@ -1177,7 +1178,7 @@ fn gpu_device_api_bad_input_gives_typed_errors() {
         )
         .tensor("target", liger::DeviceTensor::new(t64, &sh.st).expect("t"));
     match liger::run_device(flce.loss, &rt, &mixed, &flce.params, &opts, &st) {
-        Err(Error::InputDType { input, .. }) if input == "logits.w" => {}
+        Err(Error::Runtime(RtError::InputDType { input, .. })) if input == "logits.w" => {}
         other => panic!("mixed dtypes: {other:?}"),
     }
     let wrong_target = liger::DeviceInputs::new()
@@ -1191,7 +1192,7 @@ fn gpu_device_api_bad_input_gives_typed_errors() {
         )
         .tensor("target", dev_tensor(&dd.seq, &sh.s));
     match liger::run_device(flce.loss, &rt, &wrong_target, &flce.params, &opts, &st) {
-        Err(Error::Shape { input, .. }) if input == "target" => {}
+        Err(Error::Runtime(RtError::Shape { input, .. })) if input == "target" => {}
         other => panic!("a [S] float target: {other:?}"),
     }
     let good = device_inputs(flce, &dd, &sh);
@@ -1203,7 +1204,7 @@ fn gpu_device_api_bad_input_gives_typed_errors() {
         &opts,
         &st,
     ) {
-        Err(Error::Device { .. }) => {}
+        Err(Error::Runtime(RtError::Device { .. })) => {}
         other => panic!("device buffers on the CPU runtime: {other:?}"),
     }
 }
@@ -1347,7 +1348,7 @@ fn gpu_device_api_takes_every_side_input_kind_f16_and_views() {
     )
     .expect("queued");
     match out.check() {
-        Err(liger::Error::NonFinite {
+        Err(liger::runtime::Error::NonFinite {
             input, index: 17, ..
         }) if input == "weight" => {}
         other => panic!("NaN weight: {other:?}"),

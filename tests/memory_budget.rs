@@ -118,7 +118,13 @@ fn dpo_long_sequence_only_fits_two_passes_and_stays_in_budget() {
             ..RunOptions::default()
         };
         let e = liger::run(&Dpo, &rt, &set, &params, &opts).expect_err("does not fit");
-        assert!(matches!(e, liger::Error::Budget { .. }), "{forced}: {e}");
+        assert!(
+            matches!(
+                e,
+                liger::Error::Runtime(liger::runtime::Error::Budget { .. })
+            ),
+            "{forced}: {e}"
+        );
     }
     let opts = RunOptions {
         chunk_memory: budget,
@@ -188,8 +194,9 @@ fn every_schedule_stays_within_small_budgets() {
     ];
     let mut checked = 0;
     for (loss, set) in &runs {
-        let (g, _) = liger::gradient_ir(*loss, set, &ParamSet::new()).expect("IR");
-        for strategy in liger::ir::Schedule::of(&g).candidates {
+        let names: Vec<&str> = set.names().collect();
+        let (p, _) = liger::pipeline_for(*loss, &names, &ParamSet::new()).expect("pipeline");
+        for strategy in p.schedule().candidates.clone() {
             for budget in [12usize << 20, 24 << 20] {
                 let opts = RunOptions {
                     ignore_index: 42,
@@ -200,7 +207,7 @@ fn every_schedule_stays_within_small_budgets() {
                 let (res, peak) = measure(|| liger::run(*loss, &rt, set, &ParamSet::new(), &opts));
                 let out = match res {
                     Ok(out) => out,
-                    Err(liger::Error::Budget { .. }) => continue,
+                    Err(liger::Error::Runtime(liger::runtime::Error::Budget { .. })) => continue,
                     Err(e) => panic!("{} {strategy}: {e}", loss.name()),
                 };
                 let extra = peak - output_bytes(&out);

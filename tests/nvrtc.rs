@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 
 use liger::ChunkedLoss;
-use liger::ir::emit::{EmitOptions, GemmDType, emit_cuda};
+use liger::ir::emit::{EmitOptions, GemmDType};
 use liger::runtime::cuda::{libs, nvrtc};
 
 #[test]
@@ -38,9 +38,8 @@ fn every_builtin_kernel_compiles_for_sm80_and_sm90_without_spills() {
             .filter(|s| s.ir.is_some())
             .enumerate()
         {
-            let f = loss.ir(spec).expect("IR");
-            let g = liger::ir::simplify(&liger::ir::differentiate(&f).expect("gradient"));
-            let sched = liger::ir::Schedule::of(&g);
+            let p = liger::pipeline(loss, spec).expect("pipeline");
+            let sched = p.schedule();
             let (strategies, dtypes) = if k == 0 {
                 (
                     sched.candidates.clone(),
@@ -51,7 +50,9 @@ fn every_builtin_kernel_compiles_for_sm80_and_sm90_without_spills() {
             };
             for s in &strategies {
                 for dt in dtypes.iter().copied() {
-                    let m = emit_cuda(&g, &sched, *s, &EmitOptions { gemm_dtype: dt });
+                    let m = p
+                        .module(*s, &EmitOptions { gemm_dtype: dt })
+                        .expect("emits");
                     if sources.insert(m.source.clone()) {
                         modules.push((
                             format!(
@@ -148,17 +149,15 @@ fn ptx_fallback_targets_isa_9_0_or_older() {
         return;
     }
     let loss = &liger::losses::Flce;
-    let f = loss.ir(&loss.specializations()[0]).expect("IR");
-    let g = liger::ir::simplify(&liger::ir::differentiate(&f).expect("gradient"));
-    let sched = liger::ir::Schedule::of(&g);
-    let m = emit_cuda(
-        &g,
-        &sched,
-        sched.candidates[0],
-        &EmitOptions {
-            gemm_dtype: GemmDType::BF16,
-        },
-    );
+    let p = liger::pipeline(loss, &loss.specializations()[0]).expect("pipeline");
+    let m = p
+        .module(
+            p.schedule().candidates[0],
+            &EmitOptions {
+                gemm_dtype: GemmDType::BF16,
+            },
+        )
+        .expect("emits");
     let c = nvrtc::compile(&m.source, "liger.cu", "compute_90").expect("PTX");
     let ptx = c.ptx.expect("PTX text");
     let version = ptx

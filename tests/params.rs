@@ -1,6 +1,7 @@
 //! Parameters and inputs by name: defaults, validation, typed errors.
 
 use liger::prelude::*;
+use liger::runtime::Error as RtError;
 use liger::{DefaultValue, Error, ParamKind};
 
 #[test]
@@ -103,7 +104,7 @@ fn reference_path_input_errors() {
     let inputs = InputSet::new().head("logits", head());
     assert!(matches!(
         reference::evaluate(&Flce, &inputs, &params, -100),
-        Err(Error::MissingInput { .. })
+        Err(Error::Runtime(RtError::MissingInput { .. }))
     ));
     let inputs = InputSet::new()
         .head("logits", head())
@@ -111,7 +112,7 @@ fn reference_path_input_errors() {
         .tensor("weights", TensorView::new(&t, &[2, 3]).expect("t"));
     assert!(matches!(
         reference::evaluate(&Flce, &inputs, &params, -100),
-        Err(Error::UnknownInput { .. })
+        Err(Error::Runtime(RtError::UnknownInput { .. }))
     ));
 
     // Shape mismatches name the tensor.
@@ -119,7 +120,7 @@ fn reference_path_input_errors() {
         .head("logits", head())
         .tensor("target", TensorView::new(&t, &[3, 2]).expect("t"));
     match reference::evaluate(&Flce, &inputs, &params, -100) {
-        Err(Error::Shape { input, .. }) => assert_eq!(input, "target"),
+        Err(Error::Runtime(RtError::Shape { input, .. })) => assert_eq!(input, "target"),
         other => panic!("{other:?}"),
     }
     let w2 = vec![0.1f32; 5 * 3];
@@ -131,7 +132,7 @@ fn reference_path_input_errors() {
         .head("logits", bad)
         .tensor("target", TensorView::new(&t, &[2, 3]).expect("t"));
     match reference::evaluate(&Flce, &inputs, &params, -100) {
-        Err(Error::Shape { input, .. }) => assert_eq!(input, "logits.w"),
+        Err(Error::Runtime(RtError::Shape { input, .. })) => assert_eq!(input, "logits.w"),
         other => panic!("{other:?}"),
     }
 
@@ -142,7 +143,7 @@ fn reference_path_input_errors() {
         .tensor("target", TensorView::new(&tf, &[2, 3]).expect("t"));
     assert!(matches!(
         reference::evaluate(&Flce, &inputs, &params, -100),
-        Err(Error::InputDType { .. })
+        Err(Error::Runtime(RtError::InputDType { .. }))
     ));
     let t_bad = vec![1i64, 2, 9, 0, 0, 0];
     let inputs = InputSet::new()
@@ -172,7 +173,7 @@ fn reference_path_input_errors() {
     // A view whose data does not fit its shape.
     assert!(matches!(
         TensorView::new(&t, &[4, 2]),
-        Err(Error::ViewShape { .. })
+        Err(RtError::ViewShape { .. })
     ));
 }
 

@@ -7,7 +7,7 @@
 
 use crate::diag::{DiagKind, Diagnostic, Site};
 use crate::func::{Input, InputId, InputKind, LossFn, Node, Output, OutputKind, SrcLoc, ValueId};
-use crate::op::Op;
+use crate::op::{Binary, Op, Unary, VocabReduce};
 use crate::types::Type;
 
 /// Appends typed nodes to a function.
@@ -21,16 +21,16 @@ pub struct Builder {
 pub type BuildResult<T> = Result<T, Diagnostic>;
 
 macro_rules! unary_methods {
-    ($($(#[$m:meta])* $fname:ident => $op:ident),* $(,)?) => {
+    ($($(#[$m:meta])* $fname:ident => $op:expr),* $(,)?) => {
         $( $(#[$m])* pub fn $fname(&mut self, x: ValueId) -> BuildResult<ValueId> {
-            self.op(Op::$op, &[x])
+            self.op($op, &[x])
         } )*
     };
 }
 macro_rules! binary_methods {
-    ($($(#[$m:meta])* $fname:ident => $op:ident),* $(,)?) => {
+    ($($(#[$m:meta])* $fname:ident => $op:expr),* $(,)?) => {
         $( $(#[$m])* pub fn $fname(&mut self, a: ValueId, b: ValueId) -> BuildResult<ValueId> {
-            self.op(Op::$op, &[a, b])
+            self.op($op, &[a, b])
         } )*
     };
 }
@@ -140,44 +140,44 @@ impl Builder {
 
     unary_methods! {
         /// `-x`.
-        neg => Neg,
+        neg => Op::Unary(Unary::Neg),
         /// `exp(x)`.
-        exp => Exp,
+        exp => Op::Unary(Unary::Exp),
         /// `log(x)`.
-        log => Log,
+        log => Op::Unary(Unary::Log),
         /// `sigmoid(x)`.
-        sigmoid => Sigmoid,
+        sigmoid => Op::Unary(Unary::Sigmoid),
         /// `log_sigmoid(x)`.
-        log_sigmoid => LogSigmoid,
+        log_sigmoid => Op::Unary(Unary::LogSigmoid),
         /// `log_softmax(z)`.
-        log_softmax => LogSoftmax,
+        log_softmax => Op::LogSoftmax,
         /// `softmax(z)`.
-        softmax => Softmax,
+        softmax => Op::Softmax,
         /// `sum_vocab(e)`.
-        sum_vocab => SumVocab,
+        sum_vocab => Op::VocabReduce(VocabReduce::Sum),
         /// `logsumexp(e)`.
-        logsumexp => LogSumExp,
+        logsumexp => Op::VocabReduce(VocabReduce::LogSumExp),
         /// `valid(t)`.
-        valid => Valid,
+        valid => Op::Valid,
         /// `chosen(s)`.
-        chosen => Chosen,
+        chosen => Op::Chosen,
         /// `rejected(s)`.
-        rejected => Rejected,
+        rejected => Op::Rejected,
     }
 
     binary_methods! {
         /// `a + b`.
-        add => Add,
+        add => Op::Binary(Binary::Add),
         /// `a - b`.
-        sub => Sub,
+        sub => Op::Binary(Binary::Sub),
         /// `a * b`.
-        mul => Mul,
+        mul => Op::Binary(Binary::Mul),
         /// `a / b`.
-        div => Div,
+        div => Op::Binary(Binary::Div),
         /// `logprob(z, t)`.
-        logprob => LogProb,
+        logprob => Op::LogProb,
         /// `at_target(e, t)`.
-        at_target => AtTarget,
+        at_target => Op::AtTarget,
     }
 
     /// Adds an output.

@@ -12,7 +12,8 @@ use std::fmt;
 use crate::op::Op;
 use crate::types::{DType, Level, Type};
 
-/// Index of a node in `LossFn::nodes`; printed `v<n>` (renumbered densely by the printer).
+/// Index of a node in `LossFn::nodes`; printed `v<n>` with its arena index, as the `.lir`
+/// printer, diagnostics and the generated CUDA name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ValueId(pub u32);
 
@@ -25,7 +26,7 @@ impl ValueId {
 
 impl fmt::Display for ValueId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "node {}", self.0)
+        write!(f, "v{}", self.0)
     }
 }
 

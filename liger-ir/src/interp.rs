@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use crate::diag::Diagnostics;
 use crate::func::{InputKind, LossFn, OutputKind, ValueId};
-use crate::op::Op;
+use crate::op::{Binary, Op, SeqReduce, Size, Unary, VocabReduce};
 use crate::scalar;
 use crate::types::{DType, Level, Type};
 
@@ -451,7 +451,10 @@ fn eval_all(
     for (i, node) in f.nodes.iter().enumerate() {
         let lvl = node.ty.level;
         let pairs_needed = lvl == Level::Pair
-            || matches!(node.op, Op::NumPairs | Op::PlaceChosen | Op::PlaceRejected);
+            || matches!(
+                node.op,
+                Op::Size(Size::NumPairs) | Op::PlaceChosen | Op::PlaceRejected
+            );
         if pairs_needed && !d.s.is_multiple_of(2) {
             return Err(EvalError::OddSequenceCount { num_seqs: d.s });
         }
@@ -479,14 +482,7 @@ fn eval_all(
         // The k-th operand's element for result element `e` (broadcasting).
         let at = |k: usize, e: usize| fl(k)[d.coarsen(e, lvl, lv(k))];
         let mask_at = |k: Option<usize>, r: usize| k.is_none_or(|k| bl(k)[r]);
-        let row_lse = |z: &[f64], r: usize| {
-            let row = &z[r * d.v..(r + 1) * d.v];
-            let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            if m == f64::NEG_INFINITY {
-                return m;
-            }
-            m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
-        };
+        let row_lse = |z: &[f64], r: usize| scalar::logsumexp(&z[r * d.v..(r + 1) * d.v]);
         if let Some((_, v)) = pins.iter().find(|(p, _)| p.index() == i) {
             vals.push(v.clone());
             continue;
@@ -505,45 +501,32 @@ fn eval_all(
                 load_input(&input.name, input.kind, given, d, batch.ignore_index)?.data
             }
             Op::Const(c) => Data::F(vec![c]),
-            Op::VocabSize => Data::F(vec![d.v as f64]),
-            Op::SeqLen => Data::F(vec![d.t as f64]),
-            Op::NumSeqs => Data::F(vec![d.s as f64]),
-            Op::NumPairs => Data::F(vec![(d.s / 2) as f64]),
-            Op::Neg
-            | Op::Exp
-            | Op::Log
-            | Op::Log1p
-            | Op::Expm1
-            | Op::Sqrt
-            | Op::Sigmoid
-            | Op::LogSigmoid
-            | Op::Softplus
-            | Op::Tanh
-            | Op::StopGradient => Data::F(
-                (0..n)
-                    .map(|e| scalar::unary(node.op, at(0, e)).unwrap_or(f64::NAN))
-                    .collect(),
-            ),
-            Op::Abs | Op::Relu => Data::F(
+            Op::Size(sz) => Data::F(vec![match sz {
+                Size::Vocab => d.v as f64,
+                Size::SeqLen => d.t as f64,
+                Size::NumSeqs => d.s as f64,
+                Size::NumPairs => (d.s / 2) as f64,
+            }]),
+            Op::Unary(u) => Data::F(
                 (0..n)
                     .map(|e| {
                         let x = at(0, e);
-                        sig.push(u64::from(x > 0.0));
-                        scalar::unary(node.op, x).unwrap_or(f64::NAN)
+                        // Kinks: which side of a piecewise op each element is on.
+                        if matches!(u, Unary::Abs | Unary::Relu) {
+                            sig.push(u64::from(x > 0.0));
+                        }
+                        scalar::unary(u, x)
                     })
                     .collect(),
             ),
-            Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Pow | Op::LogAddExp => Data::F(
-                (0..n)
-                    .map(|e| scalar::binary(node.op, at(0, e), at(1, e)).unwrap_or(f64::NAN))
-                    .collect(),
-            ),
-            Op::Min | Op::Max => Data::F(
+            Op::Binary(b) => Data::F(
                 (0..n)
                     .map(|e| {
-                        let (a, b) = (at(0, e), at(1, e));
-                        sig.push(u64::from(a <= b));
-                        scalar::binary(node.op, a, b).unwrap_or(f64::NAN)
+                        let (x, y) = (at(0, e), at(1, e));
+                        if matches!(b, Binary::Min | Binary::Max) {
+                            sig.push(u64::from(x <= y));
+                        }
+                        scalar::binary(b, x, y)
                     })
                     .collect(),
             ),
@@ -559,7 +542,7 @@ fn eval_all(
                             1
                         };
                         sig.push(region);
-                        x.max(lo).min(hi)
+                        scalar::clamp(x, lo, hi)
                     })
                     .collect(),
             ),
@@ -571,19 +554,18 @@ fn eval_all(
                     })
                     .collect(),
             ),
-            Op::Lt | Op::Le | Op::Gt | Op::Ge | Op::Eq | Op::Ne => {
+            Op::Compare(c) => {
                 let out: Vec<bool> = if arg(0).ty.dtype == DType::Idx {
                     (0..n)
                         .map(|e| {
                             let a = ix(0)[d.coarsen(e, lvl, lv(0))];
                             let b = ix(1)[d.coarsen(e, lvl, lv(1))];
-                            let eq = a.is_some() && a == b;
-                            if node.op == Op::Eq { eq } else { !eq }
+                            scalar::compare_idx(c, a, b)
                         })
                         .collect()
                 } else {
                     (0..n)
-                        .map(|e| scalar::compare(node.op, at(0, e), at(1, e)).unwrap_or(false))
+                        .map(|e| scalar::compare(c, at(0, e), at(1, e)))
                         .collect()
                 };
                 for &b in &out {
@@ -603,16 +585,18 @@ fn eval_all(
                 }
                 Data::F(out)
             }
-            Op::SumVocab | Op::MaxVocab | Op::LogSumExp => {
+            Op::VocabReduce(red) => {
                 let z = fl(0);
                 Data::F(
                     (0..n)
                         .map(|r| {
                             let row = &z[r * d.v..(r + 1) * d.v];
-                            match node.op {
-                                Op::SumVocab => row.iter().sum(),
-                                Op::LogSumExp => row_lse(z, r),
-                                _ => {
+                            match red {
+                                VocabReduce::Sum | VocabReduce::LogSumExp => {
+                                    scalar::vocab_reduce(red, row)
+                                }
+                                VocabReduce::Max => {
+                                    // The maximum's position is a kink of the function.
                                     let (k, m) = argmax(row);
                                     sig.push(k as u64);
                                     m
@@ -663,11 +647,15 @@ fn eval_all(
                 Data::F(out)
             }
             Op::Valid => Data::B(ix(0).iter().map(Option::is_some).collect()),
-            Op::SeqSum | Op::SeqMean | Op::SeqMeanOrZero | Op::SeqCount => {
-                let (x, mk) = if node.op == Op::SeqCount {
-                    (None, (!node.args.is_empty()).then_some(0))
-                } else {
-                    (Some(fl(0)), (node.args.len() == 2).then_some(1))
+            Op::SeqReduce(_) | Op::SeqCount => {
+                // `None`: seq_count.
+                let red = match node.op {
+                    Op::SeqReduce(r) => Some(r),
+                    _ => None,
+                };
+                let (x, mk) = match red {
+                    None => (None, (!node.args.is_empty()).then_some(0)),
+                    Some(_) => (Some(fl(0)), (node.args.len() == 2).then_some(1)),
                 };
                 let mut out = vec![0.0; n];
                 for (s, o) in out.iter_mut().enumerate() {
@@ -678,12 +666,14 @@ fn eval_all(
                             count += 1;
                         }
                     }
-                    *o = match node.op {
-                        Op::SeqSum => sum,
-                        Op::SeqCount => count as f64,
-                        Op::SeqMeanOrZero => sum / count.max(1) as f64,
-                        _ if count == 0 => return Err(EvalError::EmptySequence { seq: s }),
-                        _ => sum / count as f64,
+                    *o = match red {
+                        None => count as f64,
+                        Some(SeqReduce::Sum) => sum,
+                        Some(SeqReduce::MeanOrZero) => sum / count.max(1) as f64,
+                        Some(SeqReduce::Mean) if count == 0 => {
+                            return Err(EvalError::EmptySequence { seq: s });
+                        }
+                        Some(SeqReduce::Mean) => sum / count as f64,
                     };
                 }
                 Data::F(out)

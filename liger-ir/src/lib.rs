@@ -6,9 +6,12 @@
 //!                                       └──────── interp (f64 reference) ◀──────┘
 //! ```
 //!
+//! [`Pipeline`] runs those stages in one place; every consumer (executors, command line, kernel
+//! cache) goes through it. The op set is defined once, in [`op`].
+//!
 //! A [`LossFn`] is a pure, control-flow-free DAG in a flat, topologically ordered arena.
 //! Every value has a [`Type`]: a [`DType`] (f32, bool, idx) at a [`Level`] (Vocab, Row, Seq,
-//! Pair, Batch — fine to coarse). Inputs are the parameter kinds of SURFACE.md §1; outputs are
+//! Pair, Batch — fine to coarse). Inputs are the parameter kinds of the loss language; outputs are
 //! one Batch-level loss, named metrics and, after [`differentiate`], one Vocab-level `d_<head>`
 //! per `logits` head. Source locations are kept per node but are not part of the IR's
 //! identity ([`canonical_text`]).
@@ -26,8 +29,10 @@ pub mod func;
 pub mod interp;
 pub mod op;
 pub mod passes;
+pub mod pipeline;
 pub mod scalar;
 pub mod schedule;
+pub mod stream;
 pub mod text;
 pub mod types;
 pub mod verify;
@@ -38,14 +43,13 @@ pub use func::{Input, InputId, InputKind, LossFn, Node, Output, OutputKind, SrcL
 pub use interp::{EvalError, EvalWarning, Evaluation, HostBatch, HostInput, evaluate};
 pub use op::Op;
 pub use passes::{differentiate, simplify};
+pub use pipeline::Pipeline;
 pub use schedule::{Schedule, Strategy};
 pub use text::{canonical_text, parse, print};
 pub use types::{DType, Level, Type};
 pub use verify::verify;
 
-/// Parses, verifies, differentiates and simplifies: the gradient IR of a `.lir` text.
-pub fn gradient_of(text: &str) -> Result<LossFn, Diagnostics> {
-    let f = parse(text)?;
-    verify(&f)?;
-    Ok(simplify(&differentiate(&f)?))
+/// Parses a `.lir` text and runs it through the [`Pipeline`].
+pub fn pipeline_of(text: &str) -> Result<Pipeline, Diagnostics> {
+    Pipeline::new(parse(text)?)
 }

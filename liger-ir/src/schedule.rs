@@ -25,6 +25,7 @@ use std::fmt;
 
 use crate::func::{InputId, InputKind, LossFn, OutputKind, ValueId};
 use crate::op::Op;
+use crate::stream::{StreamKind, StreamPlan};
 use crate::types::Level;
 use crate::verify::after_group;
 
@@ -99,31 +100,34 @@ pub struct Factor {
 }
 
 /// Sizes a cost is evaluated at.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Dims {
-    /// Rows of the batch (`S·T`).
-    pub rows: usize,
+    /// Sequences `S`.
+    pub num_seqs: usize,
+    /// Rows per sequence `T`.
+    pub seq_len: usize,
     /// Vocabulary.
     pub vocab: usize,
-    /// Hidden size of each head, in [`Schedule::heads`] order.
-    pub hidden: [usize; 4],
-    /// Rows of one group (a sequence `T`, a pair `2T`, or the batch).
-    pub group_rows: usize,
+    /// Hidden size of each head, in [`Schedule::heads`] order (one per head).
+    pub hidden: Vec<usize>,
 }
 
-/// What one strategy costs at given sizes.
+impl Dims {
+    /// Rows of the batch (`S·T`).
+    pub fn rows(&self) -> usize {
+        self.num_seqs * self.seq_len
+    }
+}
+
+/// The work one strategy does at given sizes (what the planner ranks strategies by; memory
+/// is the backends' business, see the runtime's planner).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Cost {
     /// GEMM floating-point operations.
     pub gemm_flops: f64,
-    /// Bytes of logits and gradients written and read by the vocab streams.
+    /// Bytes of fp32 logits read by the stream kernels (once per pass over V, per head read)
+    /// and of vocab outputs they write.
     pub bytes: f64,
-    /// Working memory per row of a chunk.
-    pub per_row: f64,
-    /// Working memory independent of the chunk size.
-    pub fixed: f64,
-    /// The smallest chunk (rows) the strategy can run with.
-    pub min_rows: usize,
 }
 
 /// The schedule of a gradient IR.
@@ -476,9 +480,9 @@ impl Schedule {
             .map_or((0, 0), |(_, a, b)| (*a, *b))
     }
 
-    /// The cost of `s` at sizes `d` (f32 working buffers).
-    pub fn cost(&self, s: Strategy, d: &Dims) -> Cost {
-        let (r, v) = (d.rows as f64, d.vocab as f64);
+    /// The cost of `s` at sizes `d`.
+    pub fn cost(&self, f: &LossFn, s: Strategy, d: &Dims) -> Cost {
+        let (r, v) = (d.rows() as f64, d.vocab as f64);
         let mut flops = 0.0;
         for (k, h) in self.heads.iter().enumerate() {
             let hid = d.hidden.get(k).copied().unwrap_or(0) as f64;
@@ -490,38 +494,69 @@ impl Schedule {
                 flops += 2.0 * r * v * hid;
             }
         }
-        let heads = self.heads.len() as f64;
-        let grads = self.heads.iter().filter(|h| h.grad.is_some()).count() as f64;
         let f32b = 4.0;
-        let hsum: f64 = d.hidden.iter().map(|&h| h as f64).sum();
-        let (lf, lb) = self.live(s);
-        let row_arrays = r * f32b * (self.row_values as f64 + 4.0);
-        let stream_row = v * f32b * (heads + lf as f64) + hsum * 2.0 * f32b;
-        let back_row = v * f32b * (heads + lb as f64) + hsum * 2.0 * f32b;
-        let group_rows = d.group_rows.max(1);
-        let (per_row, fixed, min_rows) = match s {
-            Strategy::Fused => (stream_row, row_arrays, 1),
-            Strategy::TwoPass => (stream_row.max(back_row), row_arrays, 1),
-            Strategy::GroupAligned => (stream_row.max(back_row), row_arrays, group_rows),
-            Strategy::Deferred => {
-                let units = self.factors.as_ref().map_or(0, Vec::len) as f64;
-                (
-                    stream_row,
-                    row_arrays
-                        + group_rows as f64 * v * f32b * units
-                        + group_rows as f64 * hsum * f32b,
-                    1,
-                )
-            }
-        };
-        let passes = if s == Strategy::TwoPass { 2.0 } else { 1.0 };
-        let bytes = r * v * f32b * (heads * passes + grads);
+        let bytes: f64 = self
+            .streams(f, s)
+            .iter()
+            .map(|k| {
+                let reads = (k.reduction_passes().max(1) * k.heads.len()) as f64;
+                r * v * f32b * (reads + k.outputs.len() as f64)
+            })
+            .sum();
         Cost {
             gemm_flops: flops,
             bytes,
-            per_row,
-            fixed,
-            min_rows,
+        }
+    }
+
+    /// The stream kernels of strategy `s`, in launch order, with their pass structure.
+    pub fn streams(&self, f: &LossFn, s: Strategy) -> Vec<StreamPlan> {
+        let grads: Vec<(InputId, ValueId)> = self
+            .heads
+            .iter()
+            .filter_map(|h| h.grad.map(|g| (h.input, g)))
+            .collect();
+        let fwd = self.forward_program(f, s);
+        match s {
+            Strategy::Fused => vec![StreamPlan::new(f, StreamKind::Fused, fwd, grads)],
+            Strategy::Deferred => {
+                let units = self
+                    .factors
+                    .iter()
+                    .flatten()
+                    .map(|x| (x.head, x.unit))
+                    .collect();
+                vec![StreamPlan::new(f, StreamKind::Unit, fwd, units)]
+            }
+            Strategy::GroupAligned | Strategy::TwoPass => vec![
+                StreamPlan::new(f, StreamKind::Forward, fwd, Vec::new()),
+                StreamPlan::new(f, StreamKind::Backward, self.backward_program(f, s), grads),
+            ],
+        }
+    }
+
+    /// Rows of one group for `seq_len` rows per sequence (a sequence, a pair, or the whole
+    /// batch of `rows`); 1 for a row-local loss.
+    pub fn group_rows(&self, rows: usize, seq_len: usize) -> usize {
+        match self.group_level {
+            None => 1,
+            Some(Level::Seq) => seq_len,
+            Some(Level::Pair) => 2 * seq_len,
+            Some(_) => rows,
+        }
+    }
+
+    /// The groups of a batch of `num_seqs` sequences of `seq_len` rows, each as contiguous row
+    /// segments `(first row, rows)` (a pair is its chosen and its rejected sequence); one group
+    /// of every row for a row-local loss or a batch-level group.
+    pub fn groups(&self, num_seqs: usize, seq_len: usize) -> Vec<Vec<(usize, usize)>> {
+        let (s, t) = (num_seqs, seq_len);
+        match self.group_level {
+            Some(Level::Seq) => (0..s).map(|q| vec![(q * t, t)]).collect(),
+            Some(Level::Pair) => (0..s / 2)
+                .map(|i| vec![(i * t, t), ((s / 2 + i) * t, t)])
+                .collect(),
+            _ => vec![vec![(0, s * t)]],
         }
     }
 }
@@ -538,7 +573,7 @@ fn factorise(
     for h in heads {
         let Some(g) = h.grad else { continue };
         let node = f.node(g);
-        if node.op != Op::Mul {
+        if node.op != Op::Binary(crate::op::Binary::Mul) {
             return None;
         }
         let (a, b) = (node.args[0], node.args[1]);
@@ -570,6 +605,7 @@ impl Schedule {
         let names = crate::text::value_names(f);
         let mut out = String::new();
         let _ = self.write(
+            Some(f),
             &mut out,
             &|v: ValueId| names.get(v.index()).cloned().unwrap_or_default(),
             &|h: InputId| {
@@ -584,6 +620,7 @@ impl Schedule {
 
     fn write(
         &self,
+        func: Option<&LossFn>,
         f: &mut dyn fmt::Write,
         name: &dyn Fn(ValueId) -> String,
         head: &dyn Fn(InputId) -> String,
@@ -664,6 +701,34 @@ impl Schedule {
                 "  {}: {cost_per} (live vocab buffers: forward {lf}, backward {lb})",
                 c.name()
             )?;
+            if let Some(g) = func {
+                for k in self.streams(g, *c) {
+                    let heads: Vec<String> = k.heads.iter().map(|h| head(*h)).collect();
+                    writeln!(
+                        f,
+                        "    {:?} stream: {} pass(es) over V reading {}{}",
+                        k.kind,
+                        k.passes(),
+                        if heads.is_empty() {
+                            "no logits".to_string()
+                        } else {
+                            heads.join(", ")
+                        },
+                        if k.outputs.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                ", writing {}",
+                                k.outputs
+                                    .iter()
+                                    .map(|(h, _)| format!("d_{}", head(*h)))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
+                        }
+                    )?;
+                }
+            }
         }
         Ok(())
     }
@@ -671,7 +736,7 @@ impl Schedule {
 
 impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.write(f, &|v: ValueId| format!("%{}", v.0), &|h: InputId| {
+        self.write(None, f, &|v: ValueId| format!("%{}", v.0), &|h: InputId| {
             format!("#{}", h.0)
         })
     }

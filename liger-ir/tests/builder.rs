@@ -22,7 +22,9 @@ fn builder_infers_levels_and_refuses_misuse() {
         .expect_err("float condition");
     assert_eq!(e.kind, DiagKind::DTypeMismatch);
     let m = b.valid(t).expect("valid");
-    let s = b.op(Op::SeqSum, &[lp, m]).expect("seq_sum");
+    let s = b
+        .op(Op::SeqReduce(liger_ir::op::SeqReduce::Sum), &[lp, m])
+        .expect("seq_sum");
     let scaled = b.mul(beta, s).expect("broadcast mul");
     assert_eq!(b.ty(scaled), Type::f32(Level::Seq));
     let c = b.chosen(scaled).expect("chosen");

@@ -335,7 +335,11 @@ fn dpo_dlogits_is_row_coefficient_times_onehot_minus_softmax() {
     let g = grad_ir(&load("dpo"));
     let (_, d) = g.grads().next().expect("one gradient");
     let node = g.node(d);
-    assert_eq!(node.op, Op::Mul, "d_policy is a product");
+    assert_eq!(
+        node.op,
+        Op::Binary(liger_ir::op::Binary::Mul),
+        "d_policy is a product"
+    );
     let (c, u) = (node.args[0], node.args[1]);
     assert_eq!(
         g.ty(c).level,
@@ -343,7 +347,7 @@ fn dpo_dlogits_is_row_coefficient_times_onehot_minus_softmax() {
         "the coefficient is per row"
     );
     let u = g.node(u);
-    assert_eq!(u.op, Op::Sub);
+    assert_eq!(u.op, Op::Binary(liger_ir::op::Binary::Sub));
     assert_eq!(g.node(u.args[0]).op, Op::OneHot);
     assert_eq!(g.node(u.args[1]).op, Op::Softmax);
 }

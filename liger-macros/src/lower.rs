@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 
+use liger_ir::op::{Binary, Cmp, Size, SurfaceFn, Unary, surface_functions};
 use liger_ir::{Builder, DType, Diagnostic, InputKind, Level, LossFn, Op, Site, SrcLoc, ValueId};
 use proc_macro2::Span;
 use syn::spanned::Spanned;
@@ -61,53 +62,15 @@ enum Val {
 
 type R = Result<Val, Refused>;
 
-/// The function table of SURFACE.md §3: name, (min, max) arguments, argument list.
-pub const FUNCTIONS: &[(&str, usize, usize, &str)] = &[
-    ("neg", 1, 1, "x"),
-    ("exp", 1, 1, "x"),
-    ("log", 1, 1, "x"),
-    ("log1p", 1, 1, "x"),
-    ("expm1", 1, 1, "x"),
-    ("sqrt", 1, 1, "x"),
-    ("abs", 1, 1, "x"),
-    ("relu", 1, 1, "x"),
-    ("sigmoid", 1, 1, "x"),
-    ("log_sigmoid", 1, 1, "x"),
-    ("softplus", 1, 1, "x"),
-    ("tanh", 1, 1, "x"),
-    ("stop_gradient", 1, 1, "x"),
-    ("pow", 2, 2, "x, p"),
-    ("min", 2, 2, "a, b"),
-    ("max", 2, 2, "a, b"),
-    ("logaddexp", 2, 2, "a, b"),
-    ("clamp", 3, 3, "x, lo, hi"),
-    ("select", 3, 3, "cond, a, b"),
-    ("log_softmax", 1, 1, "z"),
-    ("softmax", 1, 1, "z"),
-    ("sum_vocab", 1, 1, "e"),
-    ("max_vocab", 1, 1, "e"),
-    ("logsumexp", 1, 1, "e"),
-    ("at_target", 2, 2, "e, t"),
-    ("logprob", 2, 2, "z, t"),
-    ("argmax", 1, 1, "z"),
-    ("valid", 1, 1, "t"),
-    ("seq_sum", 1, 2, "x[, mask]"),
-    ("seq_mean", 1, 2, "x[, mask]"),
-    ("seq_mean_or_zero", 1, 2, "x[, mask]"),
-    ("seq_count", 0, 1, "[mask]"),
-    ("chosen", 1, 1, "s"),
-    ("rejected", 1, 1, "s"),
-    ("sum", 1, 2, "x[, mask]"),
-    ("mean", 1, 2, "x[, mask]"),
-    ("sum_all", 1, 1, "x"),
-    ("mean_all", 1, 1, "x"),
-    ("vocab_size", 0, 0, ""),
-    ("seq_len", 0, 0, ""),
-    ("num_seqs", 0, 0, ""),
-    ("num_pairs", 0, 0, ""),
-    ("num_valid", 0, 1, "[mask]"),
-    ("metric", 2, 2, "\"name\", value"),
-];
+/// The function of the loss language called `name`, from liger-ir's op table.
+fn function(name: &str) -> Option<SurfaceFn> {
+    surface_functions().into_iter().find(|f| f.name == name)
+}
+
+/// Every function name of the loss language.
+fn function_names() -> Vec<&'static str> {
+    surface_functions().into_iter().map(|f| f.name).collect()
+}
 
 /// Why an expression is not part of the loss language, and what to use instead.
 fn construct(e: &Expr) -> &'static str {
@@ -284,7 +247,7 @@ impl Lowerer<'_> {
                 match self.lookup(&name) {
                     Some(v) => v,
                     None => {
-                        if FUNCTIONS.iter().any(|(f, ..)| *f == name) {
+                        if function(&name).is_some() {
                             return Ok(self.err(id.span(), format!("`{name}` is a function: call it, `{name}(…)`")));
                         }
                         let mut known: Vec<String> = Vec::new();
@@ -301,17 +264,17 @@ impl Lowerer<'_> {
             Expr::Unary(u) => match u.op {
                 UnOp::Neg(_) => {
                     let x = self.value(&u.expr)?;
-                    self.build(Op::Neg, &[x], e.span(), &[u.expr.span()])
+                    self.build(Op::Unary(Unary::Neg), &[x], e.span(), &[u.expr.span()])
                 }
                 UnOp::Not(t) => self.err(t.span(), "`!` is not supported: swap the branches of select(cond, a, b)"),
                 _ => self.err(u.span(), "only unary `-` is supported"),
             },
             Expr::Binary(b) => {
                 let op = match b.op {
-                    BinOp::Add(_) => Op::Add,
-                    BinOp::Sub(_) => Op::Sub,
-                    BinOp::Mul(_) => Op::Mul,
-                    BinOp::Div(_) => Op::Div,
+                    BinOp::Add(_) => Op::Binary(Binary::Add),
+                    BinOp::Sub(_) => Op::Binary(Binary::Sub),
+                    BinOp::Mul(_) => Op::Binary(Binary::Mul),
+                    BinOp::Div(_) => Op::Binary(Binary::Div),
                     BinOp::Lt(_) | BinOp::Le(_) | BinOp::Gt(_) | BinOp::Ge(_) | BinOp::Eq(_) | BinOp::Ne(_) => {
                         return Ok(self.err(b.op.span(), "comparisons are only allowed as the condition of `select(cond, a, b)`"));
                     }
@@ -386,12 +349,12 @@ impl Lowerer<'_> {
             Expr::Paren(p) => return self.cond(&p.expr),
             Expr::Binary(b) => {
                 let op = match b.op {
-                    BinOp::Lt(_) => Some(Op::Lt),
-                    BinOp::Le(_) => Some(Op::Le),
-                    BinOp::Gt(_) => Some(Op::Gt),
-                    BinOp::Ge(_) => Some(Op::Ge),
-                    BinOp::Eq(_) => Some(Op::Eq),
-                    BinOp::Ne(_) => Some(Op::Ne),
+                    BinOp::Lt(_) => Some(Op::Compare(Cmp::Lt)),
+                    BinOp::Le(_) => Some(Op::Compare(Cmp::Le)),
+                    BinOp::Gt(_) => Some(Op::Compare(Cmp::Gt)),
+                    BinOp::Ge(_) => Some(Op::Compare(Cmp::Ge)),
+                    BinOp::Eq(_) => Some(Op::Compare(Cmp::Eq)),
+                    BinOp::Ne(_) => Some(Op::Compare(Cmp::Ne)),
                     _ => None,
                 };
                 if let Some(op) = op {
@@ -432,18 +395,13 @@ impl Lowerer<'_> {
             }
         };
         let fspan = c.func.span();
-        let Some(&(_, lo, hi, sig)) = FUNCTIONS.iter().find(|(f, ..)| *f == name) else {
-            let hint = suggest(&name, FUNCTIONS.iter().map(|(f, ..)| *f));
+        let Some(sf) = function(&name) else {
+            let hint = suggest(&name, function_names());
             let msg = if self.lookup(&name).is_some() {
                 format!("`{name}` is a value, not a function")
             } else if hint.is_empty() {
                 format!(
-                    "unknown function `{name}`: a loss body calls only the functions of the loss language ({})",
-                    FUNCTIONS
-                        .iter()
-                        .map(|(f, ..)| *f)
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    "unknown function `{name}`: it is not a function of the loss language (the language reference lists them)"
                 )
             } else {
                 format!("unknown function `{name}`{hint}")
@@ -451,73 +409,31 @@ impl Lowerer<'_> {
             return Ok(self.err(fspan, msg));
         };
         let args: Vec<&Expr> = c.args.iter().collect();
-        if args.len() < lo || args.len() > hi {
+        if args.len() < sf.min_args || args.len() > sf.max_args {
             return Ok(self.err(
                 span,
-                format!("`{name}` takes ({sig}), got {} argument(s)", args.len()),
+                format!(
+                    "`{name}` takes ({}), got {} argument(s)",
+                    sf.signature,
+                    args.len()
+                ),
             ));
         }
-        if name == "metric" {
+        let Some(op) = sf.op else {
             return Ok(self.err(
                 fspan,
                 "`metric(\"name\", value)` is a statement: end it with `;`",
             ));
-        }
-        let unary = |s: &str| -> Option<Op> {
-            Some(match s {
-                "neg" => Op::Neg,
-                "exp" => Op::Exp,
-                "log" => Op::Log,
-                "log1p" => Op::Log1p,
-                "expm1" => Op::Expm1,
-                "sqrt" => Op::Sqrt,
-                "abs" => Op::Abs,
-                "relu" => Op::Relu,
-                "sigmoid" => Op::Sigmoid,
-                "log_sigmoid" => Op::LogSigmoid,
-                "softplus" => Op::Softplus,
-                "tanh" => Op::Tanh,
-                "stop_gradient" => Op::StopGradient,
-                "log_softmax" => Op::LogSoftmax,
-                "softmax" => Op::Softmax,
-                "sum_vocab" => Op::SumVocab,
-                "max_vocab" => Op::MaxVocab,
-                "logsumexp" => Op::LogSumExp,
-                "argmax" => Op::ArgMax,
-                "valid" => Op::Valid,
-                "chosen" => Op::Chosen,
-                "rejected" => Op::Rejected,
-                "sum_all" => Op::SumAll,
-                "mean_all" => Op::MeanAll,
-                "pow" => Op::Pow,
-                "min" => Op::Min,
-                "max" => Op::Max,
-                "logaddexp" => Op::LogAddExp,
-                "clamp" => Op::Clamp,
-                "at_target" => Op::AtTarget,
-                "logprob" => Op::LogProb,
-                "vocab_size" => Op::VocabSize,
-                "seq_len" => Op::SeqLen,
-                "num_seqs" => Op::NumSeqs,
-                "num_pairs" => Op::NumPairs,
-                _ => return None,
-            })
         };
         let arg_spans: Vec<Span> = args.iter().map(|a| a.span()).collect();
-        Ok(match name.as_str() {
-            "select" => {
+        Ok(match op {
+            Op::Select => {
                 let cnd = self.cond(args[0])?;
                 let a = self.value(args[1])?;
                 let b = self.value(args[2])?;
                 self.build(Op::Select, &[cnd, a, b], span, &[])
             }
-            "seq_sum" | "seq_mean" | "seq_mean_or_zero" | "seq_count" => {
-                let op = match name.as_str() {
-                    "seq_sum" => Op::SeqSum,
-                    "seq_mean" => Op::SeqMean,
-                    "seq_mean_or_zero" => Op::SeqMeanOrZero,
-                    _ => Op::SeqCount,
-                };
+            Op::SeqReduce(_) | Op::SeqCount => {
                 let mut ops = Vec::new();
                 let takes_x = op != Op::SeqCount;
                 if takes_x {
@@ -535,8 +451,7 @@ impl Lowerer<'_> {
                 let spans = if takes_x { vec![arg_spans[0]] } else { vec![] };
                 self.build(op, &ops, span, &spans)
             }
-            "sum" | "mean" => {
-                let op = if name == "sum" { Op::Sum } else { Op::Mean };
+            Op::Sum | Op::Mean => {
                 let Some(x) = self.value(args[0])? else {
                     return Ok(Val::Poison);
                 };
@@ -569,7 +484,7 @@ impl Lowerer<'_> {
                     self.build(op, &[Some(x)], span, &[arg_spans[0]])
                 }
             }
-            "num_valid" => match args.first() {
+            Op::NumValid => match args.first() {
                 Some(m) => {
                     let m = self.mask(m)?;
                     self.build(Op::NumValid, &[m], span, &[])
@@ -577,20 +492,17 @@ impl Lowerer<'_> {
                 None => match self.default_mask(&name, span) {
                     Ok(Some(m)) => self.build(Op::NumValid, &[Some(m)], span, &[]),
                     Ok(None) => {
-                        let s = self.build(Op::NumSeqs, &[], span, &[]);
-                        let t = self.build(Op::SeqLen, &[], span, &[]);
+                        let s = self.build(Op::Size(Size::NumSeqs), &[], span, &[]);
+                        let t = self.build(Op::Size(Size::SeqLen), &[], span, &[]);
                         let (Val::V(s), Val::V(t)) = (s, t) else {
                             return Ok(Val::Poison);
                         };
-                        self.build(Op::Mul, &[Some(s), Some(t)], span, &[])
+                        self.build(Op::Binary(Binary::Mul), &[Some(s), Some(t)], span, &[])
                     }
                     Err(()) => Val::Poison,
                 },
             },
-            other => {
-                let Some(op) = unary(other) else {
-                    return Ok(self.err(fspan, format!("`{other}` cannot be called here")));
-                };
+            op => {
                 let mut ops = Vec::new();
                 for a in &args {
                     ops.push(self.value(a)?);
@@ -619,7 +531,7 @@ impl Lowerer<'_> {
                 )),
             };
         }
-        if FUNCTIONS.iter().any(|(f, ..)| *f == name) {
+        if function(&name).is_some() {
             return Ok(self.err(
                 m.method.span(),
                 format!("method calls are not supported: write the function form, `{name}(x)`"),

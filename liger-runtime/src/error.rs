@@ -1,9 +1,12 @@
-//! The error type of the whole library (re-exported as `liger::Error`): every variant names
-//! what is wrong and how to fix it.
+//! The runtime's error type: bad inputs, budgets, schedules, and device failures — every
+//! variant names what is wrong and how to fix it. Driver and cuBLAS failures keep the library's
+//! error as their `source` (an out-of-memory reads as one); a broken invariant is
+//! [`Error::Internal`], never dressed up as a user error. The facade (`liger`) wraps this type
+//! in its own, which adds loss, parameter and file errors.
 
 use crate::tensor::DType;
 
-/// An error of the `liger` API.
+/// An error of the runtime.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -14,62 +17,6 @@ pub enum Error {
         shape: Vec<usize>,
         /// Elements given.
         elements: usize,
-    },
-    /// No built-in loss of that name.
-    #[error("unknown loss `{name}`; the built-in losses are: {known}")]
-    UnknownLoss {
-        /// The name asked for.
-        name: String,
-        /// The built-in names.
-        known: String,
-    },
-    /// A parameter name the loss does not have.
-    #[error("loss `{loss}` has no parameter `{name}`; its parameters are: {known}")]
-    UnknownParam {
-        /// The loss.
-        loss: String,
-        /// The name given.
-        name: String,
-        /// Its parameter names.
-        known: String,
-    },
-    /// A value given for a parameter of the wrong kind (e.g. a variant for a hyperparameter).
-    #[error("parameter `{name}` of `{loss}` is {kind}: {hint}")]
-    ParamKind {
-        /// The loss.
-        loss: String,
-        /// The parameter.
-        name: String,
-        /// Its kind.
-        kind: &'static str,
-        /// How to pass it.
-        hint: &'static str,
-    },
-    /// A variant value outside the parameter's choices.
-    #[error("`{value}` is not a choice of `{param}` (choices: {allowed})")]
-    BadVariant {
-        /// The parameter.
-        param: String,
-        /// The value given.
-        value: String,
-        /// The choices.
-        allowed: String,
-    },
-    /// A hyperparameter value that does not parse or is not finite.
-    #[error("hyperparameter `{param}` = `{value}` is not a finite number")]
-    BadValue {
-        /// The parameter.
-        param: String,
-        /// The value given.
-        value: String,
-    },
-    /// A hyperparameter without default and without value.
-    #[error("loss `{loss}` needs a value for `{name}` (it has no default)")]
-    MissingParam {
-        /// The loss.
-        loss: String,
-        /// The parameter.
-        name: &'static str,
     },
     /// A required input not given.
     #[error("loss `{loss}` needs input `{name}` ({kind})")]
@@ -103,16 +50,6 @@ pub enum Error {
         /// What it takes.
         want: &'static str,
     },
-    /// The specialisation the call needs has no IR: the body unwraps an absent input.
-    #[error("loss `{loss}` cannot run with {spec}: it needs input `{input}`")]
-    Refused {
-        /// The loss.
-        loss: String,
-        /// The specialisation (`name=value, …`).
-        spec: String,
-        /// The input its body unwraps.
-        input: &'static str,
-    },
     /// A shape that does not fit the others.
     #[error("input `{input}` has shape {got:?}, expected {expected}")]
     Shape {
@@ -133,19 +70,6 @@ pub enum Error {
         /// The dtype given.
         got: DType,
     },
-    /// The stored IR of a specialisation does not parse or verify (a bug in the macro).
-    #[error("the IR of `{loss}` ({spec}) is invalid:\n{diagnostics}")]
-    InvalidIr {
-        /// The loss.
-        loss: String,
-        /// The specialisation.
-        spec: String,
-        /// What is wrong.
-        diagnostics: liger_ir::Diagnostics,
-    },
-    /// The reference interpreter refused the inputs.
-    #[error(transparent)]
-    Eval(#[from] liger_ir::EvalError),
     /// A token id outside `[0, V)` that is not the ignore index.
     #[error(
         "`{input}`[{seq},{pos}] = {value} is not a token id in [0, {vocab}) nor the ignore_index {ignore_index}"
@@ -204,7 +128,7 @@ pub enum Error {
     },
     /// A memory budget no strategy fits.
     #[error(
-        "a memory budget of {budget} bytes is too small: the smallest chunk needs {needed} bytes; raise --chunk-memory"
+        "a memory budget of {budget} bytes is too small: the smallest chunk needs {needed} bytes; raise the budget (`RunOptions::chunk_memory`, `--chunk-memory` on the command line)"
     )]
     Budget {
         /// The budget.
@@ -257,7 +181,7 @@ pub enum Error {
         /// The text.
         value: String,
     },
-    /// A CUDA library that cannot be loaded or used.
+    /// A CUDA library that cannot be found or loaded.
     #[error("CUDA library `{lib}` is not available: {why}")]
     Cuda {
         /// Which library.
@@ -265,6 +189,36 @@ pub enum Error {
         /// Why.
         why: String,
     },
+    /// A CUDA driver call failed (out of memory, a failed launch, a context error, …).
+    #[error("the CUDA driver failed while {during}: {source}")]
+    Driver {
+        /// What the runtime was doing.
+        during: &'static str,
+        /// The driver's error.
+        #[source]
+        source: cudarc::driver::DriverError,
+    },
+    /// A cuBLAS call failed.
+    #[error("cuBLAS failed while {during}: {source}")]
+    Cublas {
+        /// What the runtime was doing.
+        during: &'static str,
+        /// cuBLAS' status.
+        #[source]
+        source: cudarc::cublas::result::CublasError,
+    },
+    /// A file of the runtime (the kernel cache) that cannot be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A broken invariant: a bug in liger, not in the caller's input.
+    #[error("internal error (a bug in liger; please report it with the loss and the command): {0}")]
+    Internal(String),
     /// NVRTC rejected generated code (a bug in the emitter).
     #[error("NVRTC could not compile the generated kernels for {arch}:\n{log}")]
     Compile {
@@ -279,14 +233,6 @@ pub enum Error {
         /// The device asked for.
         device: String,
         /// Why.
-        why: String,
-    },
-    /// A file that cannot be read or written, or that is malformed.
-    #[error("{path}: {why}")]
-    File {
-        /// The path.
-        path: String,
-        /// What went wrong.
         why: String,
     },
 }

@@ -2,14 +2,16 @@
 //!
 //! - [`tensor`] / [`inputs`]: borrowed host tensors and inputs by name;
 //! - [`plan`]: the planner — picks a [`Strategy`] of the IR's schedule and the chunk size from
-//!   a memory budget (or the strategy an option forces);
-//! - [`cpu`]: the CPU executor — GEMMs through `matrixmultiply`, the vocab streams in f32 with
-//!   rayon across rows, the whole-batch values computed before the chunk loop; returns the
-//!   loss, metrics, `grad x`, `grad W` (f32 accumulated), `grad b` and a report.
-//!
-//! - [`cuda`]: the CUDA executor (cuBLAS GEMMs and the generated kernels) with a host API
+//!   a memory budget (or the strategy an option forces), with each backend's memory model;
+//! - `driver`: the four strategies written once, over the primitives a backend provides;
+//! - [`cpu`]: the CPU backend — GEMMs through `matrixmultiply`, the vocab streams in f32 with
+//!   rayon across rows; returns the loss, metrics, `grad x`, `grad W` (f32 accumulated),
+//!   `grad b` and a report;
+//! - [`cuda`]: the CUDA backend (cuBLAS GEMMs and the generated kernels) with a host API
 //!   ([`Runtime::run`]) and a device API ([`Runtime::run_device`]: cudarc buffers in and out
 //!   on the caller's stream, no hidden synchronisation).
+//!
+//! Every entry takes a [`Pipeline`] (the loss's gradient IR and schedule, from liger-ir).
 //!
 //! CUDA libraries are loaded at run time, so this crate builds and its CPU path runs anywhere.
 
@@ -17,7 +19,9 @@ pub mod cache;
 mod check;
 pub mod cpu;
 pub mod cuda;
+mod driver;
 pub mod error;
+mod host;
 pub mod inputs;
 pub mod output;
 pub mod plan;
@@ -25,14 +29,15 @@ pub mod progress;
 pub mod tensor;
 
 pub use cuda::api::{DeviceHead, DeviceInput, DeviceInputs, DeviceOutput, DeviceTensor};
-pub use cuda::exec::{DeviceGrad, DeviceHeadGrads};
+pub use cuda::backend::{DeviceGrad, DeviceHeadGrads};
 /// The cudarc this crate is built against (device buffers and streams of the device API).
 pub use cudarc;
 pub use error::Error;
+pub use host::Arr;
 pub use inputs::{InputSet, InputValue};
-pub use liger_ir::Strategy;
+pub use liger_ir::{Pipeline, Strategy};
 pub use output::{GradBuf, HeadGrads, LossOutput, MetricOutput, PhaseTime, Report};
-pub use plan::{GradDTypes, Plan, RunOptions};
+pub use plan::{Footprint, GradDTypes, MemoryModel, Plan, RunOptions};
 pub use tensor::{DType, Head, TensorData, TensorView};
 
 use std::collections::BTreeMap;
@@ -126,19 +131,19 @@ impl Runtime {
         }
     }
 
-    /// Runs the gradient IR `grad_ir` on device inputs, queued on `stream` (a stream of
+    /// Runs the loss of `p` on device inputs, queued on `stream` (a stream of
     /// [`Runtime::cuda_context`]); returns device buffers without synchronising the stream.
     /// See [`cuda::api`].
     pub fn run_device(
         &self,
-        grad_ir: &liger_ir::LossFn,
+        p: &Pipeline,
         inputs: &DeviceInputs<'_>,
         hyper: &BTreeMap<String, f32>,
         options: &RunOptions,
         stream: &std::sync::Arc<cudarc::driver::CudaStream>,
     ) -> Result<DeviceOutput, Error> {
         match &self.cuda {
-            Some(e) => cuda::api::run_device(e, grad_ir, inputs, hyper, options, stream),
+            Some(e) => cuda::api::run_device(e, p, inputs, hyper, options, stream),
             None => Err(Error::Device {
                 device: self.device.name().into(),
                 why: "device buffers need a CUDA runtime (Runtime::cuda)".into(),
@@ -146,18 +151,17 @@ impl Runtime {
         }
     }
 
-    /// Runs the gradient IR `grad_ir` (differentiated and simplified) on `inputs` with
-    /// hyperparameter values `hyper`.
+    /// Runs the loss of `p` on `inputs` with hyperparameter values `hyper`.
     pub fn run(
         &self,
-        grad_ir: &liger_ir::LossFn,
+        p: &Pipeline,
         inputs: &InputSet<'_>,
         hyper: &BTreeMap<String, f32>,
         options: &RunOptions,
     ) -> Result<LossOutput, Error> {
         match (&self.device, &self.cuda) {
-            (Device::Cuda, Some(e)) => cuda::exec::run(e, grad_ir, inputs, hyper, options),
-            _ => cpu::run(grad_ir, inputs, hyper, options),
+            (Device::Cuda, Some(e)) => cuda::host::run(e, p, inputs, hyper, options),
+            _ => cpu::run(p, inputs, hyper, options),
         }
     }
 }

@@ -81,7 +81,9 @@ pub fn differentiate(f: &LossFn) -> Result<LossFn, Diagnostics> {
                 c
             };
             adj[a.index()] = Some(match adj[a.index()] {
-                Some(prev) => cx.op(Op::Add, &[prev, c]).map_err(internal)?,
+                Some(prev) => cx
+                    .op(Op::Binary(crate::op::Binary::Add), &[prev, c])
+                    .map_err(internal)?,
                 None => c,
             });
         }

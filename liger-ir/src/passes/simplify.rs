@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 
 use crate::func::{InputKind, LossFn, Node, Output, ValueId};
-use crate::op::Op;
+use crate::op::{Binary, Op, Unary, VocabReduce};
 use crate::scalar;
 use crate::types::{DType, Level, Type};
 
@@ -138,15 +138,19 @@ impl Rw<'_> {
     }
 
     fn rule(&mut self, op: Op, a: &[ValueId], ty: Type) -> Option<ValueId> {
-        use Op::*;
+        const NEG: Op = Op::Unary(Unary::Neg);
+        const ADD: Op = Op::Binary(Binary::Add);
+        const SUB: Op = Op::Binary(Binary::Sub);
+        const MUL: Op = Op::Binary(Binary::Mul);
+        const DIV: Op = Op::Binary(Binary::Div);
         // Constant folding.
-        if ty.dtype == DType::F32 && op.is_elementwise() && op != Select {
+        if ty.dtype == DType::F32 {
             let cs: Option<Vec<f64>> = a.iter().map(|&x| self.constant(x)).collect();
             if let Some(cs) = cs {
-                let v = match cs.len() {
-                    1 => scalar::unary(op, cs[0]),
-                    2 => scalar::binary(op, cs[0], cs[1]),
-                    _ if op == Clamp => Some(cs[0].max(cs[1]).min(cs[2])),
+                let v = match (op, cs.as_slice()) {
+                    (Op::Unary(u), [x]) => Some(scalar::unary(u, *x)),
+                    (Op::Binary(b), [x, y]) => Some(scalar::binary(b, *x, *y)),
+                    (Op::Clamp, [x, lo, hi]) => Some(scalar::clamp(*x, *lo, *hi)),
                     _ => None,
                 };
                 if let Some(v) = v {
@@ -155,32 +159,32 @@ impl Rw<'_> {
             }
         }
         match op {
-            Add => {
+            Op::Binary(Binary::Add) => {
                 if self.is(a[1], 0.0) {
                     return Some(a[0]);
                 }
                 if self.is(a[0], 0.0) {
                     return Some(a[1]);
                 }
-                if let Some(b) = self.unwrap(a[1], Neg) {
-                    return Some(self.make(Sub, vec![a[0], b]));
+                if let Some(b) = self.unwrap(a[1], NEG) {
+                    return Some(self.make(SUB, vec![a[0], b]));
                 }
-                if let Some(x) = self.unwrap(a[0], Neg) {
-                    return Some(self.make(Sub, vec![a[1], x]));
+                if let Some(x) = self.unwrap(a[0], NEG) {
+                    return Some(self.make(SUB, vec![a[1], x]));
                 }
             }
-            Sub => {
+            Op::Binary(Binary::Sub) => {
                 if self.is(a[1], 0.0) {
                     return Some(a[0]);
                 }
                 if self.is(a[0], 0.0) {
-                    return Some(self.make(Neg, vec![a[1]]));
+                    return Some(self.make(NEG, vec![a[1]]));
                 }
-                if let Some(b) = self.unwrap(a[1], Neg) {
-                    return Some(self.make(Add, vec![a[0], b]));
+                if let Some(b) = self.unwrap(a[1], NEG) {
+                    return Some(self.make(ADD, vec![a[0], b]));
                 }
             }
-            Mul => {
+            Op::Binary(Binary::Mul) => {
                 for (x, y) in [(a[0], a[1]), (a[1], a[0])] {
                     if self.is(y, 1.0) {
                         return Some(x);
@@ -189,46 +193,46 @@ impl Rw<'_> {
                         return Some(self.c(0.0));
                     }
                     if self.is(y, -1.0) {
-                        return Some(self.make(Neg, vec![x]));
+                        return Some(self.make(NEG, vec![x]));
                     }
-                    if let Some(inner) = self.unwrap(x, Neg) {
-                        let m = self.make(Mul, vec![inner, y]);
-                        return Some(self.make(Neg, vec![m]));
+                    if let Some(inner) = self.unwrap(x, NEG) {
+                        let m = self.make(MUL, vec![inner, y]);
+                        return Some(self.make(NEG, vec![m]));
                     }
                 }
             }
-            Div => {
+            Op::Binary(Binary::Div) => {
                 if self.is(a[1], 1.0) {
                     return Some(a[0]);
                 }
-                if let Some(inner) = self.unwrap(a[0], Neg) {
-                    let q = self.make(Div, vec![inner, a[1]]);
-                    return Some(self.make(Neg, vec![q]));
+                if let Some(inner) = self.unwrap(a[0], NEG) {
+                    let q = self.make(DIV, vec![inner, a[1]]);
+                    return Some(self.make(NEG, vec![q]));
                 }
             }
-            Neg => {
-                if let Some(x) = self.unwrap(a[0], Neg) {
+            Op::Unary(Unary::Neg) => {
+                if let Some(x) = self.unwrap(a[0], NEG) {
                     return Some(x);
                 }
                 let n = self.node(a[0]).clone();
-                if n.op == Sub {
-                    return Some(self.make(Sub, vec![n.args[1], n.args[0]]));
+                if n.op == SUB {
+                    return Some(self.make(SUB, vec![n.args[1], n.args[0]]));
                 }
             }
-            Select => {
+            Op::Select => {
                 if a[1] == a[2] {
                     return Some(a[1]);
                 }
                 let (c, x, y) = (a[0], a[1], a[2]);
                 let inner_then = self.node(x).clone();
-                if inner_then.op == Select && inner_then.args[0] == c {
-                    return Some(self.make(Select, vec![c, inner_then.args[1], y]));
+                if inner_then.op == Op::Select && inner_then.args[0] == c {
+                    return Some(self.make(Op::Select, vec![c, inner_then.args[1], y]));
                 }
                 let inner_else = self.node(y).clone();
-                if inner_else.op == Select && inner_else.args[0] == c {
-                    return Some(self.make(Select, vec![c, x, inner_else.args[2]]));
+                if inner_else.op == Op::Select && inner_else.args[0] == c {
+                    return Some(self.make(Op::Select, vec![c, x, inner_else.args[2]]));
                 }
-                if let Some(t) = self.unwrap(c, Valid) {
+                if let Some(t) = self.unwrap(c, Op::Valid) {
                     let always = match self.node(t).op {
                         Op::Input(id) => self.src.inputs[id.index()].kind == InputKind::Tokens,
                         Op::ArgMax => true,
@@ -239,24 +243,24 @@ impl Rw<'_> {
                     }
                 }
             }
-            Exp => {
-                if let Some(z) = self.unwrap(a[0], LogSoftmax) {
-                    return Some(self.make(Softmax, vec![z]));
+            Op::Unary(Unary::Exp) => {
+                if let Some(z) = self.unwrap(a[0], Op::LogSoftmax) {
+                    return Some(self.make(Op::Softmax, vec![z]));
                 }
             }
-            SumVocab => {
-                if let Some(x) = self.unwrap(a[0], Broadcast(Level::Vocab)) {
-                    let v = self.make(VocabSize, vec![]);
-                    return Some(self.make(Mul, vec![x, v]));
+            Op::VocabReduce(VocabReduce::Sum) => {
+                if let Some(x) = self.unwrap(a[0], Op::Broadcast(Level::Vocab)) {
+                    let v = self.make(Op::Size(crate::op::Size::Vocab), vec![]);
+                    return Some(self.make(MUL, vec![x, v]));
                 }
             }
-            Broadcast(l) => {
+            Op::Broadcast(l) => {
                 if self.ty(a[0]).level == l {
                     return Some(a[0]);
                 }
                 let n = self.node(a[0]).clone();
-                if let Broadcast(_) = n.op {
-                    return Some(self.make(Broadcast(l), vec![n.args[0]]));
+                if let Op::Broadcast(_) = n.op {
+                    return Some(self.make(Op::Broadcast(l), vec![n.args[0]]));
                 }
             }
             _ => {}

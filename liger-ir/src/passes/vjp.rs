@@ -11,7 +11,7 @@
 use crate::builder::Builder;
 use crate::diag::{DiagKind, Diagnostic, Site};
 use crate::func::ValueId;
-use crate::op::Op;
+use crate::op::{Binary, Cmp, Op, SeqReduce, Size, Unary, VocabReduce};
 use crate::types::Level;
 
 /// Builder access for the rules; errors are internal (a rule built an ill-typed node).
@@ -34,17 +34,20 @@ impl Ctx<'_> {
     fn c(&mut self, x: f64) -> ValueId {
         self.b.constant(x)
     }
+    fn add(&mut self, a: ValueId, b: ValueId) -> R<ValueId> {
+        self.op(Op::Binary(Binary::Add), &[a, b])
+    }
     fn mul(&mut self, a: ValueId, b: ValueId) -> R<ValueId> {
-        self.op(Op::Mul, &[a, b])
+        self.op(Op::Binary(Binary::Mul), &[a, b])
     }
     fn div(&mut self, a: ValueId, b: ValueId) -> R<ValueId> {
-        self.op(Op::Div, &[a, b])
+        self.op(Op::Binary(Binary::Div), &[a, b])
     }
     fn sub(&mut self, a: ValueId, b: ValueId) -> R<ValueId> {
-        self.op(Op::Sub, &[a, b])
+        self.op(Op::Binary(Binary::Sub), &[a, b])
     }
     fn neg(&mut self, a: ValueId) -> R<ValueId> {
-        self.op(Op::Neg, &[a])
+        self.op(Op::Unary(Unary::Neg), &[a])
     }
     /// `select(c, a, 0)`.
     fn keep(&mut self, c: ValueId, a: ValueId) -> R<ValueId> {
@@ -71,19 +74,22 @@ impl Ctx<'_> {
         while l < to {
             if to == Level::Batch {
                 if l == Level::Vocab {
-                    v = self.op(Op::SumVocab, &[v])?;
+                    v = self.op(Op::VocabReduce(VocabReduce::Sum), &[v])?;
                     l = Level::Row;
                 }
                 let op = if l == Level::Row { Op::SumAll } else { Op::Sum };
                 return self.op(op, &[v]);
             }
             (v, l) = match l {
-                Level::Vocab => (self.op(Op::SumVocab, &[v])?, Level::Row),
-                Level::Row => (self.op(Op::SeqSum, &[v])?, Level::Seq),
+                Level::Vocab => (
+                    self.op(Op::VocabReduce(VocabReduce::Sum), &[v])?,
+                    Level::Row,
+                ),
+                Level::Row => (self.op(Op::SeqReduce(SeqReduce::Sum), &[v])?, Level::Seq),
                 _ => {
                     let c = self.op(Op::Chosen, &[v])?;
                     let r = self.op(Op::Rejected, &[v])?;
-                    (self.op(Op::Add, &[c, r])?, Level::Pair)
+                    (self.add(c, r)?, Level::Pair)
                 }
             };
         }
@@ -107,144 +113,146 @@ pub(super) fn vjp(
         // No gradient flows through these.
         Op::Input(_)
         | Op::Const(_)
-        | Op::VocabSize
-        | Op::SeqLen
-        | Op::NumSeqs
-        | Op::NumPairs
-        | Op::StopGradient
-        | Op::Lt
-        | Op::Le
-        | Op::Gt
-        | Op::Ge
-        | Op::Eq
-        | Op::Ne
+        | Op::Size(_)
+        | Op::Compare(_)
         | Op::ArgMax
         | Op::OneHot
         | Op::Valid
         | Op::SeqCount
         | Op::NumValid => {}
-        Op::Neg => out.push((0, cx.neg(g)?)),
-        Op::Exp => out.push((0, cx.mul(g, y)?)),
-        Op::Log => out.push((0, cx.div(g, a(0))?)),
-        Op::Log1p => {
-            let one = cx.c(1.0);
-            let d = cx.op(Op::Add, &[one, a(0)])?;
-            out.push((0, cx.div(g, d)?));
+        Op::Unary(u) => {
+            let d = match u {
+                // The value passes, the gradient does not.
+                Unary::StopGradient => return Ok(out),
+                Unary::Neg => cx.neg(g)?,
+                Unary::Exp => cx.mul(g, y)?,
+                Unary::Log => cx.div(g, a(0))?,
+                Unary::Log1p => {
+                    let one = cx.c(1.0);
+                    let d = cx.add(one, a(0))?;
+                    cx.div(g, d)?
+                }
+                Unary::Expm1 => {
+                    let one = cx.c(1.0);
+                    let e = cx.add(y, one)?;
+                    cx.mul(g, e)?
+                }
+                Unary::Sqrt => {
+                    let half = cx.c(0.5);
+                    let h = cx.mul(g, half)?;
+                    cx.div(h, y)?
+                }
+                Unary::Square => {
+                    let two = cx.c(2.0);
+                    let t = cx.mul(two, a(0))?;
+                    cx.mul(g, t)?
+                }
+                Unary::Abs => {
+                    let zero = cx.c(0.0);
+                    let pos = cx.op(Op::Compare(Cmp::Ge), &[a(0), zero])?;
+                    let ng = cx.neg(g)?;
+                    cx.op(Op::Select, &[pos, g, ng])?
+                }
+                Unary::Relu => {
+                    let zero = cx.c(0.0);
+                    let pos = cx.op(Op::Compare(Cmp::Gt), &[a(0), zero])?;
+                    cx.keep(pos, g)?
+                }
+                Unary::Sigmoid => {
+                    let one = cx.c(1.0);
+                    let q = cx.sub(one, y)?;
+                    let s = cx.mul(y, q)?;
+                    cx.mul(g, s)?
+                }
+                Unary::LogSigmoid => {
+                    let nx = cx.neg(a(0))?;
+                    let s = cx.op(Op::Unary(Unary::Sigmoid), &[nx])?;
+                    cx.mul(g, s)?
+                }
+                Unary::Softplus => {
+                    let s = cx.op(Op::Unary(Unary::Sigmoid), &[a(0)])?;
+                    cx.mul(g, s)?
+                }
+                Unary::Tanh => {
+                    let one = cx.c(1.0);
+                    let y2 = cx.mul(y, y)?;
+                    let d = cx.sub(one, y2)?;
+                    cx.mul(g, d)?
+                }
+            };
+            out.push((0, d));
         }
-        Op::Expm1 => {
-            let one = cx.c(1.0);
-            let e = cx.op(Op::Add, &[y, one])?;
-            out.push((0, cx.mul(g, e)?));
-        }
-        Op::Sqrt => {
-            let half = cx.c(0.5);
-            let h = cx.mul(g, half)?;
-            out.push((0, cx.div(h, y)?));
-        }
-        Op::Abs => {
-            let zero = cx.c(0.0);
-            let pos = cx.op(Op::Ge, &[a(0), zero])?;
-            let ng = cx.neg(g)?;
-            out.push((0, cx.op(Op::Select, &[pos, g, ng])?));
-        }
-        Op::Relu => {
-            let zero = cx.c(0.0);
-            let pos = cx.op(Op::Gt, &[a(0), zero])?;
-            out.push((0, cx.keep(pos, g)?));
-        }
-        Op::Sigmoid => {
-            let one = cx.c(1.0);
-            let q = cx.sub(one, y)?;
-            let s = cx.mul(y, q)?;
-            out.push((0, cx.mul(g, s)?));
-        }
-        Op::LogSigmoid => {
-            let nx = cx.neg(a(0))?;
-            let s = cx.op(Op::Sigmoid, &[nx])?;
-            out.push((0, cx.mul(g, s)?));
-        }
-        Op::Softplus => {
-            let s = cx.op(Op::Sigmoid, &[a(0)])?;
-            out.push((0, cx.mul(g, s)?));
-        }
-        Op::Tanh => {
-            let one = cx.c(1.0);
-            let y2 = cx.mul(y, y)?;
-            let d = cx.sub(one, y2)?;
-            out.push((0, cx.mul(g, d)?));
-        }
-        Op::Add => {
-            for k in 0..2 {
-                if need(k) {
-                    out.push((k, g));
+        Op::Binary(bop) => match bop {
+            Binary::Add => {
+                for k in 0..2 {
+                    if need(k) {
+                        out.push((k, g));
+                    }
                 }
             }
-        }
-        Op::Sub => {
-            if need(0) {
-                out.push((0, g));
+            Binary::Sub => {
+                if need(0) {
+                    out.push((0, g));
+                }
+                if need(1) {
+                    out.push((1, cx.neg(g)?));
+                }
             }
-            if need(1) {
-                out.push((1, cx.neg(g)?));
+            Binary::Mul => {
+                if need(0) {
+                    out.push((0, cx.mul(g, a(1))?));
+                }
+                if need(1) {
+                    out.push((1, cx.mul(g, a(0))?));
+                }
             }
-        }
-        Op::Mul => {
-            if need(0) {
-                out.push((0, cx.mul(g, a(1))?));
+            Binary::Div => {
+                let q = cx.div(g, a(1))?;
+                if need(0) {
+                    out.push((0, q));
+                }
+                if need(1) {
+                    let t = cx.mul(q, y)?;
+                    out.push((1, cx.neg(t)?));
+                }
             }
-            if need(1) {
-                out.push((1, cx.mul(g, a(0))?));
+            Binary::Pow => {
+                if need(0) {
+                    let one = cx.c(1.0);
+                    let e = cx.sub(a(1), one)?;
+                    let p = cx.op(Op::Binary(Binary::Pow), &[a(0), e])?;
+                    let t = cx.mul(a(1), p)?;
+                    out.push((0, cx.mul(g, t)?));
+                }
+                if need(1) {
+                    let l = cx.op(Op::Unary(Unary::Log), &[a(0)])?;
+                    let t = cx.mul(y, l)?;
+                    out.push((1, cx.mul(g, t)?));
+                }
             }
-        }
-        Op::Div => {
-            let q = cx.div(g, a(1))?;
-            if need(0) {
-                out.push((0, q));
+            Binary::Min | Binary::Max => {
+                let cmp = if bop == Binary::Min { Cmp::Le } else { Cmp::Ge };
+                let first = cx.op(Op::Compare(cmp), &[a(0), a(1)])?;
+                if need(0) {
+                    out.push((0, cx.keep(first, g)?));
+                }
+                if need(1) {
+                    out.push((1, cx.drop_(first, g)?));
+                }
             }
-            if need(1) {
-                let t = cx.mul(q, y)?;
-                out.push((1, cx.neg(t)?));
+            Binary::LogAddExp => {
+                for (k, (p, q)) in [(0, (a(0), a(1))), (1, (a(1), a(0)))] {
+                    if need(k) {
+                        let d = cx.sub(p, q)?;
+                        let s = cx.op(Op::Unary(Unary::Sigmoid), &[d])?;
+                        out.push((k, cx.mul(g, s)?));
+                    }
+                }
             }
-        }
-        Op::Pow => {
-            if need(0) {
-                let one = cx.c(1.0);
-                let e = cx.sub(a(1), one)?;
-                let p = cx.op(Op::Pow, &[a(0), e])?;
-                let t = cx.mul(a(1), p)?;
-                out.push((0, cx.mul(g, t)?));
-            }
-            if need(1) {
-                let l = cx.op(Op::Log, &[a(0)])?;
-                let t = cx.mul(y, l)?;
-                out.push((1, cx.mul(g, t)?));
-            }
-        }
-        Op::Min | Op::Max => {
-            let cmp = if node.op == Op::Min { Op::Le } else { Op::Ge };
-            let first = cx.op(cmp, &[a(0), a(1)])?;
-            if need(0) {
-                out.push((0, cx.keep(first, g)?));
-            }
-            if need(1) {
-                out.push((1, cx.drop_(first, g)?));
-            }
-        }
-        Op::LogAddExp => {
-            if need(0) {
-                let d = cx.sub(a(0), a(1))?;
-                let s = cx.op(Op::Sigmoid, &[d])?;
-                out.push((0, cx.mul(g, s)?));
-            }
-            if need(1) {
-                let d = cx.sub(a(1), a(0))?;
-                let s = cx.op(Op::Sigmoid, &[d])?;
-                out.push((1, cx.mul(g, s)?));
-            }
-        }
+        },
         Op::Clamp => {
-            let below = cx.op(Op::Lt, &[a(0), a(1)])?;
-            let above = cx.op(Op::Gt, &[a(0), a(2)])?;
+            let below = cx.op(Op::Compare(Cmp::Lt), &[a(0), a(1)])?;
+            let above = cx.op(Op::Compare(Cmp::Gt), &[a(0), a(2)])?;
             if need(0) {
                 let inner = cx.drop_(above, g)?;
                 out.push((0, cx.drop_(below, inner)?));
@@ -267,28 +275,30 @@ pub(super) fn vjp(
         }
         Op::LogSoftmax => {
             let gv = cx.exact(g, Level::Vocab)?;
-            let s = cx.op(Op::SumVocab, &[gv])?;
-            let p = cx.op(Op::Exp, &[y])?;
+            let s = cx.op(Op::VocabReduce(VocabReduce::Sum), &[gv])?;
+            let p = cx.op(Op::Unary(Unary::Exp), &[y])?;
             let t = cx.mul(p, s)?;
             out.push((0, cx.sub(g, t)?));
         }
         Op::Softmax => {
             let gy = cx.mul(g, y)?;
             let gy = cx.exact(gy, Level::Vocab)?;
-            let s = cx.op(Op::SumVocab, &[gy])?;
+            let s = cx.op(Op::VocabReduce(VocabReduce::Sum), &[gy])?;
             let d = cx.sub(g, s)?;
             out.push((0, cx.mul(y, d)?));
         }
-        Op::SumVocab => out.push((0, g)),
-        Op::MaxVocab => {
-            let k = cx.op(Op::ArgMax, &[a(0)])?;
-            let h = cx.op(Op::OneHot, &[k])?;
-            out.push((0, cx.mul(g, h)?));
-        }
-        Op::LogSumExp => {
-            let p = cx.op(Op::Softmax, &[a(0)])?;
-            out.push((0, cx.mul(g, p)?));
-        }
+        Op::VocabReduce(r) => match r {
+            VocabReduce::Sum => out.push((0, g)),
+            VocabReduce::Max => {
+                let k = cx.op(Op::ArgMax, &[a(0)])?;
+                let h = cx.op(Op::OneHot, &[k])?;
+                out.push((0, cx.mul(g, h)?));
+            }
+            VocabReduce::LogSumExp => {
+                let p = cx.op(Op::Softmax, &[a(0)])?;
+                out.push((0, cx.mul(g, p)?));
+            }
+        },
         Op::AtTarget => {
             let h = cx.op(Op::OneHot, &[a(1)])?;
             out.push((0, cx.mul(g, h)?));
@@ -301,15 +311,15 @@ pub(super) fn vjp(
             let u = cx.sub(h, p)?;
             out.push((0, cx.mul(c, u)?));
         }
-        Op::SeqSum | Op::SeqMean | Op::SeqMeanOrZero => {
+        Op::SeqReduce(r) => {
             let mask = node.args.get(1).copied();
-            let scaled = match node.op {
-                Op::SeqSum => g,
-                _ => {
+            let scaled = match r {
+                SeqReduce::Sum => g,
+                SeqReduce::Mean | SeqReduce::MeanOrZero => {
                     let mut n = cx.op(Op::SeqCount, &mask.into_iter().collect::<Vec<_>>())?;
-                    if node.op == Op::SeqMeanOrZero {
+                    if r == SeqReduce::MeanOrZero {
                         let one = cx.c(1.0);
-                        n = cx.op(Op::Max, &[n, one])?;
+                        n = cx.op(Op::Binary(Binary::Max), &[n, one])?;
                     }
                     cx.div(g, n)?
                 }
@@ -356,11 +366,11 @@ pub(super) fn vjp(
                     cx.keep(m, q)?
                 }
                 (Level::Seq, _) => {
-                    let n = cx.op(Op::NumSeqs, &[])?;
+                    let n = cx.op(Op::Size(Size::NumSeqs), &[])?;
                     cx.div(g, n)?
                 }
                 (Level::Pair, _) => {
-                    let n = cx.op(Op::NumPairs, &[])?;
+                    let n = cx.op(Op::Size(Size::NumPairs), &[])?;
                     cx.div(g, n)?
                 }
                 _ => g,
@@ -368,8 +378,8 @@ pub(super) fn vjp(
             out.push((0, c));
         }
         Op::MeanAll => {
-            let s = cx.op(Op::NumSeqs, &[])?;
-            let t = cx.op(Op::SeqLen, &[])?;
+            let s = cx.op(Op::Size(Size::NumSeqs), &[])?;
+            let t = cx.op(Op::Size(Size::SeqLen), &[])?;
             let n = cx.mul(s, t)?;
             out.push((0, cx.div(g, n)?));
         }

@@ -13,29 +13,31 @@ struct Names {
 }
 
 impl Names {
+    /// Inputs by their names (`in<k>` when anonymous), every other node `v<arena index>` —
+    /// the numbering [`ValueId`]'s `Display`, diagnostics and the CUDA comments use too.
     fn new(f: &LossFn, anonymous: bool) -> Names {
-        let mut next = 0;
         let taken: std::collections::HashSet<&str> =
             f.inputs.iter().map(|i| i.name.as_str()).collect();
         let names = f
             .nodes
             .iter()
-            .map(|n| match n.op {
+            .enumerate()
+            .map(|(i, n)| match n.op {
                 Op::Input(id) if anonymous => format!("in{}", id.0),
                 Op::Input(id) => f
                     .inputs
                     .get(id.index())
                     .map(|i| i.name.clone())
                     .unwrap_or_else(|| format!("in{}", id.0)),
-                _ => loop {
-                    // Skip numbers an (invalid) input name already took, so printing stays
-                    // unambiguous even for IR the verifier rejects.
-                    let name = format!("v{next}");
-                    next += 1;
-                    if anonymous || !taken.contains(name.as_str()) {
-                        break name;
+                _ => {
+                    let name = ValueId(i as u32).to_string();
+                    // An (invalid) input called like a value: keep printing unambiguous.
+                    if !anonymous && taken.contains(name.as_str()) {
+                        format!("_{name}")
+                    } else {
+                        name
                     }
-                },
+                }
             })
             .collect();
         Names { names }

@@ -341,9 +341,9 @@ pub fn clear(root: &Path) -> Result<usize, Error> {
     let all = entries(root);
     for e in &all {
         let d = store_dir(root).join(&e.key);
-        std::fs::remove_dir_all(&d).map_err(|x| Error::File {
+        std::fs::remove_dir_all(&d).map_err(|source| Error::Io {
             path: d.display().to_string(),
-            why: x.to_string(),
+            source,
         })?;
     }
     Ok(all.len())
@@ -360,9 +360,9 @@ pub fn prune(root: &Path, max_bytes: u64) -> Result<usize, Error> {
             break;
         }
         let d = store_dir(root).join(&e.key);
-        std::fs::remove_dir_all(&d).map_err(|x| Error::File {
+        std::fs::remove_dir_all(&d).map_err(|source| Error::Io {
             path: d.display().to_string(),
-            why: x.to_string(),
+            source,
         })?;
         total -= e.bytes;
         removed += 1;

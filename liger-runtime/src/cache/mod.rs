@@ -1,12 +1,11 @@
 //! The kernel cache: in-process map → disk store → NVRTC.
 //!
-//! A key is a list of **named components** hashed in order (blake3, 32 hex digits): the cache
-//! schema; the compiler version and codegen fingerprint; the canonical IR hash of the
-//! specialisation (names and source locations stripped, so renaming or moving a loss keeps its
-//! key); the specialisation; the schedule; the GEMM dtype; `V`; `H` of every head; the bucket
-//! of the dynamic dims (chunk rows and sequence length, powers of two by default); the target
-//! arch; the NVRTC and driver versions; codegen-affecting options. Debug and dump flags,
-//! hyperparameters and `ignore_index` never enter it.
+//! A key is a list of **named components** hashed in order (blake3, 32 hex digits), built in
+//! one place ([`key::module_key`]): the cache schema; the compiler version and codegen
+//! fingerprint; the canonical gradient IR's hash (names and source locations stripped, so
+//! renaming or moving a loss keeps its key); the schedule; the codegen options; the target
+//! arch; the NVRTC version. Debug and dump flags, sizes, hyperparameters and `ignore_index`
+//! never enter it.
 //!
 //! A disk entry is a directory named by the key holding `key.json` (the components),
 //! `surface.lir`, `grad.lir`, `schedule.txt`, `kernel.cu`, `kernel.cubin` or `kernel.ptx`, and
@@ -22,6 +21,7 @@
 //! `LIGER_LOG=code` also prints the generated source.
 
 mod disk;
+pub mod key;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,7 +32,7 @@ pub use disk::{Entry, EntryInfo, Stats};
 use crate::Error;
 
 /// The schema of keys and entries; bump on any layout change.
-pub const SCHEMA: &str = "liger-cache-v1";
+pub const SCHEMA: &str = "liger-cache-v2";
 
 /// How the disk tier is used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,11 +129,6 @@ impl Default for KeyParts {
 /// The hash of a text (IR canonical form, codegen fingerprint), 32 hex digits.
 pub fn hash_text(text: &str) -> String {
     blake3::hash(text.as_bytes()).to_hex()[..32].to_string()
-}
-
-/// The bucket of a dynamic size: the next power of two.
-pub fn bucket(n: usize) -> usize {
-    n.max(1).next_power_of_two()
 }
 
 /// Everything an entry stores besides the binary.

@@ -8,21 +8,13 @@
 
 use std::collections::HashMap;
 
-use liger_ir::{DType, InputKind, Level, LossFn, Op, ValueId};
+use liger_ir::op::{Binary, SeqReduce, Size, Unary};
+use liger_ir::scalar;
+use liger_ir::{DType, Level, LossFn, Op, ValueId};
 use rayon::prelude::*;
 
 use crate::Error;
-
-/// A whole-batch array.
-#[derive(Clone, Debug)]
-pub enum Arr {
-    /// Floats.
-    F(Vec<f32>),
-    /// Bools.
-    B(Vec<bool>),
-    /// Indices (`None`: invalid row).
-    I(Vec<Option<u32>>),
-}
+pub(crate) use crate::host::Arr;
 
 /// A chunk buffer of a vocab-level value, `[c, V]`.
 #[derive(Clone, Debug)]
@@ -33,65 +25,36 @@ pub enum VBuf {
     B(Vec<bool>),
 }
 
-fn softplus(x: f32) -> f32 {
-    x.max(0.0) + (-x.abs()).exp().ln_1p()
-}
-fn sigmoid(x: f32) -> f32 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
-}
-fn logaddexp(a: f32, b: f32) -> f32 {
-    let m = a.max(b);
-    if m == f32::NEG_INFINITY {
-        return m;
-    }
-    m + (-(a - b).abs()).exp().ln_1p()
+/// An elementwise float function of up to three operands (the CPU form of the elementwise
+/// ops, resolved once per node).
+#[derive(Clone, Copy, Debug)]
+enum FloatFn {
+    Unary(Unary),
+    Binary(Binary),
+    Clamp,
+    /// `broadcast`: the operand itself.
+    Identity,
 }
 
-/// An elementwise float op on its operands' values.
-#[inline]
-fn apply(op: Op, a: f32, b: f32, c: f32) -> f32 {
-    match op {
-        Op::Neg => -a,
-        Op::Exp => a.exp(),
-        Op::Log => a.ln(),
-        Op::Log1p => a.ln_1p(),
-        Op::Expm1 => a.exp_m1(),
-        Op::Sqrt => a.sqrt(),
-        Op::Abs => a.abs(),
-        Op::Relu => a.max(0.0),
-        Op::Sigmoid => sigmoid(a),
-        Op::LogSigmoid => -softplus(-a),
-        Op::Softplus => softplus(a),
-        Op::Tanh => a.tanh(),
-        Op::StopGradient | Op::Broadcast(_) => a,
-        Op::Add => a + b,
-        Op::Sub => a - b,
-        Op::Mul => a * b,
-        Op::Div => a / b,
-        Op::Pow => a.powf(b),
-        Op::Min => a.min(b),
-        Op::Max => a.max(b),
-        Op::LogAddExp => logaddexp(a, b),
-        Op::Clamp => a.max(b).min(c),
-        _ => f32::NAN,
+impl FloatFn {
+    #[inline]
+    fn apply(self, a: f32, b: f32, c: f32) -> f32 {
+        match self {
+            FloatFn::Unary(u) => scalar::unary(u, a),
+            FloatFn::Binary(op) => scalar::binary(op, a, b),
+            FloatFn::Clamp => scalar::clamp(a, b, c),
+            FloatFn::Identity => a,
+        }
     }
 }
 
-#[inline]
-fn compare(op: Op, a: f32, b: f32) -> bool {
-    match op {
-        Op::Lt => a < b,
-        Op::Le => a <= b,
-        Op::Gt => a > b,
-        Op::Ge => a >= b,
-        Op::Eq => a == b,
-        _ => a != b,
-    }
+/// The error for an op the CPU evaluator was asked to run where it has no form (a scheduling
+/// bug, never a user error).
+fn misplaced(op: Op, id: ValueId, where_: &str) -> Error {
+    Error::Internal(format!(
+        "`{}` ({id}) cannot run {where_} on the CPU",
+        op.name()
+    ))
 }
 
 /// An operand of a vocab-level op for one row: a slice over the vocab, or a value broadcast.
@@ -216,26 +179,31 @@ impl<'f> Eval<'f> {
         let args = node.args.clone();
         let lv = |k: usize| self.f.ty(args[k]).level;
         let at = |k: usize, e: usize| self.floats(args[k])[self.coarsen(e, lvl, lv(k))];
+        let float = |f: FloatFn| {
+            let get = |k: usize, e: usize| if k < args.len() { at(k, e) } else { 0.0 };
+            Arr::F(
+                (0..n)
+                    .map(|e| f.apply(get(0, e), get(1, e), get(2, e)))
+                    .collect(),
+            )
+        };
         let out = match node.op {
             Op::Input(_) => return Ok(()),
             Op::Const(c) => Arr::F(vec![c as f32]),
-            Op::VocabSize => Arr::F(vec![self.v as f32]),
-            Op::SeqLen => Arr::F(vec![self.t as f32]),
-            Op::NumSeqs => Arr::F(vec![self.s as f32]),
-            Op::NumPairs => {
-                if !self.s.is_multiple_of(2) {
-                    return Err(Error::OddSequenceCount { num_seqs: self.s });
+            Op::Size(sz) => Arr::F(vec![match sz {
+                Size::Vocab => self.v as f32,
+                Size::SeqLen => self.t as f32,
+                Size::NumSeqs => self.s as f32,
+                Size::NumPairs => {
+                    if !self.s.is_multiple_of(2) {
+                        return Err(Error::OddSequenceCount { num_seqs: self.s });
+                    }
+                    self.p() as f32
                 }
-                Arr::F(vec![self.p() as f32])
-            }
-            op if op.is_elementwise() && node.ty.dtype == DType::F32 && op != Op::Select => {
-                let get = |k: usize, e: usize| if k < args.len() { at(k, e) } else { 0.0 };
-                Arr::F(
-                    (0..n)
-                        .map(|e| apply(op, get(0, e), get(1, e), get(2, e)))
-                        .collect(),
-                )
-            }
+            }]),
+            Op::Unary(u) => float(FloatFn::Unary(u)),
+            Op::Binary(b) => float(FloatFn::Binary(b)),
+            Op::Clamp => float(FloatFn::Clamp),
             Op::Select => {
                 let c = self.bools(args[0]);
                 Arr::F(
@@ -250,7 +218,7 @@ impl<'f> Eval<'f> {
                         .collect(),
                 )
             }
-            Op::Lt | Op::Le | Op::Gt | Op::Ge | Op::Eq | Op::Ne => {
+            Op::Compare(c) => {
                 if self.f.ty(args[0]).dtype == DType::Idx {
                     let (a, b) = (self.idx(args[0]), self.idx(args[1]));
                     Arr::B(
@@ -258,25 +226,28 @@ impl<'f> Eval<'f> {
                             .map(|e| {
                                 let x = a[self.coarsen(e, lvl, lv(0))];
                                 let y = b[self.coarsen(e, lvl, lv(1))];
-                                let eq = x.is_some() && x == y;
-                                if node.op == Op::Eq { eq } else { !eq }
+                                scalar::compare_idx(c, x, y)
                             })
                             .collect(),
                     )
                 } else {
                     Arr::B(
                         (0..n)
-                            .map(|e| compare(node.op, at(0, e), at(1, e)))
+                            .map(|e| scalar::compare(c, at(0, e), at(1, e)))
                             .collect(),
                     )
                 }
             }
             Op::Valid => Arr::B(self.idx(args[0]).iter().map(Option::is_some).collect()),
-            Op::SeqSum | Op::SeqMean | Op::SeqMeanOrZero | Op::SeqCount => {
-                let (x, mask) = if node.op == Op::SeqCount {
-                    (None, args.first().copied())
-                } else {
-                    (Some(args[0]), args.get(1).copied())
+            Op::SeqReduce(_) | Op::SeqCount => {
+                // `None`: seq_count.
+                let red = match node.op {
+                    Op::SeqReduce(r) => Some(r),
+                    _ => None,
+                };
+                let (x, mask) = match red {
+                    None => (None, args.first().copied()),
+                    Some(_) => (Some(args[0]), args.get(1).copied()),
                 };
                 let mut out = vec![0f32; n];
                 for (s, o) in out.iter_mut().enumerate() {
@@ -287,12 +258,14 @@ impl<'f> Eval<'f> {
                             count += 1;
                         }
                     }
-                    *o = match node.op {
-                        Op::SeqSum => sum as f32,
-                        Op::SeqCount => count as f32,
-                        Op::SeqMeanOrZero => (sum / count.max(1) as f64) as f32,
-                        _ if count == 0 => return Err(Error::EmptySequence { seq: s }),
-                        _ => (sum / count as f64) as f32,
+                    *o = match red {
+                        None => count as f32,
+                        Some(SeqReduce::Sum) => sum as f32,
+                        Some(SeqReduce::MeanOrZero) => (sum / count.max(1) as f64) as f32,
+                        Some(SeqReduce::Mean) if count == 0 => {
+                            return Err(Error::EmptySequence { seq: s });
+                        }
+                        Some(SeqReduce::Mean) => (sum / count as f64) as f32,
                     };
                 }
                 Arr::F(out)
@@ -329,15 +302,14 @@ impl<'f> Eval<'f> {
                     }
                 }
                 let out = match node.op {
-                    Op::Sum | Op::SumAll => sum,
                     Op::Mean if lv(0) == Level::Row && count == 0 => {
                         self.warnings.push(format!(
-                            "a row-level mean (node {}) selects no row in the batch: it is 0, with no gradient",
-                            id.0
+                            "a row-level mean ({id}) selects no row in the batch: it is 0, with no gradient"
                         ));
                         0.0
                     }
-                    _ => sum / count as f64,
+                    Op::Mean | Op::MeanAll => sum / count as f64,
+                    _ => sum,
                 };
                 Arr::F(vec![out as f32])
             }
@@ -348,18 +320,15 @@ impl<'f> Eval<'f> {
                 Some(Arr::F(x)) => Arr::F((0..n).map(|e| x[self.coarsen(e, lvl, lv(0))]).collect()),
                 Some(Arr::B(x)) => Arr::B((0..n).map(|e| x[self.coarsen(e, lvl, lv(0))]).collect()),
                 Some(Arr::I(x)) => Arr::I((0..n).map(|e| x[self.coarsen(e, lvl, lv(0))]).collect()),
-                None => Arr::F(vec![0.0; n]),
+                None => return Err(misplaced(node.op, id, "before its operand")),
             },
-            other => {
-                return Err(Error::Schedule {
-                    schedule: "cpu",
-                    why: format!(
-                        "`{}` (node {}) is not a whole-batch value",
-                        other.name(),
-                        id.0
-                    ),
-                });
-            }
+            op @ (Op::LogSoftmax
+            | Op::Softmax
+            | Op::VocabReduce(_)
+            | Op::AtTarget
+            | Op::LogProb
+            | Op::ArgMax
+            | Op::OneHot) => return Err(misplaced(op, id, "as a whole-batch value")),
         };
         self.vals[id.index()] = Some(out);
         Ok(())
@@ -384,10 +353,10 @@ impl<'f> Eval<'f> {
         arg: ValueId,
         i: usize,
         r: usize,
-        bufs: &'b HashMap<usize, VBuf>,
+        bufs: &'b HashMap<ValueId, VBuf>,
     ) -> Opnd<'b> {
         let v = self.v;
-        if let Some(b) = bufs.get(&arg.index()) {
+        if let Some(b) = bufs.get(&arg) {
             return match b {
                 VBuf::F(x) => Opnd::F(&x[i * v..(i + 1) * v]),
                 VBuf::B(x) => Opnd::B(&x[i * v..(i + 1) * v]),
@@ -418,30 +387,29 @@ impl<'f> Eval<'f> {
         &mut self,
         program: &[ValueId],
         rows: &[usize],
-        bufs: &mut HashMap<usize, VBuf>,
+        bufs: &mut HashMap<ValueId, VBuf>,
         keep: &[ValueId],
     ) -> Result<(), Error> {
         let f = self.f;
-        let mut last = HashMap::new();
+        let mut last: HashMap<ValueId, usize> = HashMap::new();
         for (k, id) in program.iter().enumerate() {
             for a in &f.node(*id).args {
-                last.insert(a.index(), k);
+                last.insert(*a, k);
             }
         }
         for (k, &id) in program.iter().enumerate() {
             let node = f.node(id);
             if node.ty.level == Level::Vocab {
                 let buf = self.vocab_node(id, rows, bufs)?;
-                bufs.insert(id.index(), buf);
+                bufs.insert(id, buf);
             } else {
                 self.ensure_row_array(id);
                 self.row_node(id, rows, bufs)?;
             }
             for a in &node.args {
-                let ai = a.index();
-                let is_head = matches!(f.nodes[ai].op, Op::Input(_));
-                if !is_head && last.get(&ai) == Some(&k) && !keep.contains(a) {
-                    bufs.remove(&ai);
+                let is_input = matches!(f.node(*a).op, Op::Input(_));
+                if !is_input && last.get(a) == Some(&k) && !keep.contains(a) {
+                    bufs.remove(a);
                 }
             }
         }
@@ -452,13 +420,50 @@ impl<'f> Eval<'f> {
         &self,
         id: ValueId,
         rows: &[usize],
-        bufs: &HashMap<usize, VBuf>,
+        bufs: &HashMap<ValueId, VBuf>,
     ) -> Result<VBuf, Error> {
         let f = self.f;
         let node = f.node(id);
         let v = self.v;
         let c = rows.len();
         let args = &node.args;
+        let float = |fun: FloatFn| {
+            let mut out = vec![0f32; c * v];
+            out.par_chunks_mut(v).enumerate().for_each(|(i, o)| {
+                let get = |k: usize| args.get(k).map(|a| self.opnd(*a, i, rows[i], bufs));
+                let (a, b, cc) = (get(0), get(1), get(2));
+                // Fast paths for the products and differences gradients are made of.
+                match (fun, a, b) {
+                    (FloatFn::Binary(Binary::Mul), Some(Opnd::F(x)), Some(Opnd::F(y))) => o
+                        .iter_mut()
+                        .zip(x.iter().zip(y))
+                        .for_each(|(ov, (p, q))| *ov = p * q),
+                    (FloatFn::Binary(Binary::Mul), Some(Opnd::Fs(s)), Some(Opnd::F(y)))
+                    | (FloatFn::Binary(Binary::Mul), Some(Opnd::F(y)), Some(Opnd::Fs(s))) => {
+                        o.iter_mut().zip(y).for_each(|(ov, q)| *ov = s * q)
+                    }
+                    (FloatFn::Binary(Binary::Sub), Some(Opnd::F(x)), Some(Opnd::F(y))) => o
+                        .iter_mut()
+                        .zip(x.iter().zip(y))
+                        .for_each(|(ov, (p, q))| *ov = p - q),
+                    (FloatFn::Binary(Binary::Add), Some(Opnd::F(x)), Some(Opnd::F(y))) => o
+                        .iter_mut()
+                        .zip(x.iter().zip(y))
+                        .for_each(|(ov, (p, q))| *ov = p + q),
+                    _ => {
+                        let (a, b, cc) = (
+                            a.unwrap_or(Opnd::Fs(0.0)),
+                            b.unwrap_or(Opnd::Fs(0.0)),
+                            cc.unwrap_or(Opnd::Fs(0.0)),
+                        );
+                        for (k, ov) in o.iter_mut().enumerate() {
+                            *ov = fun.apply(a.f(k), b.f(k), cc.f(k));
+                        }
+                    }
+                }
+            });
+            VBuf::F(out)
+        };
         Ok(match node.op {
             Op::LogSoftmax | Op::Softmax => {
                 let mut out = vec![0f32; c * v];
@@ -467,9 +472,7 @@ impl<'f> Eval<'f> {
                     let Opnd::F(z) = self.opnd(args[0], i, rows[i], bufs) else {
                         return;
                     };
-                    let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let lse =
-                        m + z.iter().map(|x| f64::from((x - m).exp())).sum::<f64>().ln() as f32;
+                    let lse = scalar::logsumexp(z);
                     for (ov, zv) in o.iter_mut().zip(z) {
                         let y = zv - lse;
                         *ov = if soft { y.exp() } else { y };
@@ -487,13 +490,13 @@ impl<'f> Eval<'f> {
                 }
                 VBuf::F(out)
             }
-            Op::Lt | Op::Le | Op::Gt | Op::Ge | Op::Eq | Op::Ne => {
+            Op::Compare(cmp) => {
                 let mut out = vec![false; c * v];
                 out.par_chunks_mut(v).enumerate().for_each(|(i, o)| {
                     let a = self.opnd(args[0], i, rows[i], bufs);
                     let b = self.opnd(args[1], i, rows[i], bufs);
                     for (k, ov) in o.iter_mut().enumerate() {
-                        *ov = compare(node.op, a.f(k), b.f(k));
+                        *ov = scalar::compare(cmp, a.f(k), b.f(k));
                     }
                 });
                 VBuf::B(out)
@@ -510,52 +513,29 @@ impl<'f> Eval<'f> {
                 });
                 VBuf::F(out)
             }
-            op if op.is_elementwise() || matches!(op, Op::Broadcast(_)) => {
-                let mut out = vec![0f32; c * v];
-                out.par_chunks_mut(v).enumerate().for_each(|(i, o)| {
-                    let get = |k: usize| args.get(k).map(|a| self.opnd(*a, i, rows[i], bufs));
-                    let (a, b, cc) = (get(0), get(1), get(2));
-                    match (op, a, b) {
-                        (Op::Mul, Some(Opnd::F(x)), Some(Opnd::F(y))) => o
-                            .iter_mut()
-                            .zip(x.iter().zip(y))
-                            .for_each(|(ov, (p, q))| *ov = p * q),
-                        (Op::Mul, Some(Opnd::Fs(s)), Some(Opnd::F(y)))
-                        | (Op::Mul, Some(Opnd::F(y)), Some(Opnd::Fs(s))) => {
-                            o.iter_mut().zip(y).for_each(|(ov, q)| *ov = s * q)
-                        }
-                        (Op::Sub, Some(Opnd::F(x)), Some(Opnd::F(y))) => o
-                            .iter_mut()
-                            .zip(x.iter().zip(y))
-                            .for_each(|(ov, (p, q))| *ov = p - q),
-                        (Op::Add, Some(Opnd::F(x)), Some(Opnd::F(y))) => o
-                            .iter_mut()
-                            .zip(x.iter().zip(y))
-                            .for_each(|(ov, (p, q))| *ov = p + q),
-                        _ => {
-                            let (a, b, cc) = (
-                                a.unwrap_or(Opnd::Fs(0.0)),
-                                b.unwrap_or(Opnd::Fs(0.0)),
-                                cc.unwrap_or(Opnd::Fs(0.0)),
-                            );
-                            for (k, ov) in o.iter_mut().enumerate() {
-                                *ov = apply(op, a.f(k), b.f(k), cc.f(k));
-                            }
-                        }
-                    }
-                });
-                VBuf::F(out)
-            }
-            other => {
-                return Err(Error::Schedule {
-                    schedule: "cpu",
-                    why: format!(
-                        "`{}` (node {}) cannot run in a vocab stream",
-                        other.name(),
-                        id.0
-                    ),
-                });
-            }
+            Op::Unary(u) => float(FloatFn::Unary(u)),
+            Op::Binary(b) => float(FloatFn::Binary(b)),
+            Op::Clamp => float(FloatFn::Clamp),
+            Op::Broadcast(_) => float(FloatFn::Identity),
+            op @ (Op::Input(_)
+            | Op::Const(_)
+            | Op::Size(_)
+            | Op::VocabReduce(_)
+            | Op::AtTarget
+            | Op::LogProb
+            | Op::ArgMax
+            | Op::Valid
+            | Op::SeqReduce(_)
+            | Op::SeqCount
+            | Op::Chosen
+            | Op::Rejected
+            | Op::PlaceChosen
+            | Op::PlaceRejected
+            | Op::Sum
+            | Op::Mean
+            | Op::SumAll
+            | Op::MeanAll
+            | Op::NumValid) => return Err(misplaced(op, id, "in a vocab stream")),
         })
     }
 
@@ -563,65 +543,75 @@ impl<'f> Eval<'f> {
         &mut self,
         id: ValueId,
         rows: &[usize],
-        bufs: &HashMap<usize, VBuf>,
+        bufs: &HashMap<ValueId, VBuf>,
     ) -> Result<(), Error> {
         let f = self.f;
         let node = f.node(id);
         let args = node.args.clone();
-        let v = self.v;
         // Values for the chunk's rows, then written into the whole-batch array.
         enum Col {
             F(Vec<f32>),
             B(Vec<bool>),
             I(Vec<Option<u32>>),
         }
-        let col = match node.op {
-            Op::SumVocab | Op::MaxVocab | Op::LogSumExp | Op::AtTarget | Op::LogProb => {
-                let t: Option<Vec<Option<u32>>> = (node.op == Op::AtTarget
-                    || node.op == Op::LogProb)
-                    .then(|| rows.iter().map(|&r| self.idx(args[1])[r]).collect());
-                let out: Vec<f32> = (0..rows.len())
-                    .into_par_iter()
-                    .map(|i| {
-                        let Opnd::F(z) = self.opnd(args[0], i, rows[i], bufs) else {
-                            return f32::NAN;
-                        };
-                        let lse = || {
-                            let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                            m + z.iter().map(|x| f64::from((x - m).exp())).sum::<f64>().ln() as f32
-                        };
-                        match node.op {
-                            Op::SumVocab => z.iter().map(|x| f64::from(*x)).sum::<f64>() as f32,
-                            Op::MaxVocab => z.iter().copied().fold(f32::NEG_INFINITY, f32::max),
-                            Op::LogSumExp => lse(),
-                            _ => match t.as_ref().and_then(|t| t[i]) {
-                                None => 0.0,
-                                Some(k) if node.op == Op::AtTarget => z[k as usize],
-                                Some(k) => z[k as usize] - lse(),
-                            },
-                        }
-                    })
-                    .collect();
-                Col::F(out)
+        let row_vocab = |i: usize| -> Result<&[f32], Error> {
+            match self.opnd(args[0], i, rows[i], bufs) {
+                Opnd::F(z) => Ok(z),
+                _ => Err(misplaced(node.op, id, "without its vocab operand")),
             }
-            Op::ArgMax => {
-                let out: Vec<Option<u32>> = (0..rows.len())
+        };
+        let float = |fun: FloatFn| {
+            Col::F(
+                rows.iter()
+                    .enumerate()
+                    .map(|(i, &r)| {
+                        let get =
+                            |k: usize| args.get(k).map_or(0.0, |a| self.opnd(*a, i, r, bufs).f(0));
+                        fun.apply(get(0), get(1), get(2))
+                    })
+                    .collect(),
+            )
+        };
+        let col = match node.op {
+            Op::VocabReduce(red) => Col::F(
+                (0..rows.len())
+                    .into_par_iter()
+                    .map(|i| row_vocab(i).map(|z| scalar::vocab_reduce(red, z)))
+                    .collect::<Result<Vec<f32>, Error>>()?,
+            ),
+            Op::AtTarget | Op::LogProb => {
+                let t: Vec<Option<u32>> = rows.iter().map(|&r| self.idx(args[1])[r]).collect();
+                let logprob = node.op == Op::LogProb;
+                Col::F(
+                    (0..rows.len())
+                        .into_par_iter()
+                        .map(|i| {
+                            let z = row_vocab(i)?;
+                            Ok(match t[i] {
+                                None => 0.0,
+                                // `z_t - lse(z)` with the row max subtracted inside the lse.
+                                Some(k) if logprob => z[k as usize] - scalar::logsumexp(z),
+                                Some(k) => z[k as usize],
+                            })
+                        })
+                        .collect::<Result<Vec<f32>, Error>>()?,
+                )
+            }
+            Op::ArgMax => Col::I(
+                (0..rows.len())
                     .into_par_iter()
                     .map(|i| {
-                        let Opnd::F(z) = self.opnd(args[0], i, rows[i], bufs) else {
-                            return None;
-                        };
+                        let z = row_vocab(i)?;
                         let mut best = (0usize, f32::NEG_INFINITY);
-                        for (k, &x) in z.iter().enumerate().take(v) {
+                        for (k, &x) in z.iter().enumerate() {
                             if x > best.1 || k == 0 {
                                 best = (k, x);
                             }
                         }
-                        Some(best.0 as u32)
+                        Ok(Some(best.0 as u32))
                     })
-                    .collect();
-                Col::I(out)
-            }
+                    .collect::<Result<Vec<Option<u32>>, Error>>()?,
+            ),
             Op::Select => Col::F(
                 rows.iter()
                     .enumerate()
@@ -635,7 +625,7 @@ impl<'f> Eval<'f> {
                     })
                     .collect(),
             ),
-            Op::Lt | Op::Le | Op::Gt | Op::Ge | Op::Eq | Op::Ne => Col::B(
+            Op::Compare(cmp) => Col::B(
                 rows.iter()
                     .enumerate()
                     .map(|(i, &r)| {
@@ -644,37 +634,40 @@ impl<'f> Eval<'f> {
                             self.opnd(args[1], i, r, bufs),
                         );
                         match (a, b) {
-                            (Opnd::I(x), Opnd::I(y)) => {
-                                let eq = x.is_some() && x == y;
-                                if node.op == Op::Eq { eq } else { !eq }
-                            }
-                            _ => compare(node.op, a.f(0), b.f(0)),
+                            (Opnd::I(x), Opnd::I(y)) => scalar::compare_idx(cmp, x, y),
+                            _ => scalar::compare(cmp, a.f(0), b.f(0)),
                         }
                     })
                     .collect(),
             ),
-            op if op.is_elementwise() || matches!(op, Op::Broadcast(_)) => Col::F(
-                rows.iter()
-                    .enumerate()
-                    .map(|(i, &r)| {
-                        let get =
-                            |k: usize| args.get(k).map_or(0.0, |a| self.opnd(*a, i, r, bufs).f(0));
-                        apply(op, get(0), get(1), get(2))
-                    })
-                    .collect(),
-            ),
-            other => {
-                return Err(Error::Schedule {
-                    schedule: "cpu",
-                    why: format!("`{}` (node {}) cannot run per row", other.name(), id.0),
-                });
-            }
+            Op::Unary(u) => float(FloatFn::Unary(u)),
+            Op::Binary(b) => float(FloatFn::Binary(b)),
+            Op::Clamp => float(FloatFn::Clamp),
+            Op::Broadcast(_) => float(FloatFn::Identity),
+            op @ (Op::Input(_)
+            | Op::Const(_)
+            | Op::Size(_)
+            | Op::LogSoftmax
+            | Op::Softmax
+            | Op::OneHot
+            | Op::Valid
+            | Op::SeqReduce(_)
+            | Op::SeqCount
+            | Op::Chosen
+            | Op::Rejected
+            | Op::PlaceChosen
+            | Op::PlaceRejected
+            | Op::Sum
+            | Op::Mean
+            | Op::SumAll
+            | Op::MeanAll
+            | Op::NumValid) => return Err(misplaced(op, id, "per row in a stream")),
         };
         match (&mut self.vals[id.index()], col) {
             (Some(Arr::F(a)), Col::F(c)) => rows.iter().zip(c).for_each(|(&r, x)| a[r] = x),
             (Some(Arr::B(a)), Col::B(c)) => rows.iter().zip(c).for_each(|(&r, x)| a[r] = x),
             (Some(Arr::I(a)), Col::I(c)) => rows.iter().zip(c).for_each(|(&r, x)| a[r] = x),
-            _ => {}
+            _ => return Err(misplaced(node.op, id, "into an array of another dtype")),
         }
         Ok(())
     }
@@ -687,8 +680,7 @@ impl<'f> Eval<'f> {
     }
 
     /// Loads a non-head input.
-    pub fn load(&mut self, id: ValueId, kind: InputKind, arr: Arr) {
-        let _ = kind;
+    pub fn load(&mut self, id: ValueId, arr: Arr) {
         self.vals[id.index()] = Some(arr);
     }
 }

@@ -26,14 +26,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtr, DeviceSlice, SyncOnDrop};
-use liger_ir::{InputKind, Level, LossFn, OutputKind, Schedule};
+use liger_ir::{InputKind, Level, LossFn, OutputKind, Pipeline};
 
 use crate::Error;
 use crate::check;
+use crate::cuda::backend::{DevHead, DeviceHeadGrads, Job, Ran, enqueue};
+use crate::cuda::checks::{Checker, DevSide, SideKind};
 use crate::cuda::engine::Engine;
-use crate::cuda::exec::{
-    Checker, DevHead, DevSide, DeviceGrad, DeviceHeadGrads, Job, Ran, SideKind, enqueue,
-};
 use crate::output::{LossOutput, Report};
 use crate::plan::RunOptions;
 use crate::tensor::DType;
@@ -303,10 +302,9 @@ impl DeviceOutput {
     /// Device time of the compute in ms (waits for the work's end event).
     pub fn device_ms(&self) -> Result<f64, Error> {
         let (t0, t1) = &self.ran.events;
-        t0.elapsed_ms(t1).map(f64::from).map_err(|e| Error::Cuda {
-            lib: "cuda",
-            why: format!("{e:?}"),
-        })
+        t0.elapsed_ms(t1)
+            .map(f64::from)
+            .map_err(crate::cuda::drv("timing the run"))
     }
 
     /// Device time per phase when the run was profiled (`RunOptions::profile`; waits for
@@ -333,10 +331,10 @@ impl DeviceOutput {
     }
 }
 
-/// Runs the gradient IR `g` on device inputs, queued on `stream` (see the module docs).
+/// Runs the gradient IR of `p` on device inputs, queued on `stream` (see the module docs).
 pub fn run_device(
     engine: &Engine,
-    g: &LossFn,
+    p: &Pipeline,
     inputs: &DeviceInputs<'_>,
     hyper: &BTreeMap<String, f32>,
     opts: &RunOptions,
@@ -351,7 +349,7 @@ pub fn run_device(
                 .into(),
         });
     }
-    let sched = Schedule::of(g);
+    let (g, sched) = (p.grad(), p.schedule());
     let loss = g.name.clone();
     let st = stream;
     // Heads: shapes and dtypes on the host.
@@ -421,11 +419,11 @@ pub fn run_device(
             kind: "logits",
         });
     };
-    check::names_and_pairs(g, &sched, inputs.names(), s)?;
+    check::names_and_pairs(g, sched, inputs.names(), s)?;
 
     // Side inputs: shapes and dtypes on the host; hyperparameters as host words.
     let mut words = BTreeMap::new();
-    let mut side_t: Vec<(String, usize, SideKind, DeviceTensor<'_>)> = Vec::new();
+    let mut side_t: Vec<(String, liger_ir::ValueId, SideKind, DeviceTensor<'_>)> = Vec::new();
     for (k, input) in g.inputs.iter().enumerate() {
         if input.kind.is_head() {
             continue;
@@ -439,7 +437,7 @@ pub fn run_device(
                 .get(name)
                 .copied()
                 .ok_or_else(|| Error::MissingHyper { name: name.into() })?;
-            words.insert(node.index(), vec![x.to_bits()]);
+            words.insert(node, vec![x.to_bits()]);
             continue;
         }
         let tv = match inputs.get(name) {
@@ -480,7 +478,7 @@ pub fn run_device(
             });
         }
         same_context(&tv, name)?;
-        side_t.push((name.to_string(), node.index(), kind, tv));
+        side_t.push((name.to_string(), node, kind, tv));
     }
 
     // Addresses on the caller's stream; the guards record our reads when the work is queued.
@@ -509,18 +507,15 @@ pub fn run_device(
             Some(b) => {
                 let bp = addr(b.buf, st, &mut guards);
                 let out = checker.bias_f32(engine, st, &format!("{name}.b"), (bp, b.dtype(), v))?;
-                let p = crate::cuda::exec::dptr(&out, st);
+                let bp = crate::cuda::checks::dptr(&out, st);
                 bias_bufs.push(out);
-                Some(p)
+                Some(bp)
             }
             None => None,
         };
         heads.push(DevHead {
             name: name.into(),
-            input: match g.node(hp.node).op {
-                liger_ir::Op::Input(id) => id.index(),
-                _ => 0,
-            },
+            input: hp.input,
             x,
             w,
             b,
@@ -543,8 +538,7 @@ pub fn run_device(
         engine,
         st,
         Job {
-            g,
-            sched: &sched,
+            p,
             dims: (s, t, v),
             heads,
             dtype: gemm_dtype.unwrap_or(DType::F32),
@@ -570,11 +564,4 @@ fn addr<'x>(buf: &'x dyn Erased, st: &'x CudaStream, guards: &mut Vec<SyncOnDrop
     let (p, g) = buf.ptr(st);
     guards.push(g);
     p
-}
-
-impl DeviceHeadGrads {
-    /// The gradient buffers as `(x, w, b)`.
-    pub fn parts(&self) -> (&DeviceGrad, &DeviceGrad, Option<&DeviceGrad>) {
-        (&self.x, &self.w, self.b.as_ref())
-    }
 }

@@ -10,13 +10,6 @@ use crate::Error;
 use crate::cuda::device::Gpu;
 use crate::cuda::gemm::Gemm;
 
-fn cerr(e: impl std::fmt::Debug) -> Error {
-    Error::Cuda {
-        lib: "cublas",
-        why: format!("{e:?}"),
-    }
-}
-
 /// Median milliseconds of the GEMMs of `rows` rows, vocabulary `vocab`, and `heads`
 /// (`(H, has gradient)`), over `reps` repetitions after one warm-up.
 pub fn gemm_floor_ms(
@@ -28,14 +21,16 @@ pub fn gemm_floor_ms(
 ) -> Result<f64, Error> {
     let st = &gpu.stream;
     let hmax = heads.iter().map(|h| h.0).max().unwrap_or(1);
-    let alloc =
-        |n: usize| -> Result<CudaSlice<u16>, Error> { st.alloc_zeros::<u16>(n).map_err(cerr) };
+    let alloc = |n: usize| -> Result<CudaSlice<u16>, Error> {
+        st.alloc_zeros::<u16>(n)
+            .map_err(crate::cuda::drv("measuring the GEMM floor"))
+    };
     let x = alloc(rows * hmax)?;
     let w = alloc(vocab * hmax)?;
     let z = alloc(rows * vocab)?;
     let dx = alloc(rows * hmax)?;
     let dw = alloc(vocab * hmax)?;
-    let blas = CudaBlas::new(st.clone()).map_err(cerr)?;
+    let blas = CudaBlas::new(st.clone()).map_err(crate::cuda::blas("creating a handle"))?;
     let p = |s: &CudaSlice<u16>| {
         let (q, _sync) = s.device_ptr(st);
         q
@@ -99,12 +94,15 @@ pub fn gemm_floor_ms(
     for _ in 0..reps.max(1) {
         let a = st
             .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(cerr)?;
+            .map_err(crate::cuda::drv("measuring the GEMM floor"))?;
         once()?;
         let b = st
             .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(cerr)?;
-        times.push(f64::from(a.elapsed_ms(&b).map_err(cerr)?));
+            .map_err(crate::cuda::drv("measuring the GEMM floor"))?;
+        times.push(f64::from(
+            a.elapsed_ms(&b)
+                .map_err(crate::cuda::drv("measuring the GEMM floor"))?,
+        ));
     }
     times.sort_by(|a, b| a.total_cmp(b));
     Ok(times[times.len() / 2])

@@ -5,22 +5,17 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use cudarc::driver::{
-    CudaContext, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
-};
-use liger_ir::emit::{GemmDType, KernelInfo, KernelKind};
-use liger_ir::{DType, InputKind, Level, LossFn, Op, Strategy};
+use cudarc::driver::{CudaContext, CudaModule, CudaSlice, CudaStream, DevicePtr};
+use liger_ir::emit::abi::{self, KernelKind};
+use liger_ir::emit::{CudaModule as Generated, GemmDType};
+use liger_ir::stream::StreamKind;
+use liger_ir::{DType, InputId, InputKind, Level, LossFn, Op, Pipeline, Strategy, ValueId};
 
 use crate::Error;
 use crate::cache::Binary;
-use crate::cpu::{HostArray, StreamsOut};
-
-fn derr(e: impl std::fmt::Debug) -> Error {
-    Error::Cuda {
-        lib: "cuda",
-        why: format!("{e:?}"),
-    }
-}
+use crate::cpu::StreamsOut;
+use crate::cuda::drv;
+use crate::cuda::launch::{Arg, i32_of, launch};
 
 /// A GPU: its context and a stream.
 pub struct Gpu {
@@ -45,14 +40,14 @@ impl Gpu {
             crate::cuda::libs::preload_path(&lib)
                 .map_err(|why| Error::Cuda { lib: "cuda", why })?;
         }
-        let n = CudaContext::device_count().map_err(derr)?;
+        let n = CudaContext::device_count().map_err(drv("counting devices"))?;
         if n as usize <= ordinal {
             return Err(Error::Cuda {
                 lib: "cuda",
                 why: format!("no device {ordinal} ({n} devices)"),
             });
         }
-        let ctx = CudaContext::new(ordinal).map_err(derr)?;
+        let ctx = CudaContext::new(ordinal).map_err(drv("creating the context"))?;
         let stream = ctx.default_stream();
         Ok(Gpu { ctx, stream })
     }
@@ -71,9 +66,7 @@ impl Gpu {
         let mut v = 0i32;
         // SAFETY: the driver library is loaded (a context exists); `v` is a valid out-pointer.
         let rc = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
-        if rc != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
-            return Err(derr(rc));
-        }
+        rc.result().map_err(drv("querying the device"))?;
         Ok((v / 1000, (v % 1000) / 10))
     }
 
@@ -85,9 +78,7 @@ impl Gpu {
         let rc = unsafe {
             cudarc::driver::sys::cuDeviceGetDefaultMemPool(&mut pool, self.ctx.cu_device())
         };
-        if rc != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
-            return Err(derr(rc));
-        }
+        rc.result().map_err(drv("querying the device"))?;
         Ok(pool)
     }
 
@@ -102,9 +93,7 @@ impl Gpu {
                 &mut v as *mut u64 as *mut std::ffi::c_void,
             )
         };
-        if rc != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
-            return Err(derr(rc));
-        }
+        rc.result().map_err(drv("querying the device"))?;
         Ok(v)
     }
 
@@ -130,15 +119,16 @@ impl Gpu {
                 &mut zero as *mut u64 as *mut std::ffi::c_void,
             )
         };
-        if rc != cudarc::driver::sys::CUresult::CUDA_SUCCESS {
-            return Err(derr(rc));
-        }
+        rc.result().map_err(drv("querying the device"))?;
         Ok(())
     }
 
     /// `sm_XY` of the device.
     pub fn arch(&self) -> Result<String, Error> {
-        let (a, b) = self.ctx.compute_capability().map_err(derr)?;
+        let (a, b) = self
+            .ctx
+            .compute_capability()
+            .map_err(drv("querying the compute capability"))?;
         Ok(format!("sm_{a}{b}"))
     }
 
@@ -151,15 +141,21 @@ impl Gpu {
     pub fn load(&self, b: &Binary) -> Result<Arc<CudaModule>, Error> {
         if b.is_ptx {
             let driver = self.driver_version()?;
-            ptx_fits_driver(&String::from_utf8_lossy(&b.bytes), driver)
-                .map_err(|why| Error::Cuda { lib: "cuda", why })?;
+            ptx_fits_driver(&String::from_utf8_lossy(&b.bytes), driver).map_err(|why| {
+                Error::Device {
+                    device: "cuda".into(),
+                    why,
+                }
+            })?;
         }
         let ptx = if b.is_ptx {
             cudarc::nvrtc::Ptx::from_src(String::from_utf8_lossy(&b.bytes).into_owned())
         } else {
             cudarc::nvrtc::Ptx::from_binary(b.bytes.clone())
         };
-        self.ctx.load_module(ptx).map_err(derr)
+        self.ctx
+            .load_module(ptx)
+            .map_err(drv("loading a compiled module"))
     }
 }
 
@@ -212,7 +208,7 @@ pub(crate) fn upload_values(
     st: &Arc<CudaStream>,
     g: &LossFn,
     (s, t, v): (usize, usize, usize),
-    input: impl Fn(usize) -> Option<Vec<u32>>,
+    input: impl Fn(ValueId) -> Option<Vec<u32>>,
 ) -> Result<Vec<Option<CudaSlice<u32>>>, Error> {
     let len = |l: Level| match l {
         Level::Vocab => v,
@@ -221,19 +217,21 @@ pub(crate) fn upload_values(
         Level::Pair => (s / 2).max(1),
         Level::Batch => 1,
     };
+    let e = drv("allocating the value table");
     let mut bufs = Vec::with_capacity(g.nodes.len());
-    for (i, node) in g.nodes.iter().enumerate() {
+    for id in g.ids() {
+        let node = g.node(id);
         let is_vocab_input =
-            matches!(node.op, Op::Input(id) if g.inputs[id.index()].kind == InputKind::VocabInput);
+            matches!(node.op, Op::Input(i) if g.inputs[i.index()].kind == InputKind::VocabInput);
         if node.ty.level == Level::Vocab && !is_vocab_input {
             bufs.push(None);
             continue;
         }
         // Given words are copied; every other array is zeroed on the device (a memset queued
         // on the stream: no host buffer, no copy).
-        bufs.push(Some(match input(i) {
-            Some(data) => st.clone_htod(&data).map_err(derr)?,
-            None => st.alloc_zeros(len(node.ty.level)).map_err(derr)?,
+        bufs.push(Some(match input(id) {
+            Some(data) => st.clone_htod(&data).map_err(&e)?,
+            None => st.alloc_zeros(len(node.ty.level)).map_err(&e)?,
         }));
     }
     Ok(bufs)
@@ -241,139 +239,124 @@ pub(crate) fn upload_values(
 
 /// Runs the stream kernels of `strategy` on the GPU with the inputs of `host` (from
 /// [`crate::cpu::streams_on_logits`]) and the given logits; returns the same row values and
-/// vocab outputs.
+/// vocab outputs. `generated` is the module `module` was loaded from.
 #[allow(clippy::too_many_arguments)]
 pub fn streams_on_gpu(
     gpu: &Gpu,
     module: &Arc<CudaModule>,
-    kernels: &[KernelInfo],
-    g: &LossFn,
+    generated: &Generated,
+    p: &Pipeline,
     strategy: Strategy,
     dtype: GemmDType,
     host: &StreamsOut,
-    logits: &BTreeMap<usize, Vec<f32>>,
+    logits: &BTreeMap<InputId, Vec<f32>>,
     (s, t, v): (usize, usize, usize),
 ) -> Result<StreamsOut, Error> {
+    let (g, sched) = (p.grad(), p.schedule());
     let st = &gpu.stream;
     let r = s * t;
-    // One 4-byte array per non-vocab node (and vocab inputs).
+    let e = drv("running the stream kernels");
     let bufs = upload_values(st, g, (s, t, v), |i| {
         host.inputs
             .iter()
-            .find(|(n, _)| *n as usize == i)
-            .map(|(_, a)| match a {
-                HostArray::F(x) => x.iter().map(|f| f.to_bits()).collect(),
-                HostArray::I(x) => x.iter().map(|&k| k as u32).collect(),
-            })
+            .find(|(n, _)| *n == i)
+            .map(|(_, a)| a.words())
     })?;
     let table: Vec<u64> = bufs
         .iter()
         .map(|b| b.as_ref().map_or(0, |b| ptr(b, st)))
         .collect();
-    let table_d = st.clone_htod(&table).map_err(derr)?;
+    let table_d = st.clone_htod(&table).map_err(&e)?;
     let mut zbufs = Vec::new();
     let mut ztable = vec![0u64; g.inputs.len().max(1)];
     for (k, z) in logits {
-        let d = st.clone_htod(z).map_err(derr)?;
-        ztable[*k] = ptr(&d, st);
+        let d = st.clone_htod(z).map_err(&e)?;
+        ztable[k.index()] = ptr(&d, st);
         zbufs.push(d);
     }
-    let ztable_d = st.clone_htod(&ztable).map_err(derr)?;
-    let elem = if dtype == GemmDType::F32 { 4 } else { 2 };
-    let mut obufs: BTreeMap<usize, CudaSlice<u8>> = BTreeMap::new();
+    let ztable_d = st.clone_htod(&ztable).map_err(&e)?;
+    let streams = sched.streams(g, strategy);
+    let mut obufs: BTreeMap<InputId, CudaSlice<u8>> = BTreeMap::new();
     let mut otable = vec![0u64; g.inputs.len().max(1)];
-    let out_heads: Vec<usize> = match strategy {
-        Strategy::Deferred => g
-            .inputs
-            .iter()
-            .enumerate()
-            .filter(|(_, i)| i.kind == InputKind::Logits)
-            .map(|(k, _)| k)
-            .collect(),
-        _ => g.grads().map(|(h, _)| h.index()).collect(),
-    };
-    for k in out_heads {
-        let d: CudaSlice<u8> = st.alloc_zeros(r * v * elem).map_err(derr)?;
-        otable[k] = ptr(&d, st);
-        obufs.insert(k, d);
+    for plan in &streams {
+        for (h, _) in &plan.outputs {
+            let d: CudaSlice<u8> = st.alloc_zeros(r * v * dtype.size()).map_err(&e)?;
+            otable[h.index()] = ptr(&d, st);
+            obufs.insert(*h, d);
+        }
     }
-    let otable_d = st.clone_htod(&otable).map_err(derr)?;
-    let status: CudaSlice<i32> = st.clone_htod(&[0i32, -1, 0, 0]).map_err(derr)?;
-    let (si, ti, vi, ri) = (s as i32, t as i32, v as i32, r as i32);
-    let (zero, ld, ldo, null) = (0i32, v as i64, v as i64, 0u64);
-    let single = LaunchConfig {
-        grid_dim: (1, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    let per_row = LaunchConfig {
-        grid_dim: (r as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let otable_d = st.clone_htod(&otable).map_err(&e)?;
+    let status: CudaSlice<i32> = st.clone_htod(&abi::status::INIT).map_err(&e)?;
+    let (si, ti, vi, ri) = (
+        i32_of("S", s)?,
+        i32_of("T", t)?,
+        i32_of("V", v)?,
+        i32_of("rows", r)?,
+    );
     let f = |kind: KernelKind| -> Result<cudarc::driver::CudaFunction, Error> {
-        let k = kernels
-            .iter()
-            .find(|k| k.kind == kind)
-            .ok_or_else(|| Error::Cuda {
-                lib: "cuda",
-                why: format!("no {kind:?} kernel in the module"),
-            })?;
-        module.load_function(&k.name).map_err(derr)
+        let k = generated
+            .kernel(kind, None)
+            .ok_or_else(|| Error::Internal(format!("no {kind:?} kernel in the module")))?;
+        module
+            .load_function(&k.name)
+            .map_err(drv("loading a generated kernel"))
     };
     let array = |kind: KernelKind| -> Result<(), Error> {
-        let func = f(kind)?;
-        let mut b = st.launch_builder(&func);
-        b.arg(&table_d).arg(&si).arg(&ti).arg(&vi).arg(&status);
-        // SAFETY: the argument list matches the emitted signature (vals, S, T, V, status);
-        // every array the kernel indexes was allocated above with its level's element count.
-        unsafe { b.launch(single) }.map_err(derr)?;
-        Ok(())
+        let args = [
+            Arg::Ptr(ptr(&table_d, st)),
+            Arg::I32(si),
+            Arg::I32(ti),
+            Arg::I32(vi),
+            Arg::Ptr(ptr(&status, st)),
+        ];
+        // Every array the kernel indexes was allocated above with its level's element count.
+        launch(st, &f(kind)?, kind, &args, 1)
     };
     let stream_k = |kind: KernelKind| -> Result<(), Error> {
-        let func = f(kind)?;
-        let mut b = st.launch_builder(&func);
-        b.arg(&table_d)
-            .arg(&ztable_d)
-            .arg(&null)
-            .arg(&zero)
-            .arg(&ri)
-            .arg(&si)
-            .arg(&ti)
-            .arg(&vi)
-            .arg(&ld)
-            .arg(&otable_d)
-            .arg(&ldo);
-        // SAFETY: the arguments match the emitted stream signature; logits and outputs hold
-        // `r` rows of `v` entries with row stride `v`, and every row index is < r.
-        unsafe { b.launch(per_row) }.map_err(derr)?;
-        Ok(())
+        let args = [
+            Arg::Ptr(ptr(&table_d, st)),
+            Arg::Ptr(ptr(&ztable_d, st)),
+            Arg::Ptr(0),
+            Arg::I32(0),
+            Arg::I32(ri),
+            Arg::I32(si),
+            Arg::I32(ti),
+            Arg::I32(vi),
+            Arg::I64(v as i64),
+            Arg::Ptr(ptr(&otable_d, st)),
+            Arg::I64(v as i64),
+        ];
+        // Logits and outputs hold `r` rows of `v` entries with row stride `v`.
+        launch(st, &f(kind)?, kind, &args, r)
     };
     array(KernelKind::Pre)?;
-    match strategy {
-        Strategy::Fused => stream_k(KernelKind::Fused)?,
-        Strategy::Deferred => stream_k(KernelKind::Unit)?,
-        Strategy::GroupAligned => {
-            stream_k(KernelKind::Forward)?;
-            array(KernelKind::GroupNeeded)?;
-            stream_k(KernelKind::Backward)?;
+    for (k, plan) in streams.iter().enumerate() {
+        if k > 0 {
+            // Between the forward and backward streams: the group values the backward needs
+            // (two passes run the whole group stage there).
+            array(if strategy == Strategy::TwoPass {
+                KernelKind::Group
+            } else {
+                KernelKind::GroupNeeded
+            })?;
         }
-        Strategy::TwoPass => {
-            stream_k(KernelKind::Forward)?;
-            array(KernelKind::Group)?;
-            stream_k(KernelKind::Backward)?;
-        }
+        stream_k(match plan.kind {
+            StreamKind::Forward => KernelKind::Forward,
+            StreamKind::Fused => KernelKind::Fused,
+            StreamKind::Unit => KernelKind::Unit,
+            StreamKind::Backward => KernelKind::Backward,
+        })?;
     }
-    st.synchronize().map_err(derr)?;
-    let stat = st.clone_dtoh(&status).map_err(derr)?;
-    if stat[0] != 0 {
+    st.synchronize().map_err(&e)?;
+    let stat = st.clone_dtoh(&status).map_err(&e)?;
+    if stat[abi::status::EMPTY_SEQ] != 0 {
         return Err(Error::EmptySequence {
-            seq: stat[1].max(0) as usize,
+            seq: stat[abi::status::EMPTY_SEQ_INDEX].max(0) as usize,
         });
     }
     let mut out = StreamsOut::default();
     for (k, d) in &obufs {
-        let bytes = st.clone_dtoh(d).map_err(derr)?;
+        let bytes = st.clone_dtoh(d).map_err(&e)?;
         let vals: Vec<f32> = match dtype {
             GemmDType::F32 => bytes
                 .chunks_exact(4)
@@ -391,12 +374,11 @@ pub fn streams_on_gpu(
         out.outs.insert(*k, vals);
     }
     for id in host.rows.keys() {
-        let node = g.node(liger_ir::ValueId(*id));
-        if node.ty.dtype != DType::F32 {
+        if g.ty(*id).dtype != DType::F32 {
             continue;
         }
-        if let Some(b) = &bufs[*id as usize] {
-            let raw = st.clone_dtoh(b).map_err(derr)?;
+        if let Some(b) = &bufs[id.index()] {
+            let raw = st.clone_dtoh(b).map_err(&e)?;
             out.rows
                 .insert(*id, raw.into_iter().map(f32::from_bits).collect());
         }

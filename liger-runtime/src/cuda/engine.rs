@@ -17,8 +17,10 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr};
 
 use crate::Error;
-use crate::cache::{Artifacts, Binary, Cache, KeyParts, hash_text};
+use crate::cache::key::{Target, io_key};
+use crate::cache::{Artifacts, Binary, Cache};
 use crate::cuda::device::Gpu;
+use crate::cuda::{blas as blas_err, drv};
 
 /// Bytes of cuBLAS workspace per stream (NVIDIA's recommendation for Hopper).
 pub const CUBLAS_WORKSPACE: usize = 32 << 20;
@@ -46,13 +48,6 @@ pub struct Engine {
     blas: Mutex<Vec<(usize, Arc<Mutex<Blas>>)>>,
 }
 
-fn derr(e: impl std::fmt::Debug) -> Error {
-    Error::Cuda {
-        lib: "cuda",
-        why: format!("{e:?}"),
-    }
-}
-
 impl Engine {
     /// An engine on `gpu` with `cache`.
     pub fn new(gpu: Gpu, cache: Cache) -> Engine {
@@ -66,9 +61,8 @@ impl Engine {
 
     /// The module of cache key `key`, loading `binary` the first time.
     pub(crate) fn module(&self, key: &str, binary: &Binary) -> Result<Arc<CudaModule>, Error> {
-        let mut m = self.modules.lock().map_err(|_| Error::Cuda {
-            lib: "cuda",
-            why: "the module table was poisoned by a panic in another thread".into(),
+        let mut m = self.modules.lock().map_err(|_| {
+            Error::Internal("the module table was poisoned by a panic in another thread".into())
         })?;
         if let Some(x) = m.get(key) {
             return Ok(x.clone());
@@ -81,17 +75,11 @@ impl Engine {
     /// A function of the runtime's I/O module (compiled once per arch through the cache).
     pub(crate) fn io_fn(&self, name: &str) -> Result<CudaFunction, Error> {
         let arch = self.gpu.arch()?;
-        let driver = self.gpu.driver_version()?;
-        let nv = crate::cuda::libs::nvrtc()?.version;
-        let parts = KeyParts::new()
-            .with(
-                "compiler",
-                format!("liger {} io", env!("CARGO_PKG_VERSION")),
-            )
-            .with("source", hash_text(IO_SOURCE))
-            .with("arch", arch.clone())
-            .with("nvrtc", format!("{}.{}", nv.0, nv.1))
-            .with("driver", format!("{}.{}", driver.0, driver.1));
+        let target = Target {
+            arch: arch.clone(),
+            nvrtc: crate::cuda::libs::nvrtc()?.version,
+        };
+        let parts = io_key(IO_SOURCE, &target);
         let key = parts.key();
         let cached = self.modules.lock().ok().and_then(|m| m.get(&key).cloned());
         let module = match cached {
@@ -102,21 +90,24 @@ impl Engine {
                     ..Artifacts::default()
                 };
                 let (bin, _) = self.cache.get_or_compile(&parts, &artifacts, || {
-                    crate::cuda::nvrtc::cubin(IO_SOURCE, "liger_io.cu", &arch)
+                    crate::cuda::compile::nvrtc_binary(IO_SOURCE, "liger_io.cu", &arch)
                 })?;
                 self.module(&key, &bin)?
             }
         };
-        module.load_function(name).map_err(derr)
+        module
+            .load_function(name)
+            .map_err(drv("loading an I/O kernel"))
     }
 
     /// The cuBLAS handle of `stream` (created with its workspace the first time). Lock it
     /// for the duration of a run.
     pub(crate) fn blas(&self, stream: &Arc<CudaStream>) -> Result<Arc<Mutex<Blas>>, Error> {
         let id = stream.cu_stream() as usize;
-        let mut list = self.blas.lock().map_err(|_| Error::Cuda {
-            lib: "cublas",
-            why: "the handle table was poisoned by a panic in another thread".into(),
+        let mut list = self.blas.lock().map_err(|_| {
+            Error::Internal(
+                "the cuBLAS handle table was poisoned by a panic in another thread".into(),
+            )
         })?;
         if let Some(k) = list.iter().position(|(k, _)| *k == id) {
             // Most recently used last.
@@ -125,11 +116,10 @@ impl Engine {
             list.push(e);
             return Ok(b);
         }
-        let handle = CudaBlas::new(stream.clone()).map_err(|e| Error::Cuda {
-            lib: "cublas",
-            why: format!("{e:?}"),
-        })?;
-        let workspace: CudaSlice<u8> = stream.alloc_zeros(CUBLAS_WORKSPACE).map_err(derr)?;
+        let handle = CudaBlas::new(stream.clone()).map_err(blas_err("creating a handle"))?;
+        let workspace: CudaSlice<u8> = stream
+            .alloc_zeros(CUBLAS_WORKSPACE)
+            .map_err(drv("allocating the cuBLAS workspace"))?;
         {
             let (p, _sync) = workspace.device_ptr(stream);
             // SAFETY: the handle is live; the workspace is a live allocation of
@@ -141,12 +131,7 @@ impl Engine {
                     CUBLAS_WORKSPACE,
                 )
             };
-            if rc != cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-                return Err(Error::Cuda {
-                    lib: "cublas",
-                    why: format!("cublasSetWorkspace: {rc:?}"),
-                });
-            }
+            rc.result().map_err(blas_err("setting the workspace"))?;
         }
         let b = Arc::new(Mutex::new(Blas {
             handle,
@@ -174,8 +159,7 @@ impl Engine {
 
 /// Locks a handle (a poisoned lock is an error, not a panic).
 pub(crate) fn lock(b: &Mutex<Blas>) -> Result<MutexGuard<'_, Blas>, Error> {
-    b.lock().map_err(|_| Error::Cuda {
-        lib: "cublas",
-        why: "a cuBLAS handle was poisoned by a panic in another thread".into(),
+    b.lock().map_err(|_| {
+        Error::Internal("a cuBLAS handle was poisoned by a panic in another thread".into())
     })
 }

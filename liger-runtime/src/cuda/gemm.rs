@@ -72,9 +72,6 @@ impl Gemm<'_> {
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .map_err(|e| Error::Cuda {
-            lib: "cublas",
-            why: format!("{e:?}"),
-        })
+        .map_err(crate::cuda::blas("running a GEMM"))
     }
 }

@@ -13,13 +13,6 @@ use cudarc::driver::{CudaEvent, CudaStream};
 use crate::Error;
 use crate::output::PhaseTime;
 
-fn derr(e: impl std::fmt::Debug) -> Error {
-    Error::Cuda {
-        lib: "cuda",
-        why: format!("{e:?}"),
-    }
-}
-
 /// Marks of one run: `(phase, start, end)`.
 pub(crate) type Marks = Vec<(&'static str, CudaEvent, CudaEvent)>;
 
@@ -43,7 +36,7 @@ impl<'s> Profiler<'s> {
     fn event(&self) -> Result<CudaEvent, Error> {
         self.st
             .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(derr)
+            .map_err(crate::cuda::drv("timing a phase"))
     }
 
     /// Runs `f` (which queues work on the stream) as part of `phase`.
@@ -72,7 +65,10 @@ impl<'s> Profiler<'s> {
 pub(crate) fn summarize(marks: &Marks) -> Result<Vec<PhaseTime>, Error> {
     let mut out: Vec<PhaseTime> = Vec::new();
     for (phase, a, b) in marks {
-        let ms = f64::from(a.elapsed_ms(b).map_err(derr)?);
+        let ms = f64::from(
+            a.elapsed_ms(b)
+                .map_err(crate::cuda::drv("timing a phase"))?,
+        );
         match out.iter_mut().find(|p| p.phase == *phase) {
             Some(p) => {
                 p.ms += ms;

@@ -1,8 +1,5 @@
 // ---- liger prelude: header-free helpers (no CUDA headers, no libm macros) ----
 #define LIGER_NEG_INF __int_as_float(0xff800000)
-#define LIGER_BLOCK 256
-// Vocabulary positions per thread and loop trip whose logits are loaded together.
-#define LIGER_UNROLL 4
 
 __device__ __forceinline__ float liger_softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
 __device__ __forceinline__ float liger_sigmoid(float x) {
@@ -16,6 +13,7 @@ __device__ __forceinline__ float liger_logaddexp(float a, float b) {
     return m + log1pf(expf(-fabsf(a - b)));
 }
 __device__ __forceinline__ float liger_clamp(float x, float lo, float hi) { return fminf(fmaxf(x, lo), hi); }
+__device__ __forceinline__ float liger_square(float x) { return x * x; }
 
 // bf16 / f16 stores without headers: round to nearest even in PTX (sm_80+).
 __device__ __forceinline__ unsigned short liger_f2bf(float x) {
@@ -82,12 +80,5 @@ __device__ __forceinline__ int liger_block_argmax(float x, int k, float* sh, int
     }
     __syncthreads();
     return shi[0];
-}
-// Adds the bias to every row of fp32 logits (after the lm-head GEMM).
-extern "C" __global__ void liger_add_bias(float* __restrict__ z, const float* __restrict__ b, int rows, int V, long long ld) {
-    const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (e >= (long long)rows * V) { return; }
-    const int i = (int)(e / V), v = (int)(e % V);
-    z[(long long)i * ld + v] += b[v];
 }
 // ---- end of prelude ----

@@ -1,0 +1,1157 @@
+//! The CUDA backend of the strategy driver: cuBLAS GEMMs (GEMM-dtype inputs, fp32 logits, fp32
+//! `dx` and `dW` accumulators) and the generated kernels, for every strategy.
+//!
+//! [`enqueue`] is the core: given device addresses of the heads and the side inputs (as host
+//! words or device tensors the I/O kernels convert and check), it plans the chunks under the
+//! budget with this backend's [`MemoryModel`], queues every copy, GEMM and kernel on one
+//! stream through the driver ([`crate::driver::drive`]) and never synchronises it; the result
+//! ([`Ran`]) holds the device buffers of the loss, metrics and gradients (in the dtypes asked
+//! for), the status words and two events. The host API ([`crate::cuda::host`]) and the device
+//! API ([`crate::cuda::api`]) are the two ways in.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cudarc::cublas::sys::cudaDataType;
+use cudarc::driver::{CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtrMut};
+use half::{bf16, f16};
+use liger_ir::emit::abi::{self, KernelKind};
+use liger_ir::emit::{EmitOptions, GemmDType};
+use liger_ir::schedule::Dims;
+use liger_ir::stream::{StreamKind, StreamPlan};
+use liger_ir::{DType, InputId, LossFn, Op, OutputKind, Pipeline, Strategy, ValueId};
+
+use crate::Error;
+use crate::cuda::checks::{
+    CheckWhat, Checker, DevSide, SideKind, cast_to, dptr, fetch, io_cfg, io_suffix,
+};
+use crate::cuda::device::upload_values;
+use crate::cuda::drv;
+use crate::cuda::engine::{Engine, lock};
+use crate::cuda::gemm::Gemm;
+use crate::cuda::launch::{Arg, i32_of, launch};
+use crate::cuda::profile::{Marks, Profiler};
+use crate::driver::{self, ArrayStage, Backend, Rows};
+use crate::output::{GradBuf, HeadGrads, MetricOutput, Report};
+use crate::plan::{Footprint, GradDTypes, MemoryModel, RunOptions, plan};
+use crate::tensor::DType as HDType;
+
+/// A gradient on the device, in the dtype asked for.
+#[derive(Debug)]
+pub enum DeviceGrad {
+    /// f32.
+    F32(CudaSlice<f32>),
+    /// bfloat16.
+    BF16(CudaSlice<bf16>),
+    /// IEEE half.
+    F16(CudaSlice<f16>),
+}
+
+impl DeviceGrad {
+    /// Its dtype.
+    pub fn dtype(&self) -> HDType {
+        match self {
+            DeviceGrad::F32(_) => HDType::F32,
+            DeviceGrad::BF16(_) => HDType::BF16,
+            DeviceGrad::F16(_) => HDType::F16,
+        }
+    }
+
+    /// Elements.
+    pub fn len(&self) -> usize {
+        match self {
+            DeviceGrad::F32(x) => x.len(),
+            DeviceGrad::BF16(x) => x.len(),
+            DeviceGrad::F16(x) => x.len(),
+        }
+    }
+
+    /// Whether it has no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes.
+    pub fn num_bytes(&self) -> usize {
+        self.len() * if self.dtype() == HDType::F32 { 4 } else { 2 }
+    }
+
+    /// The f32 buffer, when it is f32.
+    pub fn as_f32(&self) -> Option<&CudaSlice<f32>> {
+        match self {
+            DeviceGrad::F32(x) => Some(x),
+            _ => None,
+        }
+    }
+
+    /// The bf16 buffer, when it is bf16.
+    pub fn as_bf16(&self) -> Option<&CudaSlice<bf16>> {
+        match self {
+            DeviceGrad::BF16(x) => Some(x),
+            _ => None,
+        }
+    }
+
+    /// The f16 buffer, when it is f16.
+    pub fn as_f16(&self) -> Option<&CudaSlice<f16>> {
+        match self {
+            DeviceGrad::F16(x) => Some(x),
+            _ => None,
+        }
+    }
+
+    /// Records "all work queued on `st` so far" as this buffer's last write.
+    fn mark_written(&mut self, st: &CudaStream) {
+        match self {
+            DeviceGrad::F32(x) => drop(x.device_ptr_mut(st)),
+            DeviceGrad::BF16(x) => drop(x.device_ptr_mut(st)),
+            DeviceGrad::F16(x) => drop(x.device_ptr_mut(st)),
+        }
+    }
+
+    /// Copies to the host (synchronises `st`).
+    pub fn to_host(&self, st: &Arc<CudaStream>) -> Result<GradBuf, Error> {
+        let e = drv("copying a gradient to the host");
+        Ok(match self {
+            DeviceGrad::F32(x) => GradBuf::F32(st.clone_dtoh(x).map_err(e)?),
+            DeviceGrad::BF16(x) => GradBuf::BF16(st.clone_dtoh(x).map_err(e)?),
+            DeviceGrad::F16(x) => GradBuf::F16(st.clone_dtoh(x).map_err(e)?),
+        })
+    }
+}
+
+/// The gradients of one head on the device.
+#[derive(Debug)]
+pub struct DeviceHeadGrads {
+    /// The head's name.
+    pub head: String,
+    /// `dL/dx`, `[S,T,H]`.
+    pub x: DeviceGrad,
+    /// `dL/dW`, `[V,H]` (accumulated in f32 across chunks).
+    pub w: DeviceGrad,
+    /// `dL/db`, `[V]`, when the head has a bias.
+    pub b: Option<DeviceGrad>,
+}
+
+impl DeviceHeadGrads {
+    /// The gradient buffers as `(x, w, b)`.
+    pub fn parts(&self) -> (&DeviceGrad, &DeviceGrad, Option<&DeviceGrad>) {
+        (&self.x, &self.w, self.b.as_ref())
+    }
+}
+
+/// Queued work and the device buffers it fills.
+pub(crate) struct Ran {
+    /// One 4-byte array per non-vocab node (loss and metrics among them), by node.
+    pub vals: Vec<Option<CudaSlice<u32>>>,
+    /// The generated kernels' status words (layout: [`abi::status`]).
+    pub status: CudaSlice<i32>,
+    /// Device-side input checks, when the inputs were not checked on the host.
+    pub checker: Option<Checker>,
+    /// Gradients.
+    pub grads: Vec<DeviceHeadGrads>,
+    /// Events around the compute.
+    pub events: (CudaEvent, CudaEvent),
+    /// The plan and sizes (no device time or peak: those need a synchronisation).
+    pub report: Report,
+    /// Bytes of the value arrays of input nodes and of the returned gradients (what the
+    /// peak rule counts as allocated before the call).
+    pub io_bytes: usize,
+    /// Bytes the executor allocated for work (value arrays, tables, chunk buffers).
+    pub work_bytes: usize,
+    /// Phase events, when profiled.
+    pub marks: Marks,
+}
+
+impl Ran {
+    /// Reads the status words after `st` has run the work (synchronises `st`): the first
+    /// failed input check or empty sequence is an error; otherwise the warnings.
+    pub fn status(&self, st: &Arc<CudaStream>) -> Result<Vec<String>, Error> {
+        if let Some(c) = &self.checker {
+            let host = st
+                .clone_dtoh(&c.slots)
+                .map_err(drv("reading the input checks"))?;
+            if let Some(e) = c.error(&host) {
+                return Err(e);
+            }
+        }
+        let stat = st
+            .clone_dtoh(&self.status)
+            .map_err(drv("reading the status words"))?;
+        let word = |k: usize| stat.get(k).copied().unwrap_or(0);
+        if word(abi::status::EMPTY_SEQ) != 0 {
+            return Err(Error::EmptySequence {
+                seq: word(abi::status::EMPTY_SEQ_INDEX).max(0) as usize,
+            });
+        }
+        Ok(if word(abi::status::MEAN_NO_ROWS) != 0 {
+            vec!["a row-level mean selects no row in the batch: it is 0, with no gradient".into()]
+        } else {
+            vec![]
+        })
+    }
+
+    /// The f32 values of node `id` (synchronises `st`).
+    pub fn read(&self, g: &LossFn, st: &Arc<CudaStream>, id: ValueId) -> Result<Vec<f32>, Error> {
+        match &self.vals[id.index()] {
+            Some(b) if g.ty(id).dtype == DType::F32 => Ok(st
+                .clone_dtoh(b)
+                .map_err(drv("copying a result to the host"))?
+                .into_iter()
+                .map(f32::from_bits)
+                .collect()),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Loss, metrics and gradients on the host (synchronises `st`).
+    pub fn to_host(
+        &self,
+        g: &LossFn,
+        st: &Arc<CudaStream>,
+    ) -> Result<(f32, Vec<MetricOutput>, Vec<HeadGrads>), Error> {
+        let mut loss = f32::NAN;
+        let mut metrics = Vec::new();
+        for o in &g.outputs {
+            match &o.kind {
+                OutputKind::Loss => {
+                    loss = self
+                        .read(g, st, o.value)?
+                        .first()
+                        .copied()
+                        .unwrap_or(f32::NAN)
+                }
+                OutputKind::Metric(n) => metrics.push(MetricOutput {
+                    name: n.clone(),
+                    level: g.ty(o.value).level,
+                    values: self.read(g, st, o.value)?,
+                }),
+                OutputKind::Grad(_) => {}
+            }
+        }
+        let mut grads = Vec::new();
+        for d in &self.grads {
+            grads.push(HeadGrads {
+                head: d.head.clone(),
+                x: d.x.to_host(st)?,
+                w: d.w.to_host(st)?,
+                b: match &d.b {
+                    Some(b) => Some(b.to_host(st)?),
+                    None => None,
+                },
+            });
+        }
+        Ok((loss, metrics, grads))
+    }
+}
+
+/// One lm head on the device, as raw addresses valid until the queued work has run.
+pub(crate) struct DevHead {
+    /// The head's name.
+    pub name: String,
+    /// Its input.
+    pub input: InputId,
+    /// `x [S,T,H]` in the GEMM dtype.
+    pub x: u64,
+    /// `W [V,H]` in the GEMM dtype.
+    pub w: u64,
+    /// `b [V]` in f32.
+    pub b: Option<u64>,
+    /// Hidden size.
+    pub h: usize,
+    /// Whether its gradients are computed.
+    pub grad: bool,
+}
+
+/// Everything [`enqueue`] needs.
+pub(crate) struct Job<'a> {
+    /// The loss through the pipeline.
+    pub p: &'a Pipeline,
+    /// `(S, T, V)`.
+    pub dims: (usize, usize, usize),
+    /// The heads, in schedule order.
+    pub heads: Vec<DevHead>,
+    /// The GEMM dtype of every head's x and W.
+    pub dtype: HDType,
+    /// Value-table words given on the host, by node (host inputs and hyperparameters).
+    pub words: BTreeMap<ValueId, Vec<u32>>,
+    /// Side inputs on the device.
+    pub side: Vec<DevSide>,
+    /// Device-side checks (the device API), or none (inputs checked on the host).
+    pub checker: Option<Checker>,
+    /// The options.
+    pub opts: &'a RunOptions,
+}
+
+/// How the CUDA executor counts working memory: per chunk row the fp32 logits of every head,
+/// `dlogits` in the GEMM dtype per gradient head and the chunk's x/dx rows; whole-batch value
+/// arrays and tables; a deferred group's units (GEMM dtype) and scaled x rows; f32 working
+/// copies of gradients returned in bf16/f16; 4 MiB of slack.
+struct CudaMemory {
+    rows: usize,
+    vocab: usize,
+    hidden: Vec<usize>,
+    grads: usize,
+    row_values: usize,
+    group_rows: usize,
+    units: usize,
+    esz: usize,
+    grad_copies: usize,
+}
+
+impl CudaMemory {
+    fn per_row(&self) -> usize {
+        let hsum: usize = self.hidden.iter().sum();
+        self.vocab * 4 * self.hidden.len() + self.vocab * self.esz * self.grads + hsum * 4 + 8
+    }
+
+    fn deferred_fixed(&self) -> usize {
+        let hsum: usize = self.hidden.iter().sum();
+        self.group_rows * (self.vocab * self.esz * self.units + hsum * self.esz + 8)
+    }
+}
+
+impl MemoryModel for CudaMemory {
+    fn footprint(&self, s: Strategy) -> Footprint {
+        let fixed = self.rows * 4 * (self.row_values + 8) + (4 << 20) + self.grad_copies;
+        let (fixed, min_rows) = match s {
+            Strategy::Fused | Strategy::TwoPass => (fixed, 1),
+            Strategy::GroupAligned => (fixed, self.group_rows),
+            Strategy::Deferred => (fixed + self.deferred_fixed(), 1),
+        };
+        Footprint {
+            fixed,
+            per_row: self.per_row(),
+            min_rows,
+            grad_copies: self.grad_copies,
+        }
+    }
+}
+
+/// A head's device state: its chunk logits, `dlogits` and f32 gradient accumulators.
+struct DevState<'h> {
+    head: &'h DevHead,
+    z: CudaSlice<f32>,
+    dz: Option<CudaSlice<u8>>,
+    dx: Option<CudaSlice<f32>>,
+    dw: Option<CudaSlice<f32>>,
+    db: Option<CudaSlice<f32>>,
+}
+
+/// A deferred factor's group buffers.
+struct Units {
+    /// Index into the device states.
+    dev: usize,
+    coef_fn: CudaFunction,
+    /// The group's unit rows, `[group rows, V]` in the GEMM dtype.
+    u: CudaSlice<u8>,
+    /// The group's scaled x rows, `[group rows, H]` in the GEMM dtype.
+    xs: CudaSlice<u8>,
+    /// The group's coefficients.
+    cf: CudaSlice<f32>,
+}
+
+/// The CUDA backend of the strategy driver.
+struct Cuda<'a> {
+    st: &'a Arc<CudaStream>,
+    gemm: Gemm<'a>,
+    prof: &'a Profiler<'a>,
+    funcs: BTreeMap<(KernelKind, Option<InputId>), CudaFunction>,
+    dev: Vec<DevState<'a>>,
+    units: Vec<Units>,
+    table: u64,
+    ztab: u64,
+    otab: u64,
+    status: u64,
+    dims: (usize, usize, usize),
+    esz: usize,
+    /// The current chunk's segments and, for more than one, its device row map.
+    segs: Vec<(usize, usize)>,
+    map: Option<CudaSlice<i32>>,
+    /// Small per-chunk tables kept alive until the work that reads them is queued.
+    scratch: Vec<CudaSlice<u64>>,
+}
+
+impl Cuda<'_> {
+    fn func(&self, kind: KernelKind, head: Option<InputId>) -> Result<&CudaFunction, Error> {
+        self.funcs.get(&(kind, head)).ok_or_else(|| {
+            Error::Internal(format!("the module has no {kind:?} kernel for {head:?}"))
+        })
+    }
+
+    fn sizes(&self) -> Result<(i32, i32, i32), Error> {
+        let (s, t, v) = self.dims;
+        Ok((i32_of("S", s)?, i32_of("T", t)?, i32_of("V", v)?))
+    }
+
+    /// `(rows pointer or 0, row0)` of the current chunk for a stream or coefficient kernel.
+    fn row_args(&self) -> (u64, i32) {
+        match (&self.map, self.segs.first()) {
+            (Some(m), _) => (dptr(m, self.st), 0),
+            (None, Some(&(a, _))) => (0, a as i32),
+            (None, None) => (0, 0),
+        }
+    }
+
+    fn set_rows(&mut self, rows: &Rows) -> Result<(), Error> {
+        self.segs = rows.to_vec();
+        self.map = if rows.len() > 1 {
+            let m: Vec<i32> = rows
+                .iter()
+                .flat_map(|&(a, l)| (a..a + l).map(|x| x as i32))
+                .collect();
+            Some(
+                self.st
+                    .clone_htod(&m)
+                    .map_err(drv("uploading a chunk's row map"))?,
+            )
+        } else {
+            None
+        };
+        i32_of("row", rows.iter().map(|&(a, l)| a + l).max().unwrap_or(0))?;
+        Ok(())
+    }
+
+    fn chunk_rows(&self) -> usize {
+        self.segs.iter().map(|s| s.1).sum()
+    }
+
+    fn bias_grad(&self, dz: u64, c: usize, coef: u64, db: &CudaSlice<f32>) -> Result<(), Error> {
+        let v = self.dims.2;
+        let f = self.func(KernelKind::Bias, None)?;
+        let args = [
+            Arg::Ptr(dz),
+            Arg::I32(i32_of("rows", c)?),
+            Arg::I32(i32_of("V", v)?),
+            Arg::I64(v as i64),
+            Arg::Ptr(coef),
+            Arg::Ptr(dptr(db, self.st)),
+        ];
+        // dz holds c rows of v GEMM-dtype entries; coef is null or holds c floats; db v floats.
+        self.prof.time("bias gradient", || {
+            launch(self.st, f, KernelKind::Bias, &args, v)
+        })
+    }
+}
+
+impl Backend for Cuda<'_> {
+    fn array(&mut self, stage: ArrayStage) -> Result<(), Error> {
+        let kind = match stage {
+            ArrayStage::Pre => KernelKind::Pre,
+            ArrayStage::GroupNeeded => KernelKind::GroupNeeded,
+            ArrayStage::Group => KernelKind::Group,
+        };
+        let (si, ti, vi) = self.sizes()?;
+        let f = self.func(kind, None)?;
+        let args = [
+            Arg::Ptr(self.table),
+            Arg::I32(si),
+            Arg::I32(ti),
+            Arg::I32(vi),
+            Arg::Ptr(self.status),
+        ];
+        // The value table holds one array per non-vocab node, sized for its level.
+        self.prof
+            .time("pre/group kernels", || launch(self.st, f, kind, &args, 1))
+    }
+
+    fn logits(&mut self, heads: &[InputId], rows: &Rows) -> Result<(), Error> {
+        self.set_rows(rows)?;
+        let v = self.dims.2;
+        for d in &self.dev {
+            if !heads.contains(&d.head.input) {
+                continue;
+            }
+            let h = d.head;
+            let mut off = 0;
+            for &(r0, len) in &self.segs {
+                let xp = h.x + (r0 * h.h * self.esz) as u64;
+                let zp = dptr(&d.z, self.st) + (off * v * 4) as u64;
+                self.prof.time("logits GEMM", || {
+                    self.gemm
+                        .run(true, false, v, len, h.h, h.w, h.h, xp, h.h, 0.0, zp, v)
+                })?;
+                if let Some(b) = h.b {
+                    let f = self.func(KernelKind::AddBias, None)?;
+                    let args = [
+                        Arg::Ptr(zp),
+                        Arg::Ptr(b),
+                        Arg::I32(i32_of("rows", len)?),
+                        Arg::I32(i32_of("V", v)?),
+                        Arg::I64(v as i64),
+                    ];
+                    // z holds `len` rows of v floats from zp; b holds v floats.
+                    self.prof.time("bias add", || {
+                        launch(self.st, f, KernelKind::AddBias, &args, len * v)
+                    })?;
+                }
+                off += len;
+            }
+        }
+        Ok(())
+    }
+
+    fn stream(&mut self, plan: &StreamPlan, _rows: &Rows, unit_offset: usize) -> Result<(), Error> {
+        let (kind, outs) = match plan.kind {
+            StreamKind::Forward => (KernelKind::Forward, self.otab),
+            StreamKind::Fused => (KernelKind::Fused, self.otab),
+            StreamKind::Backward => (KernelKind::Backward, self.otab),
+            StreamKind::Unit => {
+                let v = self.dims.2;
+                let mut ot = vec![
+                    0u64;
+                    self.dev
+                        .iter()
+                        .map(|d| d.head.input.index() + 1)
+                        .max()
+                        .unwrap_or(1)
+                ];
+                for u in &self.units {
+                    ot[self.dev[u.dev].head.input.index()] =
+                        dptr(&u.u, self.st) + (unit_offset * v * self.esz) as u64;
+                }
+                let t = self
+                    .st
+                    .clone_htod(&ot)
+                    .map_err(drv("uploading a unit table"))?;
+                let p = dptr(&t, self.st);
+                self.scratch.push(t);
+                (KernelKind::Unit, p)
+            }
+        };
+        let (si, ti, vi) = self.sizes()?;
+        let (rows, row0) = self.row_args();
+        let c = self.chunk_rows();
+        let v = self.dims.2 as i64;
+        let f = self.func(kind, None)?;
+        let args = [
+            Arg::Ptr(self.table),
+            Arg::Ptr(self.ztab),
+            Arg::Ptr(rows),
+            Arg::I32(row0),
+            Arg::I32(i32_of("rows", c)?),
+            Arg::I32(si),
+            Arg::I32(ti),
+            Arg::I32(vi),
+            Arg::I64(v),
+            Arg::Ptr(outs),
+            Arg::I64(v),
+        ];
+        // The logits and output tables point at chunk buffers of at least c rows of V entries;
+        // a row map holds c row indices below S·T.
+        self.prof
+            .time("stream kernels", || launch(self.st, f, kind, &args, c))
+    }
+
+    fn grads(&mut self, _rows: &Rows) -> Result<(), Error> {
+        let v = self.dims.2;
+        for d in &self.dev {
+            let (Some(dz), Some(dx), Some(dw)) = (&d.dz, &d.dx, &d.dw) else {
+                continue;
+            };
+            let h = d.head;
+            let mut off = 0;
+            for &(r0, len) in &self.segs {
+                let dzp = dptr(dz, self.st) + (off * v * self.esz) as u64;
+                let dxp = dptr(dx, self.st) + (r0 * h.h * 4) as u64;
+                let xp = h.x + (r0 * h.h * self.esz) as u64;
+                self.prof.time("dx GEMM", || {
+                    self.gemm
+                        .run(false, false, h.h, len, v, h.w, h.h, dzp, v, 0.0, dxp, h.h)
+                })?;
+                self.prof.time("dW GEMM", || {
+                    self.gemm.run(
+                        false,
+                        true,
+                        h.h,
+                        v,
+                        len,
+                        xp,
+                        h.h,
+                        dzp,
+                        v,
+                        1.0,
+                        dptr(dw, self.st),
+                        h.h,
+                    )
+                })?;
+                off += len;
+            }
+            if let Some(db) = &d.db {
+                self.bias_grad(dptr(dz, self.st), off, 0, db)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn unit_dx(&mut self, _rows: &Rows, unit_offset: usize) -> Result<(), Error> {
+        let v = self.dims.2;
+        let c = self.chunk_rows();
+        let r0 = self.segs.first().map_or(0, |s| s.0);
+        for u in &self.units {
+            let d = &self.dev[u.dev];
+            let Some(dx) = &d.dx else { continue };
+            let h = d.head;
+            let up = dptr(&u.u, self.st) + (unit_offset * v * self.esz) as u64;
+            let dxp = dptr(dx, self.st) + (r0 * h.h * 4) as u64;
+            self.prof.time("dx GEMM", || {
+                self.gemm
+                    .run(false, false, h.h, c, v, h.w, h.h, up, v, 0.0, dxp, h.h)
+            })?;
+        }
+        Ok(())
+    }
+
+    fn finish_group(&mut self, group: &Rows) -> Result<(), Error> {
+        self.set_rows(group)?;
+        let v = self.dims.2;
+        let gr = self.chunk_rows();
+        let (si, ti, _) = self.sizes()?;
+        let (rows, row0) = self.row_args();
+        for u in &self.units {
+            let d = &self.dev[u.dev];
+            let h = d.head;
+            let args = [
+                Arg::Ptr(self.table),
+                Arg::Ptr(rows),
+                Arg::I32(row0),
+                Arg::I32(i32_of("rows", gr)?),
+                Arg::I32(si),
+                Arg::I32(ti),
+                Arg::Ptr(dptr(&u.cf, self.st)),
+            ];
+            // The coefficient kernel reads the value table and writes gr floats into cf.
+            self.prof.time("deferred scaling", || {
+                launch(self.st, &u.coef_fn, KernelKind::Coef, &args, gr)
+            })?;
+            let mut off = 0;
+            for &(a, l) in &self.segs {
+                let (li, hi, ldx) = (i32_of("rows", l)?, i32_of("H", h.h)?, h.h as i64);
+                let cp = dptr(&u.cf, self.st) + (off * 4) as u64;
+                if let Some(dx) = &d.dx {
+                    let dxp = dptr(dx, self.st) + (a * h.h * 4) as u64;
+                    let f = self.func(KernelKind::ScaleRows, None)?;
+                    let args = [
+                        Arg::Ptr(dxp),
+                        Arg::I64(ldx),
+                        Arg::I32(li),
+                        Arg::I32(hi),
+                        Arg::Ptr(cp),
+                    ];
+                    // dx holds these l rows of h floats; cf holds l floats from cp.
+                    self.prof.time("deferred scaling", || {
+                        launch(self.st, f, KernelKind::ScaleRows, &args, l * h.h)
+                    })?;
+                }
+                let xp = h.x + (a * h.h * self.esz) as u64;
+                let xsp = dptr(&u.xs, self.st) + (off * h.h * self.esz) as u64;
+                let f = self.func(KernelKind::ScaledCopy, None)?;
+                let args = [
+                    Arg::Ptr(xp),
+                    Arg::I64(ldx),
+                    Arg::I32(li),
+                    Arg::I32(hi),
+                    Arg::Ptr(cp),
+                    Arg::Ptr(xsp),
+                ];
+                // x holds these l rows; xs has room for them at this offset.
+                self.prof.time("deferred scaling", || {
+                    launch(self.st, f, KernelKind::ScaledCopy, &args, l * h.h)
+                })?;
+                off += l;
+            }
+            if let Some(dw) = &d.dw {
+                let (xsp, up) = (dptr(&u.xs, self.st), dptr(&u.u, self.st));
+                self.prof.time("dW GEMM", || {
+                    self.gemm.run(
+                        false,
+                        true,
+                        h.h,
+                        v,
+                        gr,
+                        xsp,
+                        h.h,
+                        up,
+                        v,
+                        1.0,
+                        dptr(dw, self.st),
+                        h.h,
+                    )
+                })?;
+            }
+            if let Some(db) = &d.db {
+                self.bias_grad(dptr(&u.u, self.st), gr, dptr(&u.cf, self.st), db)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Queues the conversion (and, with a checker, the check) of device side input `d` into its
+/// value-table array `out`.
+fn convert_side(
+    engine: &Engine,
+    st: &Arc<CudaStream>,
+    d: &DevSide,
+    out: u64,
+    checker: Option<&mut Checker>,
+    (t, v, ignore): (usize, usize, i64),
+) -> Result<(), Error> {
+    use cudarc::driver::PushKernelArg;
+    let n = d.len as i64;
+    let cfg = io_cfg(d.len);
+    let null = 0u64;
+    let e = drv("converting a device input");
+    match d.kind {
+        SideKind::Float => {
+            let slot = match checker {
+                Some(c) => c.slot(st, &d.name, CheckWhat::Finite)?,
+                None => null,
+            };
+            let f = engine.io_fn(&format!("liger_in_float_{}", io_suffix(d.dtype)))?;
+            let mut b = st.launch_builder(&f);
+            b.arg(&d.ptr).arg(&n).arg(&out).arg(&slot);
+            // SAFETY: d.ptr holds d.len elements of its float dtype, out d.len words; slot is
+            // null or a live u64 pair.
+            unsafe { b.launch(cfg) }.map_err(e)?;
+            if slot != null {
+                fetch(engine, st, d.ptr, d.dtype, slot)?;
+            }
+        }
+        SideKind::Tokens { target } => {
+            let Some(c) = checker else {
+                return Err(Error::Internal("device token ids need a checker".into()));
+            };
+            let what = CheckWhat::Tokens {
+                vocab: v,
+                t,
+                ignore,
+            };
+            let slot = c.slot(st, &d.name, what)?;
+            let f = engine.io_fn(&format!("liger_in_tokens_{}", io_suffix(d.dtype)))?;
+            let (use_ign, vi) = (i32::from(target), i32_of("V", v)?);
+            let mut b = st.launch_builder(&f);
+            b.arg(&d.ptr)
+                .arg(&n)
+                .arg(&ignore)
+                .arg(&use_ign)
+                .arg(&vi)
+                .arg(&out)
+                .arg(&slot);
+            // SAFETY: d.ptr holds d.len ids of its integer dtype, out d.len words; slot is a
+            // live u64 pair.
+            unsafe { b.launch(cfg) }.map_err(e)?;
+            fetch(engine, st, d.ptr, d.dtype, slot)?;
+        }
+        SideKind::Mask => {
+            let f = engine.io_fn(&format!("liger_in_mask_{}", io_suffix(d.dtype)))?;
+            let mut b = st.launch_builder(&f);
+            b.arg(&d.ptr).arg(&n).arg(&out);
+            // SAFETY: d.ptr holds d.len mask elements of its dtype, out d.len words.
+            unsafe { b.launch(cfg) }.map_err(e)?;
+        }
+    }
+    Ok(())
+}
+
+fn event(st: &CudaStream) -> Result<CudaEvent, Error> {
+    st.record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+        .map_err(drv("recording an event"))
+}
+
+/// Queues the whole run on `st` (see the module docs); nothing here synchronises `st`.
+pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Result<Ran, Error> {
+    let Job {
+        p,
+        dims: (s, t, v),
+        heads,
+        dtype: hd,
+        words,
+        side,
+        mut checker,
+        opts,
+    } = job;
+    opts.grad_dtypes.check()?;
+    let (g, sched) = (p.grad(), p.schedule());
+    let r = s * t;
+    let (dtype, cdt) = match hd {
+        HDType::BF16 => (GemmDType::BF16, cudaDataType::CUDA_R_16BF),
+        HDType::F16 => (GemmDType::F16, cudaDataType::CUDA_R_16F),
+        _ => (GemmDType::F32, cudaDataType::CUDA_R_32F),
+    };
+    let esz = dtype.size();
+    let dims = Dims {
+        num_seqs: s,
+        seq_len: t,
+        vocab: v,
+        hidden: heads.iter().map(|h| h.h).collect(),
+    };
+    let group_rows = sched.group_rows(r, t);
+    let mem = CudaMemory {
+        rows: r,
+        vocab: v,
+        hidden: dims.hidden.clone(),
+        grads: heads.iter().filter(|h| h.grad).count(),
+        row_values: sched.row_values,
+        group_rows,
+        units: sched.factors.as_ref().map_or(0, Vec::len),
+        esz,
+        grad_copies: heads
+            .iter()
+            .filter(|h| h.grad)
+            .map(|h| opts.grad_dtypes.working_bytes(r, h.h, v, h.b.is_some()))
+            .sum(),
+    };
+    let pl = plan(p, &dims, opts.chunk_memory, opts.schedule, &mem)?;
+    let strategy = pl.strategy;
+    let chunk = pl.chunk_rows;
+    let arch = engine.gpu.arch()?;
+    let compiled = crate::cuda::compile::compile(
+        p,
+        strategy,
+        &EmitOptions { gemm_dtype: dtype },
+        &arch,
+        &engine.cache,
+    )?;
+    let module = engine.module(&compiled.key.key(), &compiled.binary)?;
+    let mut funcs = BTreeMap::new();
+    for k in &compiled.module.kernels {
+        funcs.insert(
+            (k.kind, k.head),
+            module
+                .load_function(&k.name)
+                .map_err(drv("loading a generated kernel"))?,
+        );
+    }
+    let blas_h = engine.blas(st)?;
+    let blas = lock(&blas_h)?;
+    let prof = Profiler::new(st, opts.profile);
+    let alloc = drv("allocating working memory");
+
+    // Values: one array per non-vocab node; host words uploaded, device inputs converted.
+    let vals = upload_values(st, g, (s, t, v), |i| words.get(&i).cloned())?;
+    for d in &side {
+        let Some(out) = &vals[d.node.index()] else {
+            continue;
+        };
+        convert_side(
+            engine,
+            st,
+            d,
+            dptr(out, st),
+            checker.as_mut(),
+            (t, v, opts.ignore_index),
+        )?;
+    }
+    let table: Vec<u64> = vals
+        .iter()
+        .map(|b| b.as_ref().map_or(0, |b| dptr(b, st)))
+        .collect();
+    let table_d = st.clone_htod(&table).map_err(&alloc)?;
+    let status: CudaSlice<i32> = st.clone_htod(&abi::status::INIT).map_err(&alloc)?;
+
+    // Per head: chunk logits, dlogits, f32 gradient accumulators.
+    let mut dev = Vec::new();
+    for h in &heads {
+        let grad = h.grad;
+        dev.push(DevState {
+            head: h,
+            z: st.alloc_zeros(chunk * v).map_err(&alloc)?,
+            dz: if grad && strategy != Strategy::Deferred {
+                Some(st.alloc_zeros(chunk * v * esz).map_err(&alloc)?)
+            } else {
+                None
+            },
+            dx: if grad {
+                Some(st.alloc_zeros(r * h.h).map_err(&alloc)?)
+            } else {
+                None
+            },
+            dw: if grad {
+                Some(st.alloc_zeros(v * h.h).map_err(&alloc)?)
+            } else {
+                None
+            },
+            db: if grad && h.b.is_some() {
+                Some(st.alloc_zeros(v).map_err(&alloc)?)
+            } else {
+                None
+            },
+        });
+    }
+    let slots = g.inputs.len().max(1);
+    let mut ztab = vec![0u64; slots];
+    let mut otab = vec![0u64; slots];
+    for d in &dev {
+        ztab[d.head.input.index()] = dptr(&d.z, st);
+        if let Some(dz) = &d.dz {
+            otab[d.head.input.index()] = dptr(dz, st);
+        }
+    }
+    let ztab_d = st.clone_htod(&ztab).map_err(&alloc)?;
+    let otab_d = st.clone_htod(&otab).map_err(&alloc)?;
+    let mut units = Vec::new();
+    if strategy == Strategy::Deferred {
+        for f in sched.factors.iter().flatten() {
+            let d = dev
+                .iter()
+                .position(|d| d.head.input == f.head)
+                .ok_or_else(|| Error::Internal("a deferred factor of no head".into()))?;
+            let coef_fn = module
+                .load_function(
+                    &compiled
+                        .module
+                        .kernel(KernelKind::Coef, Some(f.head))
+                        .ok_or_else(|| Error::Internal("no coefficient kernel".into()))?
+                        .name,
+                )
+                .map_err(drv("loading a generated kernel"))?;
+            units.push(Units {
+                dev: d,
+                coef_fn,
+                u: st.alloc_zeros(group_rows * v * esz).map_err(&alloc)?,
+                xs: st
+                    .alloc_zeros(group_rows * dev[d].head.h * esz)
+                    .map_err(&alloc)?,
+                cf: st.alloc_zeros(group_rows).map_err(&alloc)?,
+            });
+        }
+    }
+
+    // Working memory: value arrays of non-input nodes, tables, logits and dlogits buffers.
+    let input_node = |i: usize| matches!(g.nodes[i].op, Op::Input(_));
+    let work_bytes: usize = vals
+        .iter()
+        .enumerate()
+        .filter(|(i, b)| b.is_some() && !input_node(*i))
+        .map(|(_, b)| b.as_ref().map_or(0, |b| b.len() * 4))
+        .sum::<usize>()
+        + table.len() * 8
+        + ztab.len() * 16
+        + abi::status::WORDS * 4
+        + dev
+            .iter()
+            .map(|d| d.z.len() * 4 + d.dz.as_ref().map_or(0, |x| x.len()))
+            .sum::<usize>()
+        + units
+            .iter()
+            .map(|u| u.u.len() + u.xs.len() + u.cf.len() * 4)
+            .sum::<usize>();
+
+    let t0 = event(st)?;
+    let streams = sched.streams(g, strategy);
+    let groups = sched.groups(s, t);
+    let driven = {
+        let mut cuda = Cuda {
+            st,
+            gemm: Gemm {
+                blas: &blas.handle,
+                ab: cdt,
+                c: cudaDataType::CUDA_R_32F,
+            },
+            prof: &prof,
+            funcs,
+            dev,
+            units,
+            table: dptr(&table_d, st),
+            ztab: dptr(&ztab_d, st),
+            otab: dptr(&otab_d, st),
+            status: dptr(&status, st),
+            dims: (s, t, v),
+            esz,
+            segs: Vec::new(),
+            map: None,
+            scratch: Vec::new(),
+        };
+        let driven = driver::drive(&mut cuda, &pl, &streams, &groups, r)?;
+        dev = std::mem::take(&mut cuda.dev);
+        driven
+    };
+
+    // Gradients into the dtypes asked for.
+    let cast = |x: CudaSlice<f32>, to: HDType| -> Result<DeviceGrad, Error> {
+        Ok(match to {
+            HDType::BF16 => DeviceGrad::BF16(prof.time("gradient casts", || {
+                cast_to(engine, st, &x, "liger_cast_bf16")
+            })?),
+            HDType::F16 => DeviceGrad::F16(prof.time("gradient casts", || {
+                cast_to(engine, st, &x, "liger_cast_f16")
+            })?),
+            _ => DeviceGrad::F32(x),
+        })
+    };
+    let GradDTypes {
+        x: xdt,
+        w: wdt,
+        b: bdt,
+    } = opts.grad_dtypes;
+    let mut grads_out = Vec::new();
+    for d in dev {
+        if let (Some(dx), Some(dw)) = (d.dx, d.dw) {
+            grads_out.push(DeviceHeadGrads {
+                head: d.head.name.clone(),
+                x: cast(dx, xdt)?,
+                w: cast(dw, wdt)?,
+                b: match d.db {
+                    Some(b) => Some(cast(b, bdt)?),
+                    None => None,
+                },
+            });
+        }
+    }
+    let t1 = event(st)?;
+    // Returned buffers: their last write is all the work queued above (so a consumer on
+    // another stream waits for it, through cudarc's event tracking).
+    for gr in &mut grads_out {
+        gr.x.mark_written(st);
+        gr.w.mark_written(st);
+        if let Some(b) = &mut gr.b {
+            b.mark_written(st);
+        }
+    }
+    // A failed input check poisons the loss.
+    let loss_buf = g
+        .outputs
+        .iter()
+        .find(|o| o.kind == OutputKind::Loss)
+        .and_then(|o| vals[o.value.index()].as_ref());
+    if let (Some(c), Some(loss)) = (&checker, loss_buf) {
+        use cudarc::driver::PushKernelArg;
+        let f = engine.io_fn("liger_poison")?;
+        let n = i32_of("checks", c.meta.len())?;
+        let mut b = st.launch_builder(&f);
+        b.arg(&c.slots).arg(&n).arg(&status).arg(loss);
+        // SAFETY: slots holds at least n pairs; status holds the status words; loss is a live
+        // 4-byte word.
+        unsafe { b.launch(io_cfg(1)) }.map_err(drv("poisoning the loss"))?;
+    }
+    let io_bytes: usize = vals
+        .iter()
+        .enumerate()
+        .filter(|(i, b)| b.is_some() && input_node(*i))
+        .map(|(_, b)| b.as_ref().map_or(0, |b| b.len() * 4))
+        .sum::<usize>()
+        + grads_out
+            .iter()
+            .map(|g| {
+                g.x.num_bytes() + g.w.num_bytes() + g.b.as_ref().map_or(0, DeviceGrad::num_bytes)
+            })
+            .sum::<usize>();
+    let report = Report {
+        device: "cuda",
+        strategy,
+        forced: pl.forced,
+        chunk_rows: chunk,
+        chunks: driven.chunks,
+        budget: opts.chunk_memory,
+        estimate: pl.estimate,
+        gemm_flops: pl.cost.gemm_flops,
+        seconds: 0.0,
+        warnings: vec![],
+        device_ms: None,
+        peak_extra_bytes: None,
+        profile: Vec::new(),
+    };
+    let mut vals = vals;
+    for b in vals.iter_mut().flatten() {
+        let (_, _written) = b.device_ptr_mut(st);
+    }
+    Ok(Ran {
+        vals,
+        status,
+        checker,
+        grads: grads_out,
+        events: (t0, t1),
+        report,
+        io_bytes,
+        work_bytes,
+        marks: prof.into_marks(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CudaMemory;
+    use crate::plan::{Footprint, MemoryModel};
+    use crate::{Error, Strategy};
+
+    fn flce() -> liger_ir::Pipeline {
+        liger_ir::pipeline_of(include_str!("../../../liger-ir/tests/losses/flce.lir"))
+            .expect("the FLCE file compiles")
+    }
+
+    fn mem(h: usize, (s, t, v): (usize, usize, usize), copies: usize) -> CudaMemory {
+        CudaMemory {
+            rows: s * t,
+            vocab: v,
+            hidden: vec![h],
+            grads: 1,
+            row_values: flce().schedule().row_values,
+            group_rows: 1,
+            units: 0,
+            esz: 2,
+            grad_copies: copies,
+        }
+    }
+
+    fn plan_with(
+        m: &CudaMemory,
+        (s, t, v): (usize, usize, usize),
+        budget: usize,
+    ) -> Result<crate::plan::Plan, Error> {
+        let p = flce();
+        let dims = liger_ir::schedule::Dims {
+            num_seqs: s,
+            seq_len: t,
+            vocab: v,
+            hidden: m.hidden.clone(),
+        };
+        crate::plan::plan(&p, &dims, budget, None, m)
+    }
+
+    #[test]
+    fn gradient_copies_count_in_the_budget_and_say_so() {
+        let (s, t, h, v) = (4, 512, 1024, 32000);
+        let p = plan_with(&mem(h, (s, t, v), 0), (s, t, v), 64 << 20).expect("fits in f32");
+        assert_eq!(p.strategy, Strategy::Fused);
+        // A bf16 grad W keeps its f32 accumulator (v*h*4 = 125 MiB): more than 64 MiB.
+        let copies = v * h * 4;
+        match plan_with(&mem(h, (s, t, v), copies), (s, t, v), 64 << 20) {
+            Err(e @ Error::GradBudget { copies: c, .. }) => {
+                assert_eq!(c, copies);
+                assert!(
+                    e.to_string().contains("return those gradients in f32"),
+                    "{e}"
+                );
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a bf16 grad W cannot fit in 64 MiB with its f32 accumulator"),
+        }
+        // With room for the copy the chunk is what is left, and never larger than in f32.
+        let q = plan_with(&mem(h, (s, t, v), copies), (s, t, v), 256 << 20).expect("fits");
+        let q32 = plan_with(&mem(h, (s, t, v), 0), (s, t, v), 256 << 20).expect("fits");
+        assert!(
+            q.chunk_rows < q32.chunk_rows,
+            "{} vs {}",
+            q.chunk_rows,
+            q32.chunk_rows
+        );
+        assert!(q.estimate <= 256 << 20);
+        let fp: Footprint = mem(h, (s, t, v), copies).footprint(Strategy::Fused);
+        assert_eq!(fp.grad_copies, copies);
+    }
+}
+
+#[cfg(test)]
+mod thread_tests {
+    fn send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn a_runtime_and_its_outputs_cross_threads() {
+        send_sync::<crate::Runtime>();
+        send_sync::<crate::cuda::engine::Engine>();
+        fn send<T: Send>() {}
+        send::<crate::DeviceOutput>();
+        send::<super::DeviceHeadGrads>();
+    }
+}

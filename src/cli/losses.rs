@@ -1,0 +1,71 @@
+//! `liger losses`: the built-in losses with their parameters, kinds, defaults and variants.
+
+use super::out;
+use crate::Error;
+
+pub(crate) fn losses(json: bool) -> Result<(), Error> {
+    let all = crate::losses::builtin();
+    if json {
+        let v: Vec<serde_json::Value> = all
+            .iter()
+            .map(|l| {
+                let params: Vec<serde_json::Value> = l
+                    .params()
+                    .iter()
+                    .map(|p| {
+                        serde_json::json!({
+                            "name": p.name,
+                            "kind": p.kind.name(),
+                            "type": p.type_name,
+                            "optional": p.optional,
+                            "default": match p.default {
+                                crate::DefaultValue::None => serde_json::Value::Null,
+                                crate::DefaultValue::Float(x) => serde_json::json!(x),
+                                crate::DefaultValue::Bool(b) => serde_json::json!(b),
+                                crate::DefaultValue::Variant(s) => serde_json::json!(s),
+                            },
+                            "choices": p.choices,
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "name": l.name(),
+                    "doc": l.doc(),
+                    "specializations": l.specializations().len(),
+                    "params": params,
+                })
+            })
+            .collect();
+        out(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        ));
+        return Ok(());
+    }
+    let mut s = String::new();
+    for l in all {
+        let first = l.doc().lines().next().unwrap_or("");
+        s += &format!(
+            "{}  ({} specialisations)  {first}\n",
+            l.name(),
+            l.specializations().len()
+        );
+        s += &format!(
+            "  {:<18} {:<16} {:<10} {:<10} choices\n",
+            "parameter", "kind", "optional", "default"
+        );
+        for p in l.params() {
+            s += &format!(
+                "  {:<18} {:<16} {:<10} {:<10} {}\n",
+                p.name,
+                p.kind.name(),
+                if p.optional { "yes" } else { "" },
+                p.default.to_string(),
+                p.choices.join(" | ")
+            );
+        }
+        s += "\n";
+    }
+    out(&s);
+    Ok(())
+}

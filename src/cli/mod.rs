@@ -1,0 +1,274 @@
+//! The `liger` command line, one module per subcommand: `losses`, `run`, `ir`, `cache`,
+//! `bench` ([`target`] resolves the loss a subcommand names).
+
+mod bench;
+mod cache;
+mod ir;
+mod losses;
+mod run;
+mod target;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::Error;
+
+#[derive(Parser)]
+#[command(
+    name = "liger",
+    version,
+    about = "Chunked, fused post-training losses: run, inspect, benchmark"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the built-in losses with their parameters, kinds, defaults and variants.
+    Losses {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a loss on tensors from a safetensors file.
+    Run {
+        /// The loss (see `liger losses`).
+        loss: String,
+        /// Input tensors: `<head>.x`, `<head>.w`, `<head>.b`, `target`, other inputs by name.
+        #[arg(long)]
+        inputs: String,
+        /// Write loss, metrics and gradients here.
+        #[arg(long)]
+        out: Option<String>,
+        /// A hyperparameter, `name=value` (repeatable).
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// A variant, `name=value` (repeatable).
+        #[arg(long = "variant", value_name = "NAME=VALUE")]
+        variants: Vec<String>,
+        /// The device: `cpu`, `cuda`, or `auto` (the GPU when one works, else the CPU).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Dtypes of the gradients: `f32` (default), `bf16` or `f16` for all of them, or per
+        /// gradient as `x=bf16,w=f32,b=f32`.
+        #[arg(long, default_value = "f32")]
+        grad_dtype: String,
+        /// Working-memory budget of the chunk loop, e.g. `256MiB`.
+        #[arg(long, default_value = "256MiB")]
+        chunk_memory: String,
+        /// `auto`, or a schedule to force: fused, group-aligned, deferred, two-pass.
+        #[arg(long, default_value = "auto")]
+        schedule: String,
+        /// Target value marking invalid rows.
+        #[arg(long, default_value_t = -100, allow_negative_numbers = true)]
+        ignore_index: i64,
+        /// Time every phase on the device (CUDA) and print the breakdown.
+        #[arg(long)]
+        profile: bool,
+    },
+    /// Show the IR stages of a built-in loss or a `.lir` file.
+    Ir {
+        #[command(subcommand)]
+        what: IrCommand,
+    },
+    /// Benchmark the built-in losses on the GPU against the cuBLAS GEMM floor.
+    Bench {
+        /// Working-memory budget.
+        #[arg(long, default_value = "2GiB")]
+        budget: String,
+        /// Timed repetitions per case (median reported).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<String>,
+        /// Also run every case once more with device events around each phase and print
+        /// where the time goes (not part of the timed runs).
+        #[arg(long)]
+        profile: bool,
+        /// Only the cases whose name contains this text.
+        #[arg(long, default_value = "")]
+        only: String,
+    },
+    /// Inspect and manage the kernel cache.
+    Cache {
+        #[command(subcommand)]
+        what: CacheCommand,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+pub(crate) struct Target {
+    /// A built-in loss (`dpo`) or a `.lir` file.
+    target: String,
+    /// A variant or optional-input presence, `name=value` (e.g. `loss_type=Hinge`, `reference=absent`).
+    #[arg(long = "variant", value_name = "NAME=VALUE")]
+    variants: Vec<String>,
+    /// The schedule (default: the first applicable; `cache warm`: every applicable one).
+    #[arg(long)]
+    schedule: Option<String>,
+    /// GEMM dtype: bf16, f16 or f32.
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum IrCommand {
+    /// Parse and verify; print the surface IR.
+    Check(Target),
+    /// The simplified gradient IR.
+    Grad(Target),
+    /// The schedule: stages, row-locality, group, strategies.
+    Schedule(Target),
+    /// The generated CUDA C (no GPU needed).
+    Emit {
+        #[command(flatten)]
+        target: Target,
+        /// Target arch (recorded in the header; the code is arch-independent).
+        #[arg(long, default_value = "sm_90")]
+        arch: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum CacheCommand {
+    /// The cache root.
+    Path,
+    /// Every entry.
+    Ls {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One entry (a unique key prefix is enough).
+    Show {
+        /// The key.
+        key: String,
+        /// Print the surface IR.
+        #[arg(long)]
+        ir: bool,
+        /// Print the gradient IR.
+        #[arg(long)]
+        grad: bool,
+        /// Print the schedule.
+        #[arg(long)]
+        schedule: bool,
+        /// Print the CUDA source.
+        #[arg(long)]
+        cuda: bool,
+        /// Print the PTX (entries compiled to PTX).
+        #[arg(long)]
+        ptx: bool,
+        /// Print meta.json.
+        #[arg(long)]
+        meta: bool,
+    },
+    /// Totals.
+    Stats {
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The key components that differ between two entries.
+    Diff {
+        /// First key.
+        a: String,
+        /// Second key.
+        b: String,
+    },
+    /// Remove every entry.
+    Clear,
+    /// Remove least recently used entries down to a size.
+    Prune {
+        /// The size to keep, e.g. `1GiB`.
+        #[arg(long, default_value = "1GiB")]
+        max_size: String,
+    },
+    /// Compile a loss's kernels into the cache (NVRTC needed, no GPU): exactly the entry a
+    /// run of that loss, schedule and GEMM dtype on that arch reads (sizes are kernel
+    /// arguments, so one entry serves every shape).
+    Warm {
+        #[command(flatten)]
+        target: Target,
+        /// Target arch (`sm_90`: CUBIN; `compute_90`: PTX).
+        #[arg(long, default_value = "sm_90")]
+        arch: String,
+    },
+}
+
+/// Runs the command line with the process arguments.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let result = match cli.command {
+        Command::Losses { json } => losses::losses(json),
+        Command::Ir { what } => ir::ir(what),
+        Command::Cache { what } => cache::cache(what),
+        Command::Bench {
+            budget,
+            reps,
+            json,
+            profile,
+            only,
+        } => bench::bench(&budget, reps, json.as_deref(), profile, &only),
+        Command::Run {
+            loss,
+            inputs,
+            out,
+            params,
+            variants,
+            device,
+            chunk_memory,
+            schedule,
+            ignore_index,
+            grad_dtype,
+            profile,
+        } => run::run(
+            &loss,
+            &inputs,
+            out.as_deref(),
+            &params,
+            &variants,
+            &device,
+            &chunk_memory,
+            &schedule,
+            ignore_index,
+            &grad_dtype,
+            profile,
+        ),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Writes to stdout, ignoring a closed pipe (`liger losses | head`).
+pub(crate) fn out(text: &str) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_all(text.as_bytes());
+    let _ = o.flush();
+}
+
+pub(crate) fn split_kv(s: &str) -> Result<(&str, &str), Error> {
+    s.split_once('=').ok_or_else(|| Error::BadValue {
+        param: s.into(),
+        value: "(expected NAME=VALUE)".into(),
+    })
+}
