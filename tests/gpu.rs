@@ -7,6 +7,8 @@
 //! Without a GPU every test prints why and passes, unless `LIGER_REQUIRE_GPU=1` (set by
 //! `run.sh`), which makes a missing GPU a failure.
 
+mod common;
+
 use liger::runtime::Error as RtError;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -1353,4 +1355,150 @@ fn gpu_device_api_takes_every_side_input_kind_f16_and_views() {
         }) if input == "weight" => {}
         other => panic!("NaN weight: {other:?}"),
     }
+}
+
+/// The differential file tests and generated cases of `tests/difftests.rs` on the CUDA
+/// executor: every `.lir` file and generated loss under every schedule, against the f64
+/// interpreter (fp32 inputs: fp32 GEMMs, so the CPU tolerances hold up to accumulation order).
+#[test]
+fn gpu_difftests_match_the_interpreter() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    let rt = liger::Runtime::cuda(0).expect("cuda runtime");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/difftests");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("tests/difftests")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "lir"))
+        .collect();
+    files.sort();
+    let mut runs = 0;
+    for path in &files {
+        for seed in 0..2 {
+            let case = common::difftest::lir_case(path, seed);
+            let c = common::difftest::check(&case, &rt, 1e-4).unwrap_or_else(|e| panic!("{e}"));
+            assert!(c.compared);
+            runs += c.runs;
+        }
+    }
+    let (mut cases, mut compared) = (0, 0);
+    for seed in 0..150u64 {
+        let case = common::difftest::generated_case(10_000 + seed, None);
+        let c = common::difftest::check(&case, &rt, 2e-3)
+            .unwrap_or_else(|e| panic!("{e}\n{}", liger::ir::print(&case.f)));
+        runs += c.runs;
+        cases += 1;
+        compared += usize::from(c.compared);
+    }
+    eprintln!("{runs} CUDA runs; {compared} of {cases} generated cases compared");
+    assert!(runs >= 300, "only {runs} runs");
+}
+
+/// `liger cache warm` in one process writes exactly what `liger run --device cuda` reads in
+/// another: with `LIGER_CACHE=ro` the run compiles nothing (no NVRTC line in its log).
+#[test]
+fn gpu_warm_then_run_reads_only_the_cache() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    use liger::io::{OwnedData, OwnedTensor};
+    let dir = std::env::temp_dir().join(format!("liger-gpu-warm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let exe = env!("CARGO_BIN_EXE_liger");
+    let warm = |args: &[&str]| {
+        let out = std::process::Command::new(exe)
+            .args(["cache", "warm"])
+            .args(args)
+            .env("LIGER_CACHE_DIR", dir.join("cache"))
+            .output()
+            .expect("warm runs");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("{text}");
+    };
+    warm(&["flce", "--dtype", "f32"]);
+    warm(&["dpo", "--dtype", "bf16"]);
+    let mut rng = fastrand::Rng::with_seed(5);
+    let (s, t, h, v) = (4usize, 9usize, 16usize, 50usize);
+    let f32t = |shape: Vec<usize>, rng: &mut fastrand::Rng| OwnedTensor {
+        data: OwnedData::F32(
+            (0..shape.iter().product())
+                .map(|_| normal(rng, 1.0))
+                .collect(),
+        ),
+        shape,
+    };
+    let bf16t = |shape: Vec<usize>, rng: &mut fastrand::Rng| OwnedTensor {
+        data: OwnedData::BF16(
+            (0..shape.iter().product())
+                .map(|_| half::bf16::from_f32(normal(rng, 1.0)))
+                .collect(),
+        ),
+        shape,
+    };
+    let target = OwnedTensor {
+        shape: vec![s, t],
+        data: OwnedData::I64(
+            (0..s * t)
+                .map(|i| if i % 5 == 4 { -100 } else { (i * 7 % v) as i64 })
+                .collect(),
+        ),
+    };
+    let mut flce = BTreeMap::new();
+    flce.insert("logits.x".to_string(), f32t(vec![s, t, h], &mut rng));
+    flce.insert("logits.w".to_string(), f32t(vec![v, h], &mut rng));
+    flce.insert("target".to_string(), target.clone());
+    let mut dpo = BTreeMap::new();
+    dpo.insert("policy.x".to_string(), bf16t(vec![s, t, h], &mut rng));
+    dpo.insert("policy.w".to_string(), bf16t(vec![v, h], &mut rng));
+    dpo.insert("reference.x".to_string(), bf16t(vec![s, t, h], &mut rng));
+    dpo.insert("reference.w".to_string(), bf16t(vec![v, h], &mut rng));
+    dpo.insert("target".to_string(), target);
+    for (name, tensors, budgets) in [
+        ("flce", flce, vec!["64MiB", "4300KiB"]),
+        ("dpo", dpo, vec!["64MiB", "4300KiB"]),
+    ] {
+        let file = dir.join(format!("{name}.safetensors"));
+        liger::io::write(file.to_str().expect("path"), &tensors).expect("writes");
+        for budget in budgets {
+            let out = std::process::Command::new(exe)
+                .args([
+                    "run",
+                    name,
+                    "--device",
+                    "cuda",
+                    "--chunk-memory",
+                    budget,
+                    "--inputs",
+                ])
+                .arg(&file)
+                .env("LIGER_CACHE_DIR", dir.join("cache"))
+                .env("LIGER_CACHE", "ro")
+                .env("LIGER_LOG", "1")
+                .output()
+                .expect("run runs");
+            let (o, e) = (
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+            );
+            assert!(out.status.success(), "{name} {budget}: {o}{e}");
+            eprintln!("{name} {budget}:\n{o}{e}");
+            assert!(
+                !e.contains("nvrtc compile"),
+                "{name} {budget} compiled:\n{e}"
+            );
+            assert!(
+                e.contains("cache hit (disk)"),
+                "{name} {budget}: no disk hit:\n{e}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -45,6 +45,8 @@ pub enum DiagKind {
     NotDifferentiable,
     /// An input declared inconsistently (e.g. two nodes for one input).
     BadInput,
+    /// A loss the chunked schedule cannot run (the message says what to change).
+    Unschedulable,
     /// A broken internal invariant (a bug in a pass, not in the user's loss).
     Internal,
 }
@@ -96,6 +98,7 @@ impl DiagKind {
             DiagKind::FrozenGradient => "frozen-gradient",
             DiagKind::NotDifferentiable => "not-differentiable",
             DiagKind::BadInput => "bad-input",
+            DiagKind::Unschedulable => "unschedulable",
             DiagKind::Internal => "internal",
         }
     }

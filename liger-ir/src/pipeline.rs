@@ -50,6 +50,13 @@ impl Pipeline {
             )]));
         }
         let schedule = Schedule::of(&grad);
+        if let Some(why) = schedule.unschedulable(&grad) {
+            return Err(Diagnostics(vec![Diagnostic::new(
+                DiagKind::Unschedulable,
+                Site::Function,
+                why,
+            )]));
+        }
         let canonical = crate::canonical_text(&grad);
         Ok(Pipeline {
             surface: None,

@@ -135,8 +135,16 @@ pub struct Cost {
 pub struct Schedule {
     /// Heads, in input order.
     pub heads: Vec<HeadPlan>,
-    /// Whole-batch values that do not depend on any head.
+    /// Whole-batch values that do not depend on any head nor on a vocabulary reduction
+    /// (array kernel before the chunk loop).
     pub pre: Vec<ValueId>,
+    /// Row values that reduce vocab values of no head (`at_target(class_weight, t)`,
+    /// `sum_vocab(onehot(t) * c)`) and what follows from them per row: a vocab stream over
+    /// every row, without logits, after `pre` and before the chunk loop.
+    pub pre_stream: Vec<ValueId>,
+    /// Coarser values computed from `pre_stream` values (array kernel after the pre stream,
+    /// before the chunk loop).
+    pub pre_late: Vec<ValueId>,
     /// Forward vocab stream (vocab and row values that wait for no group).
     pub stream: Vec<ValueId>,
     /// The group stage (non-vocab values computed from logit-derived coarse values).
@@ -160,6 +168,8 @@ pub struct Schedule {
     pub live: Vec<(Strategy, usize, usize)>,
     /// Number of row-level values kept for the whole batch.
     pub row_values: usize,
+    /// Most vocab buffers alive at once in the pre stream (0 without one).
+    pub pre_live: usize,
 }
 
 fn cone(f: &LossFn, roots: &[ValueId], within: &[bool]) -> Vec<bool> {
@@ -253,12 +263,18 @@ impl Schedule {
             );
         }
         if s != Strategy::Fused {
-            // Row values on the gradient path (read by recomputed vocab values).
+            // Row values on the gradient path (read by the vocab values the backward stream
+            // recomputes, through backward nodes too: `onehot(argmax(z))` under a group-level
+            // coefficient needs its `argmax` from the forward stream).
             let grads: Vec<ValueId> = self.heads.iter().filter_map(|h| h.grad).collect();
-            let c = cone(f, &grads, &within);
+            let mut through = within.clone();
+            for v in &self.backward {
+                through[v.index()] = true;
+            }
+            let c = cone(f, &grads, &through);
             roots.extend(
                 (0..n)
-                    .filter(|&i| c[i] && f.nodes[i].ty.level == Level::Row)
+                    .filter(|&i| c[i] && within[i] && f.nodes[i].ty.level == Level::Row)
                     .map(|i| ValueId(i as u32)),
             );
         }
@@ -330,7 +346,26 @@ impl Schedule {
                 .collect()
         };
         let is_input = |i: usize| matches!(f.nodes[i].op, Op::Input(_));
-        let pre = ids(&|i| !head_dep[i] && level(i) != Level::Vocab && !is_input(i));
+        // Head-independent values that reduce a vocab value (and what follows from them)
+        // need a vocab stream of their own before the chunk loop: the row values on the way
+        // (the reductions, and row values computed from them and from `pre`) run in the pre
+        // stream; everything computed from a coarser result runs after it, in `pre_late`.
+        let mut reduces_vocab = vec![false; n];
+        let mut late = vec![false; n];
+        for (i, node) in f.nodes.iter().enumerate() {
+            reduces_vocab[i] = !head_dep[i]
+                && level(i) != Level::Vocab
+                && (node
+                    .args
+                    .iter()
+                    .any(|a| reduces_vocab[a.index()] || level(a.index()) == Level::Vocab));
+            late[i] = reduces_vocab[i]
+                && (level(i) > Level::Row || node.args.iter().any(|a| late[a.index()]));
+        }
+        let pre =
+            ids(&|i| !head_dep[i] && level(i) != Level::Vocab && !is_input(i) && !reduces_vocab[i]);
+        let pre_stream = ids(&|i| reduces_vocab[i] && !late[i]);
+        let pre_late = ids(&|i| late[i]);
         let free = ids(&|i| !head_dep[i] && level(i) == Level::Vocab && !is_input(i));
         let stream = ids(&|i| head_dep[i] && !after[i] && level(i) <= Level::Row && !is_input(i));
         let backward = ids(&|i| vocab_after[i]);
@@ -444,6 +479,8 @@ impl Schedule {
         let mut sched = Schedule {
             heads,
             pre,
+            pre_stream,
+            pre_late,
             stream,
             group,
             backward,
@@ -455,7 +492,11 @@ impl Schedule {
             candidates,
             live: Vec::new(),
             row_values,
+            pre_live: 0,
         };
+        if let Some(pp) = sched.pre_stream_plan(f) {
+            sched.pre_live = live_vocab(f, &pp.program, &[]);
+        }
         let grads: Vec<ValueId> = sched.heads.iter().filter_map(|h| h.grad).collect();
         for s in sched.candidates.clone() {
             let fwd = sched.forward_program(f, s);
@@ -533,6 +574,44 @@ impl Schedule {
                 StreamPlan::new(f, StreamKind::Backward, self.backward_program(f, s), grads),
             ],
         }
+    }
+
+    /// The pre stream (see [`Schedule::pre_stream`]), when the loss has one: its row values and
+    /// the head-free vocab values they reduce.
+    pub fn pre_stream_plan(&self, f: &LossFn) -> Option<StreamPlan> {
+        if self.pre_stream.is_empty() {
+            return None;
+        }
+        let n = f.nodes.len();
+        let mut within = vec![false; n];
+        for v in self.pre_stream.iter().chain(&self.free) {
+            within[v.index()] = true;
+        }
+        let c = cone(f, &self.pre_stream, &within);
+        let program = (0..n)
+            .filter(|&i| c[i] && within[i])
+            .map(|i| ValueId(i as u32))
+            .collect();
+        Some(StreamPlan::new(f, StreamKind::Pre, program, Vec::new()))
+    }
+
+    /// Why the schedule cannot run the loss, if it cannot: a vocabulary reduction of a
+    /// head-free value that needs a batch value computed from another such reduction (the pre
+    /// stream would have to run twice).
+    pub fn unschedulable(&self, f: &LossFn) -> Option<String> {
+        let bad = self.pre_late.iter().find(|v| {
+            f.node(**v)
+                .args
+                .iter()
+                .any(|a| f.ty(*a).level == Level::Vocab)
+        })?;
+        let names = crate::text::value_names(f);
+        Some(format!(
+            "{} reduces over the vocabulary a value that needs a batch-level result of another \
+             such reduction; the chunked schedule computes those in one pass before the chunk \
+             loop, so feed the batch value in through a head (or compute it outside the loss)",
+            names.get(bad.index()).map_or("a value", String::as_str)
+        ))
     }
 
     /// Rows of one group for `seq_len` rows per sequence (a sequence, a pair, or the whole
@@ -658,6 +737,18 @@ impl Schedule {
             "stage pre (whole batch, before the chunk loop): {}",
             list(&self.pre)
         )?;
+        if !self.pre_stream.is_empty() {
+            writeln!(
+                f,
+                "stage pre vocab stream (every row, no logits, before the chunk loop): {}",
+                list(&self.pre_stream)
+            )?;
+            writeln!(
+                f,
+                "stage pre late (whole batch, after the pre stream): {}",
+                list(&self.pre_late)
+            )?;
+        }
         writeln!(f, "stage vocab-stream forward: {}", list(&self.stream))?;
         writeln!(f, "stage free vocab values (no head): {}", list(&self.free))?;
         writeln!(f, "stage group: {}", list(&self.group))?;

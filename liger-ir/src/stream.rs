@@ -22,6 +22,9 @@ use crate::types::Level;
 /// What a stream kernel does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum StreamKind {
+    /// The pre stream: row values that reduce head-free vocab values, over every row before
+    /// the chunk loop, reading no logits.
+    Pre,
     /// The forward stream: row values, no vocab output.
     Forward,
     /// Forward and backward in one pass structure, writing the gradients (row-local losses).

@@ -22,6 +22,8 @@ pub(crate) type Rows = [(usize, usize)];
 pub(crate) enum ArrayStage {
     /// Values that need no logits, before the chunk loop.
     Pre,
+    /// Values computed from the pre stream, before the chunk loop.
+    PreLate,
     /// The group values the backward (or the deferred coefficients) need.
     GroupNeeded,
     /// The whole group stage (loss and metrics).
@@ -82,11 +84,13 @@ fn pieces(segs: &Rows, chunk: usize) -> Vec<(usize, usize)> {
 }
 
 /// Runs strategy `plan.strategy` over a batch of `groups` (each group's row segments, in
-/// order; one group of every row when the loss is row-local) with the stream kernels
-/// `streams` (from `Schedule::streams`), on `b`.
+/// order; one group of every row when the loss is row-local) with the pre stream `pre` (from
+/// `Schedule::pre_stream_plan`) and the stream kernels `streams` (from `Schedule::streams`),
+/// on `b`.
 pub(crate) fn drive(
     b: &mut dyn Backend,
     plan: &Plan,
+    pre: Option<&StreamPlan>,
     streams: &[StreamPlan],
     groups: &[Vec<(usize, usize)>],
     rows: usize,
@@ -102,6 +106,13 @@ pub(crate) fn drive(
     let mut d = Driven::default();
     let chunk = plan.chunk_rows.max(1);
     b.array(ArrayStage::Pre)?;
+    if let Some(pre) = pre {
+        for c in &contiguous(rows, chunk) {
+            b.logits(&[], c)?;
+            b.stream(pre, c, 0)?;
+        }
+        b.array(ArrayStage::PreLate)?;
+    }
     match plan.strategy {
         Strategy::Fused => {
             let fused = stream(StreamKind::Fused)?;

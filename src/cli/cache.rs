@@ -154,6 +154,13 @@ pub(crate) fn cache(what: CacheCommand) -> Result<(), Error> {
             let opts = EmitOptions {
                 gemm_dtype: dtype_of(&target.dtype)?,
             };
+            // The runtime's I/O kernels, which device-API runs and bf16/f16 gradients use.
+            let (key, _, origin) = crate::runtime::cuda::compile::io_module(&arch, &c)?;
+            out(&format!(
+                "runtime I/O kernels: key {} from {}\n",
+                key.key(),
+                origin_name(&origin)
+            ));
             for (p, label) in pipelines_of(&target)? {
                 // Every schedule the planner may pick, unless one is asked for.
                 let strategies = match target.schedule.as_deref() {
@@ -180,4 +187,12 @@ pub(crate) fn cache(what: CacheCommand) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+fn origin_name(o: &crate::runtime::cache::Origin) -> String {
+    match o {
+        crate::runtime::cache::Origin::Memory => "memory".to_string(),
+        crate::runtime::cache::Origin::Disk => "disk".to_string(),
+        crate::runtime::cache::Origin::Compiled { why } => format!("compiled ({why})"),
+    }
 }

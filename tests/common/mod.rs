@@ -101,3 +101,8 @@ pub fn check_fd(
         );
     }
 }
+
+#[path = "../../liger-ir/tests/common/mod.rs"]
+pub mod ircommon;
+
+pub mod difftest;

@@ -202,17 +202,14 @@ impl G {
                 })?;
                 fin(b.op(Op::Binary(Binary::Div), &[x, y]))
             }
-            "square" => {
-                let x = self.pick(|g, v| {
-                    g.ty(v).dtype == liger_ir::DType::F32
-                        && g.vals
-                            .get(v.index())
-                            .map(stats)
-                            .is_some_and(|(mn, mx, _)| mn > -30.0 && mx < 30.0)
-                })?;
-                fin(b.op(op?, &[x]))
-            }
-            "neg" | "sigmoid" | "log_sigmoid" | "softplus" | "tanh" | "stop_gradient" => {
+            // Any other unary op takes any float (values that leave the generator's range are
+            // rejected and redrawn), so a new unary op needs no rule here.
+            _ if matches!(op, Some(Op::Unary(_)))
+                && !matches!(
+                    name,
+                    "exp" | "expm1" | "log" | "sqrt" | "log1p" | "abs" | "relu"
+                ) =>
+            {
                 let x = self.any_float()?;
                 fin(b.op(op?, &[x]))
             }

@@ -61,6 +61,7 @@ impl MemoryModel for CpuMemory<'_> {
         let heads = self.sched.heads.len();
         let hsum: usize = self.hidden.iter().sum();
         let (lf, lb) = self.sched.live(s);
+        let lf = lf.max(self.sched.pre_live);
         let row_arrays = r * 4 * (self.sched.row_values + 4);
         let stream_row = v * 4 * (heads + lf) + hsum * 2 * 4;
         let back_row = v * 4 * (heads + lb) + hsum * 2 * 4;
@@ -120,6 +121,7 @@ impl Backend for Cpu<'_, '_> {
         let sched = self.p.schedule();
         let ids = match stage {
             ArrayStage::Pre => &sched.pre,
+            ArrayStage::PreLate => &sched.pre_late,
             ArrayStage::GroupNeeded => &sched.group_needed,
             ArrayStage::Group => &sched.group,
         };
@@ -337,7 +339,8 @@ pub fn run(
     };
     let streams = sched.streams(g, pl.strategy);
     let groups = sched.groups(s, t);
-    let driven = driver::drive(&mut cpu, &pl, &streams, &groups, r)?;
+    let pre = sched.pre_stream_plan(g);
+    let driven = driver::drive(&mut cpu, &pl, pre.as_ref(), &streams, &groups, r)?;
 
     let Cpu { mut ev, heads, .. } = cpu;
     let value = |ev: &Eval<'_>, id: ValueId| -> Vec<f32> {
@@ -429,6 +432,12 @@ pub fn streams_on_logits(
         ev.eval_array(*id)?;
     }
     let rows: Vec<usize> = (0..s * t).collect();
+    if let Some(pp) = sched.pre_stream_plan(g) {
+        ev.run_stream(&pp.program, &rows, &mut HashMap::new(), &[])?;
+        for id in &sched.pre_late {
+            ev.eval_array(*id)?;
+        }
+    }
     let mut bufs = HashMap::new();
     for h in &sched.heads {
         if let Some(z) = logits.get(&h.input) {

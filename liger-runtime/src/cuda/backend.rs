@@ -438,6 +438,7 @@ impl Backend for Cuda<'_> {
     fn array(&mut self, stage: ArrayStage) -> Result<(), Error> {
         let kind = match stage {
             ArrayStage::Pre => KernelKind::Pre,
+            ArrayStage::PreLate => KernelKind::PreLate,
             ArrayStage::GroupNeeded => KernelKind::GroupNeeded,
             ArrayStage::Group => KernelKind::Group,
         };
@@ -493,6 +494,7 @@ impl Backend for Cuda<'_> {
 
     fn stream(&mut self, plan: &StreamPlan, _rows: &Rows, unit_offset: usize) -> Result<(), Error> {
         let (kind, outs) = match plan.kind {
+            StreamKind::Pre => (KernelKind::PreStream, self.otab),
             StreamKind::Forward => (KernelKind::Forward, self.otab),
             StreamKind::Fused => (KernelKind::Fused, self.otab),
             StreamKind::Backward => (KernelKind::Backward, self.otab),
@@ -963,7 +965,8 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
             map: None,
             scratch: Vec::new(),
         };
-        let driven = driver::drive(&mut cuda, &pl, &streams, &groups, r)?;
+        let pre = sched.pre_stream_plan(g);
+        let driven = driver::drive(&mut cuda, &pl, pre.as_ref(), &streams, &groups, r)?;
         dev = std::mem::take(&mut cuda.dev);
         driven
     };

@@ -9,7 +9,7 @@ use liger_ir::emit::{CudaModule, EmitOptions};
 use liger_ir::{Pipeline, Strategy};
 
 use crate::Error;
-use crate::cache::key::{Target, module_key};
+use crate::cache::key::{Target, io_key, module_key};
 use crate::cache::{Artifacts, Binary, Cache, KeyParts, Origin};
 
 /// A compiled module and where it came from.
@@ -96,4 +96,23 @@ pub fn compile(
         binary,
         origin,
     })
+}
+
+/// The runtime's own I/O module (`io.cu`: device-input conversion and checks, gradient
+/// casts) for `arch`, through `cache` (`liger cache warm` compiles it too).
+pub fn io_module(arch: &str, cache: &Cache) -> Result<(KeyParts, Arc<Binary>, Origin), Error> {
+    let source = crate::cuda::engine::IO_SOURCE;
+    let target = Target {
+        arch: arch.to_string(),
+        nvrtc: crate::cuda::libs::nvrtc()?.version,
+    };
+    let key = io_key(source, &target);
+    let artifacts = Artifacts {
+        cuda: source.to_string(),
+        ..Artifacts::default()
+    };
+    let (binary, origin) = cache.get_or_compile(&key, &artifacts, || {
+        nvrtc_binary(source, "liger_io.cu", arch)
+    })?;
+    Ok((key, binary, origin))
 }

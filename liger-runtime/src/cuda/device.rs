@@ -330,6 +330,10 @@ pub fn streams_on_gpu(
         launch(st, &f(kind)?, kind, &args, r)
     };
     array(KernelKind::Pre)?;
+    if sched.pre_stream_plan(g).is_some() {
+        stream_k(KernelKind::PreStream)?;
+        array(KernelKind::PreLate)?;
+    }
     for (k, plan) in streams.iter().enumerate() {
         if k > 0 {
             // Between the forward and backward streams: the group values the backward needs
@@ -341,6 +345,7 @@ pub fn streams_on_gpu(
             })?;
         }
         stream_k(match plan.kind {
+            StreamKind::Pre => KernelKind::PreStream,
             StreamKind::Forward => KernelKind::Forward,
             StreamKind::Fused => KernelKind::Fused,
             StreamKind::Unit => KernelKind::Unit,

@@ -17,8 +17,7 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr};
 
 use crate::Error;
-use crate::cache::key::{Target, io_key};
-use crate::cache::{Artifacts, Binary, Cache};
+use crate::cache::{Binary, Cache};
 use crate::cuda::device::Gpu;
 use crate::cuda::{blas as blas_err, drv};
 
@@ -74,27 +73,8 @@ impl Engine {
 
     /// A function of the runtime's I/O module (compiled once per arch through the cache).
     pub(crate) fn io_fn(&self, name: &str) -> Result<CudaFunction, Error> {
-        let arch = self.gpu.arch()?;
-        let target = Target {
-            arch: arch.clone(),
-            nvrtc: crate::cuda::libs::nvrtc()?.version,
-        };
-        let parts = io_key(IO_SOURCE, &target);
-        let key = parts.key();
-        let cached = self.modules.lock().ok().and_then(|m| m.get(&key).cloned());
-        let module = match cached {
-            Some(m) => m,
-            None => {
-                let artifacts = Artifacts {
-                    cuda: IO_SOURCE.to_string(),
-                    ..Artifacts::default()
-                };
-                let (bin, _) = self.cache.get_or_compile(&parts, &artifacts, || {
-                    crate::cuda::compile::nvrtc_binary(IO_SOURCE, "liger_io.cu", &arch)
-                })?;
-                self.module(&key, &bin)?
-            }
-        };
+        let (parts, bin, _) = crate::cuda::compile::io_module(&self.gpu.arch()?, &self.cache)?;
+        let module = self.module(&parts.key(), &bin)?;
         module
             .load_function(name)
             .map_err(drv("loading an I/O kernel"))

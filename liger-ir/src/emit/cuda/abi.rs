@@ -72,6 +72,10 @@ pub enum Grid {
 pub enum KernelKind {
     /// Whole-batch values before the chunk loop.
     Pre,
+    /// Row reductions of head-free vocab values, every row, before the chunk loop.
+    PreStream,
+    /// Whole-batch values after the pre stream.
+    PreLate,
     /// Forward vocab stream.
     Forward,
     /// Forward and backward fused, writing gradients.
@@ -164,8 +168,10 @@ const ADD_BIAS: &[Param] = &[
 
 impl KernelKind {
     /// Every kind.
-    pub const ALL: [KernelKind; 12] = [
+    pub const ALL: [KernelKind; 14] = [
         KernelKind::Pre,
+        KernelKind::PreStream,
+        KernelKind::PreLate,
         KernelKind::Forward,
         KernelKind::Fused,
         KernelKind::Unit,
@@ -182,10 +188,14 @@ impl KernelKind {
     /// The parameter list, in order.
     pub fn params(self) -> &'static [Param] {
         match self {
-            KernelKind::Pre | KernelKind::Group | KernelKind::GroupNeeded => ARRAY,
-            KernelKind::Forward | KernelKind::Fused | KernelKind::Unit | KernelKind::Backward => {
-                STREAM
+            KernelKind::Pre | KernelKind::PreLate | KernelKind::Group | KernelKind::GroupNeeded => {
+                ARRAY
             }
+            KernelKind::PreStream
+            | KernelKind::Forward
+            | KernelKind::Fused
+            | KernelKind::Unit
+            | KernelKind::Backward => STREAM,
             KernelKind::Bias => BIAS,
             KernelKind::Coef => COEF,
             KernelKind::ScaleRows => SCALE_ROWS,
@@ -197,10 +207,14 @@ impl KernelKind {
     /// How it is launched.
     pub fn grid(self) -> Grid {
         match self {
-            KernelKind::Pre | KernelKind::Group | KernelKind::GroupNeeded => Grid::OneBlock,
-            KernelKind::Forward | KernelKind::Fused | KernelKind::Unit | KernelKind::Backward => {
-                Grid::BlockPerRow
+            KernelKind::Pre | KernelKind::PreLate | KernelKind::Group | KernelKind::GroupNeeded => {
+                Grid::OneBlock
             }
+            KernelKind::PreStream
+            | KernelKind::Forward
+            | KernelKind::Fused
+            | KernelKind::Unit
+            | KernelKind::Backward => Grid::BlockPerRow,
             KernelKind::Bias
             | KernelKind::Coef
             | KernelKind::ScaleRows

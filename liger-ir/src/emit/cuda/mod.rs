@@ -1,8 +1,11 @@
 //! The CUDA C emitter: a scheduled gradient IR → one module of kernels.
 //!
 //! Kernels (names are stable; the module's source is deterministic):
-//! - `liger_pre`, `liger_group`, `liger_group_needed`: *array programs* run by one block over
-//!   whole-batch values (`Row`, `Seq`, `Pair`, `Batch`), one node after another ([`array`]);
+//! - `liger_pre`, `liger_pre_late`, `liger_group`, `liger_group_needed`: *array programs* run
+//!   by one block over whole-batch values (`Row`, `Seq`, `Pair`, `Batch`), one node after
+//!   another ([`array`]);
+//! - `liger_pre_stream`: the row reductions of head-free vocab values (a vocab stream with no
+//!   logits, every row, before the chunk loop), when the loss has any;
 //! - `liger_fwd` / `liger_fused` / `liger_unit` / `liger_bwd`: *vocab streams*, one block per
 //!   row of a chunk, following the schedule's [`crate::stream::StreamPlan`] pass by pass
 //!   ([`stream`]);
@@ -155,6 +158,7 @@ impl CudaModule {
 
 fn stream_kernel_kind(k: StreamKind) -> (KernelKind, &'static str) {
     match k {
+        StreamKind::Pre => (KernelKind::PreStream, "liger_pre_stream"),
         StreamKind::Forward => (KernelKind::Forward, "liger_fwd"),
         StreamKind::Fused => (KernelKind::Fused, "liger_fused"),
         StreamKind::Unit => (KernelKind::Unit, "liger_unit"),
@@ -209,6 +213,21 @@ pub fn emit_cuda(
         KernelKind::Pre,
         array::array_kernel(g, "liger_pre", KernelKind::Pre, &sched.pre)?,
     );
+    if let Some(plan) = sched.pre_stream_plan(g) {
+        let (kind, name) = stream_kernel_kind(plan.kind);
+        push(
+            &mut src,
+            name,
+            kind,
+            stream::stream_kernel(g, name, kind, &plan, opts)?,
+        );
+        push(
+            &mut src,
+            "liger_pre_late",
+            KernelKind::PreLate,
+            array::array_kernel(g, "liger_pre_late", KernelKind::PreLate, &sched.pre_late)?,
+        );
+    }
     let streams = sched.streams(g, strategy);
     for (k, plan) in streams.iter().enumerate() {
         let (kind, name) = stream_kernel_kind(plan.kind);
