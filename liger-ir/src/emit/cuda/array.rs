@@ -46,7 +46,19 @@ pub(super) fn array_kernel(
     for &v in nodes {
         let node = g.node(v);
         let t = node.ty;
-        if inline(g, v).is_some() || matches!(node.op, Op::Input(_)) {
+        if matches!(node.op, Op::Input(_)) {
+            continue;
+        }
+        if let Some(x) = inline(g, v) {
+            // Constants and sizes are inlined where they are used; their one-word array is
+            // written too, for whoever reads it as a value (a metric, the loss).
+            let _ = writeln!(
+                s,
+                "    // {} = {}\n    if (threadIdx.x == 0) {{ {}[0] = {x}; }}\n    __syncthreads();",
+                names.get(v.index()).map_or("?", String::as_str),
+                node.op.name(),
+                c_ptr(t.dtype, v)
+            );
             continue;
         }
         let out = c_ptr(t.dtype, v);
