@@ -1384,7 +1384,7 @@ fn gpu_difftests_match_the_interpreter() {
         }
     }
     let (mut cases, mut compared) = (0, 0);
-    for seed in 0..150u64 {
+    for seed in 0..40u64 {
         let case = common::difftest::generated_case(10_000 + seed, None);
         let c = common::difftest::check(&case, &rt, 2e-3)
             .unwrap_or_else(|e| panic!("{e}\n{}", liger::ir::print(&case.f)));
@@ -1393,7 +1393,7 @@ fn gpu_difftests_match_the_interpreter() {
         compared += usize::from(c.compared);
     }
     eprintln!("{runs} CUDA runs; {compared} of {cases} generated cases compared");
-    assert!(runs >= 300, "only {runs} runs");
+    assert!(runs >= 150, "only {runs} runs");
 }
 
 /// `liger cache warm` in one process writes exactly what `liger run --device cuda` reads in

@@ -114,3 +114,58 @@ fn expand_loss(
     out.extend(expand::expand(&sig, &enums, &lowered, ok));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    /// The expansion of a small loss, pretty-printed: the generated items are reviewed like
+    /// code when they change (`cargo insta review`).
+    fn expanded(item: proc_macro2::TokenStream) -> String {
+        let out = super::expand_loss(proc_macro2::TokenStream::new(), item);
+        match syn::parse2::<syn::File>(out.clone()) {
+            Ok(f) => prettyplease::unparse(&f),
+            Err(e) => panic!("the expansion does not parse ({e}):\n{out}"),
+        }
+    }
+
+    #[test]
+    fn expansion_of_a_loss_with_variants_and_an_optional_input() {
+        let item: proc_macro2::TokenStream = r#"
+            /// A small DPO-like loss.
+            pub fn tiny(
+                policy: Logits,
+                reference: Option<Frozen<Logits>>,
+                target: Target,
+                #[default(0.1)] beta: f32,
+                #[variant] average: bool,
+                #[variant] kind: TinyKind,
+            ) -> Loss {
+                let lp = if average { seq_mean(logprob(policy, target)) } else { seq_sum(logprob(policy, target)) };
+                let rf = if let Some(r) = reference { seq_sum(logprob(r, target)) } else { 0.0 * lp };
+                let d = beta * ((chosen(lp) - chosen(rf)) - (rejected(lp) - rejected(rf)));
+                metric("margin", d);
+                match kind {
+                    TinyKind::Sigmoid => mean(-log_sigmoid(d)),
+                    TinyKind::Square => mean(square(d - 0.5)),
+                }
+            }
+        "#
+        .parse()
+        .expect("tokens");
+        insta::assert_snapshot!(expanded(item));
+    }
+
+    #[test]
+    fn a_mistake_expands_to_one_error_and_stubs() {
+        let item: proc_macro2::TokenStream =
+            "pub fn bad(z: Logits, t: Target) -> Loss { mean(unknown_fn(z)) }"
+                .parse()
+                .expect("tokens");
+        let out = super::expand_loss(proc_macro2::TokenStream::new(), item).to_string();
+        assert_eq!(out.matches("compile_error").count(), 1, "{out}");
+        assert!(out.contains("unknown function `unknown_fn`"), "{out}");
+        assert!(
+            out.contains("struct Bad"),
+            "stub items keep the names: {out}"
+        );
+    }
+}
