@@ -311,7 +311,7 @@ fn truncated_and_garbled_entries_are_recompiled_with_a_warning() {
     let root = temp_root("corrupt");
     let fresh = || Cache::open(Some(root.clone()), Mode::ReadWrite);
     let k = build(&Jsd, &fresh());
-    let dir = root.join("v1").join(k.key.key());
+    let dir = root.join("v2").join(k.key.key());
     let cubin = dir.join("kernel.cubin");
     let good = std::fs::read(&cubin).expect("cubin");
     for (what, damage) in [
@@ -350,7 +350,7 @@ fn truncated_and_garbled_entries_are_recompiled_with_a_warning() {
                 .lock()
                 .expect("lock")
                 .iter()
-                .any(|w| w.contains("corrupt")),
+                .any(|w| w.contains("moved aside")),
             "{what}: no warning"
         );
         assert_eq!(
@@ -397,7 +397,7 @@ fn two_processes_filling_one_entry_both_succeed() {
     let c = Cache::open(Some(root.clone()), Mode::ReadWrite);
     let es = c.entries();
     assert_eq!(es.len(), 2, "the loss's module and the I/O kernels: {es:?}");
-    let leftovers: Vec<_> = std::fs::read_dir(root.join("v1"))
+    let leftovers: Vec<_> = std::fs::read_dir(root.join("v2"))
         .expect("store")
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
@@ -437,4 +437,240 @@ pub fn ce_copy(logits: Logits, target: Target, #[default(0.1)] smoothing: f32) -
         (1.0 - smoothing) * (lse - at_target(logits, target))
             + smoothing * (lse - sum_vocab(logits) / vocab_size()),
     )
+}
+
+// ---- Trust nothing on disk: attacks on the disk tier (fake binaries, no NVRTC needed). ----
+
+use liger::runtime::cache::{Artifacts, Binary};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+fn fake_parts(tag: &str) -> KeyParts {
+    KeyParts::new()
+        .with("compiler", "test")
+        .with("ir", tag)
+        .with("arch", "sm_90")
+}
+
+fn fake_binary(tag: &str) -> Binary {
+    Binary {
+        arch: "sm_90".into(),
+        bytes: format!("CUBIN for {tag} {}", "x".repeat(200)).into_bytes(),
+        is_ptx: false,
+        registers: vec![("k".into(), 32)],
+        log: String::new(),
+        compile_ms: 1.0,
+    }
+}
+
+/// Gets `tag`'s binary through `cache`, compiling the fake binary when the disk does not serve
+/// it: the origin and the bytes served.
+fn fetch(cache: &Cache, tag: &str) -> (Origin, Vec<u8>) {
+    let (b, o) = cache
+        .get_or_compile(&fake_parts(tag), &Artifacts::default(), || Ok(fake_binary(tag)))
+        .expect("served or compiled");
+    (o, b.bytes.clone())
+}
+
+fn entry_dir(root: &std::path::Path, tag: &str) -> PathBuf {
+    root.join("v2").join(fake_parts(tag).key())
+}
+
+fn fresh_cache(root: &std::path::Path) -> Cache {
+    Cache::open(Some(root.to_path_buf()), Mode::ReadWrite)
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read").flatten() {
+        std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+    }
+}
+
+/// Each attack of the hostile-user review, and that the entry is never served afterwards but
+/// recompiled (with a warning naming the failed check), and served again once rewritten.
+#[test]
+fn attacks_on_entries_are_refused_and_recompiled() {
+    let root = temp_root("attacks");
+    let attacks: Vec<(&str, Box<dyn Fn(&std::path::Path)>, &str)> = vec![
+        (
+            "the entry of another key copied over this one",
+            Box::new(|root: &std::path::Path| {
+                let (a, b) = (entry_dir(root, "a"), entry_dir(root, "b"));
+                std::fs::remove_dir_all(&b).expect("rm");
+                copy_dir(&a, &b);
+            }),
+            "disagree",
+        ),
+        (
+            "a flipped binary byte with size and checksum rewritten",
+            Box::new(|root: &std::path::Path| {
+                let d = entry_dir(root, "b");
+                let mut bytes = std::fs::read(d.join("kernel.cubin")).expect("bin");
+                bytes[5] ^= 0x20;
+                std::fs::write(d.join("kernel.cubin"), &bytes).expect("write");
+                let mut meta: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(d.join("meta.json")).expect("meta"))
+                        .expect("json");
+                meta["size"] = serde_json::json!(bytes.len());
+                meta["seal"] = serde_json::json!(blake3::hash(&bytes).to_hex().to_string());
+                std::fs::write(d.join("meta.json"), meta.to_string()).expect("write");
+            }),
+            "seal",
+        ),
+        (
+            "a binary path that leaves the entry",
+            Box::new(|root: &std::path::Path| {
+                let d = entry_dir(root, "b");
+                let mut meta: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(d.join("meta.json")).expect("meta"))
+                        .expect("json");
+                meta["binary"] = serde_json::json!("/etc/hostname");
+                std::fs::write(d.join("meta.json"), meta.to_string()).expect("write");
+            }),
+            "not kernel.cubin",
+        ),
+        (
+            "the binary replaced by a symlink",
+            Box::new(|root: &std::path::Path| {
+                let d = entry_dir(root, "b");
+                std::fs::remove_file(d.join("kernel.cubin")).expect("rm");
+                std::os::unix::fs::symlink(entry_dir(root, "a").join("kernel.cubin"), d.join("kernel.cubin"))
+                    .expect("symlink");
+            }),
+            "not a regular file",
+        ),
+        (
+            "the entry replaced by a symlink to another entry",
+            Box::new(|root: &std::path::Path| {
+                let b = entry_dir(root, "b");
+                std::fs::remove_dir_all(&b).expect("rm");
+                let elsewhere = root.join("elsewhere");
+                copy_dir(&entry_dir(root, "a"), &elsewhere);
+                std::os::unix::fs::symlink(&elsewhere, &b).expect("symlink");
+            }),
+            "symbolic link",
+        ),
+        (
+            "a missing key.json",
+            Box::new(|root: &std::path::Path| {
+                std::fs::remove_file(entry_dir(root, "b").join("key.json")).expect("rm");
+            }),
+            "key.json",
+        ),
+    ];
+    for (what, attack, check) in attacks {
+        let _ = std::fs::remove_dir_all(&root);
+        let c = fresh_cache(&root);
+        let (_, a_bytes) = fetch(&c, "a");
+        let (_, b_bytes) = fetch(&c, "b");
+        assert_ne!(a_bytes, b_bytes);
+        attack(&root);
+        // `ls` marks it broken (or the store has no such entry any more).
+        let listed = fresh_cache(&root).entries();
+        let b_key = fake_parts("b").key();
+        assert!(
+            listed.iter().any(|e| e.key == b_key && e.broken.is_some()),
+            "{what}: not listed as broken: {listed:?}"
+        );
+        let c = fresh_cache(&root);
+        let (origin, bytes) = fetch(&c, "b");
+        assert_eq!(bytes, b_bytes, "{what}: served the wrong binary");
+        match &origin {
+            Origin::Compiled { why } => assert!(why.contains(check), "{what}: {why}"),
+            other => panic!("{what}: served from {other:?}"),
+        }
+        assert!(
+            c.warnings
+                .lock()
+                .expect("lock")
+                .iter()
+                .any(|w| w.contains("moved aside")),
+            "{what}: no warning"
+        );
+        // Rewritten: served again, from disk.
+        assert_eq!(fetch(&fresh_cache(&root), "b").0, Origin::Disk, "{what}");
+        assert!(
+            std::fs::symlink_metadata(root.join("elsewhere/kernel.cubin")).is_err()
+                || std::fs::read(root.join("elsewhere/kernel.cubin")).is_ok(),
+            "{what}: nothing outside the store was removed"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Entries are owner-only whatever the umask; a cache writable by others (or another user's)
+/// is not used unless the user opts in.
+#[test]
+fn the_cache_is_private_and_refuses_shared_directories() {
+    let root = temp_root("perm");
+    let c = fresh_cache(&root);
+    let _ = fetch(&c, "p");
+    let d = entry_dir(&root, "p");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).expect("md").permissions().mode() & 0o777;
+    assert_eq!(mode(&root), 0o700);
+    assert_eq!(mode(&d), 0o700);
+    assert_eq!(mode(&d.join("kernel.cubin")), 0o600);
+    assert_eq!(mode(&d.join("meta.json")), 0o600);
+    assert_eq!(mode(&root.join(".secret")), 0o600);
+    // World-writable: not used, with a warning that says how to fix it.
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let c = fresh_cache(&root);
+    assert!(c.root().is_none());
+    let w = c.warnings.lock().expect("lock").join("\n");
+    assert!(w.contains("writable by everyone") && w.contains("chmod 700"), "{w}");
+    let (origin, _) = fetch(&c, "p");
+    assert!(matches!(origin, Origin::Compiled { .. }));
+    // Another owner (only root can make one).
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let me = std::fs::metadata(&root).expect("md").uid();
+    if me == 0 {
+        std::os::unix::fs::chown(&root, Some(12345), None).expect("chown");
+        let c = fresh_cache(&root);
+        assert!(c.root().is_none());
+        assert!(c.warnings.lock().expect("lock").join("\n").contains("belongs to user 12345"));
+        std::os::unix::fs::chown(&root, Some(0), None).expect("chown back");
+    } else {
+        eprintln!("skipping the other-owner case: not running as root");
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// `clear` and `prune` never follow a symlink out of the store and collect orphans,
+/// temporaries and trash.
+#[test]
+fn housekeeping_stays_inside_and_collects_leftovers() {
+    let root = temp_root("house");
+    let c = fresh_cache(&root);
+    let _ = fetch(&c, "h1");
+    let _ = fetch(&c, "h2");
+    let store = root.join("v2");
+    // Leftovers: a temporary and trash of a crashed writer, an orphan directory, a symlink.
+    std::fs::create_dir_all(store.join(".tmp-deadbeef-1-2")).expect("tmp");
+    std::fs::write(store.join(".tmp-deadbeef-1-2/kernel.cubin"), b"x").expect("tmp");
+    std::fs::create_dir_all(store.join(".trash-deadbeef-1-2")).expect("trash");
+    std::fs::create_dir_all(store.join("0123456789abcdef")).expect("orphan");
+    let outside = root.with_extension("outside");
+    std::fs::create_dir_all(&outside).expect("outside");
+    std::fs::write(outside.join("precious"), b"keep me").expect("precious");
+    std::os::unix::fs::symlink(&outside, store.join("fedcba9876543210")).expect("symlink");
+    let listed = c.entries();
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    assert_eq!(listed.iter().filter(|e| e.broken.is_some()).count(), 2);
+    // Prune with room to spare removes the broken entries only (temporaries are recent).
+    assert_eq!(c.prune(1 << 40).expect("prunes"), 2);
+    assert!(outside.join("precious").exists());
+    assert_eq!(c.entries().len(), 2);
+    // Clear removes everything inside, temporaries included, and nothing outside.
+    assert_eq!(c.clear().expect("clears"), 2);
+    let left: Vec<_> = std::fs::read_dir(&store).expect("store").flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(outside.join("precious").exists());
+    // A symlinked store is refused (clear would follow it out of the cache).
+    std::fs::remove_dir_all(&store).expect("rm");
+    std::os::unix::fs::symlink(&outside, &store).expect("symlink store");
+    let c = fresh_cache(&root);
+    assert!(c.root().is_none(), "a symlinked store is not used");
+    assert!(outside.join("precious").exists());
+    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_dir_all(&outside);
 }

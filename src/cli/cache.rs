@@ -25,7 +25,7 @@ pub(crate) fn cache(what: CacheCommand) -> Result<(), Error> {
                     .map(|e| {
                         let comps: serde_json::Map<String, serde_json::Value> =
                             e.components.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect();
-                        serde_json::json!({"key": e.key, "arch": e.arch, "bytes": e.bytes, "hits": e.hits, "compile_ms": e.compile_ms, "components": comps})
+                        serde_json::json!({"key": e.key, "arch": e.arch, "bytes": e.bytes, "hits": e.hits, "compile_ms": e.compile_ms, "components": comps, "broken": e.broken})
                     })
                     .collect();
                 out(&format!(
@@ -34,8 +34,8 @@ pub(crate) fn cache(what: CacheCommand) -> Result<(), Error> {
                 ));
             } else {
                 let mut s = format!(
-                    "{:<14} {:<7} {:<14} {:<7} {:>8} {:>6} {:>10}\n",
-                    "key", "arch", "schedule", "dtype", "vocab", "hits", "compile"
+                    "{:<14} {:<7} {:<14} {:<7} {:>6} {:>10}\n",
+                    "key", "arch", "schedule", "dtype", "hits", "compile"
                 );
                 for e in &es {
                     let get = |n: &str| {
@@ -45,13 +45,19 @@ pub(crate) fn cache(what: CacheCommand) -> Result<(), Error> {
                             .map_or("?", |(_, v)| v.as_str())
                             .to_string()
                     };
+                    if let Some(why) = &e.broken {
+                        s += &format!(
+                            "{:<14} BROKEN (not served; `liger cache prune` removes it): {why}\n",
+                            &e.key[..12.min(e.key.len())]
+                        );
+                        continue;
+                    }
                     s += &format!(
-                        "{:<14} {:<7} {:<14} {:<7} {:>8} {:>6} {:>8.0}ms\n",
+                        "{:<14} {:<7} {:<14} {:<7} {:>6} {:>8.0}ms\n",
                         &e.key[..12.min(e.key.len())],
                         e.arch,
                         get("schedule"),
                         get("dtype"),
-                        get("vocab"),
                         e.hits,
                         e.compile_ms
                     );
@@ -107,13 +113,14 @@ pub(crate) fn cache(what: CacheCommand) -> Result<(), Error> {
             if json {
                 out(&format!(
                     "{}\n",
-                    serde_json::json!({"root": root(), "entries": st.entries, "bytes": st.bytes, "hits": st.hits})
+                    serde_json::json!({"root": root(), "entries": st.entries, "broken": st.broken, "bytes": st.bytes, "hits": st.hits})
                 ));
             } else {
                 out(&format!(
-                    "{}: {} entries, {} bytes, {} disk hits\n",
+                    "{}: {} entries ({} broken), {} bytes, {} disk hits\n",
                     root(),
                     st.entries,
+                    st.broken,
                     st.bytes,
                     st.hits
                 ));

@@ -9,18 +9,21 @@
 //!
 //! A disk entry is a directory named by the key holding `key.json` (the components),
 //! `surface.lir`, `grad.lir`, `schedule.txt`, `kernel.cu`, `kernel.cubin` or `kernel.ptx`, and
-//! `meta.json` (compile time, hits, sizes, registers per kernel, the NVRTC log, a checksum of
-//! the binary). Entries are written to a temporary directory and renamed into place, so a
-//! reader sees a whole entry or none, and two processes filling the same entry both succeed. An
-//! entry that is corrupt, truncated or unreadable is a warning and a recompile, never a crash or
-//! a wrong kernel.
+//! `meta.json` (compile time, hits, sizes, registers per kernel, the NVRTC log, the seal).
+//! Entries are written to a temporary directory and renamed into place, so a reader sees a
+//! whole entry or none, and two processes filling the same entry both succeed. An entry is
+//! served only after it proves it is the entry asked for ([`disk`]'s checks: the full key, a
+//! binary name inside the entry, regular files, the keyed seal); one that fails is moved aside
+//! with a warning and recompiled, never a crash or a wrong kernel. The cache directory must be
+//! the user's own and not writable by others (`LIGER_CACHE_TRUST=1` opts in to a shared one);
+//! otherwise the disk tier is off, with a warning that says why.
 //!
 //! Root: `$LIGER_CACHE_DIR`, else `$XDG_CACHE_HOME/liger`, else `~/.cache/liger`.
 //! `LIGER_CACHE=off|ro|rw|refresh` (default `rw`). `LIGER_LOG=1` prints a line for every hit,
 //! miss (with the component that differs from the nearest entry), write and compile;
 //! `LIGER_LOG=code` also prints the generated source.
 
-mod disk;
+pub mod disk;
 pub mod key;
 
 use std::collections::HashMap;
@@ -190,15 +193,26 @@ impl Cache {
         Cache::open(default_root(), Mode::from_env())
     }
 
-    /// A cache at `root` (`None`: memory only).
+    /// A cache at `root` (`None`: memory only). The directory is created owner-only when
+    /// missing; one that is not the user's own or is writable by others is not used (a warning
+    /// says why and how to fix it), unless `LIGER_CACHE_TRUST=1`.
     pub fn open(root: Option<PathBuf>, mode: Mode) -> Cache {
-        let root = if mode == Mode::Off { None } else { root };
-        Cache {
-            root,
+        let mut c = Cache {
+            root: None,
             mode,
             memory: Mutex::new(HashMap::new()),
             warnings: Mutex::new(Vec::new()),
+        };
+        if let (Some(r), true) = (root, mode != Mode::Off) {
+            match disk::prepare_root(&r) {
+                Ok(canonical) => c.root = Some(canonical),
+                Err(why) => c.warn(format!(
+                    "the kernel cache at {} is not used: {why} (set LIGER_CACHE_TRUST=1 to use a shared cache anyway)",
+                    r.display()
+                )),
+            }
         }
+        c
     }
 
     /// The disk root, if any.
@@ -231,7 +245,7 @@ impl Cache {
             if self.mode == Mode::Refresh {
                 why = "LIGER_CACHE=refresh".into();
             } else {
-                match disk::load(root, &key) {
+                match disk::load(root, parts) {
                     Ok(Some(b)) => {
                         log(&format!("cache hit (disk) {key} in {}", root.display()));
                         if self.mode == Mode::ReadWrite {
@@ -251,7 +265,7 @@ impl Cache {
                         replace = true;
                         why = format!("entry {key} is unusable ({e}); recompiling");
                         self.warn(format!(
-                            "cache entry {key} in {} is corrupt: {e}; recompiling",
+                            "cache entry {key} in {} was not served and was moved aside: {e}; recompiling",
                             root.display()
                         ));
                     }
@@ -267,7 +281,7 @@ impl Cache {
             b.arch, b.compile_ms
         ));
         if let (Some(root), Mode::ReadWrite | Mode::Refresh) = (&self.root, self.mode) {
-            match disk::store(root, &key, parts, artifacts, &b, replace) {
+            match disk::store(root, parts, artifacts, &b, replace) {
                 Ok(dir) => log(&format!("cache write {}", dir.display())),
                 Err(e) => self.warn(format!("could not write cache entry {key}: {e}")),
             }
