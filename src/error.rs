@@ -57,6 +57,18 @@ pub enum Error {
         /// The value given.
         value: String,
     },
+    /// A hyperparameter value outside its declared domain.
+    #[error("hyperparameter `{name}` of `{loss}` is {value}, but it must be {range}")]
+    ParamRange {
+        /// The loss.
+        loss: String,
+        /// The parameter.
+        name: &'static str,
+        /// The value given (or its default).
+        value: f32,
+        /// The domain (`in [0.0, 1.0]`, `> 0.0 when loss_type = ExoPair`).
+        range: String,
+    },
     /// A hyperparameter without default and without value.
     #[error("loss `{loss}` needs a value for `{name}` (it has no default)")]
     MissingParam {
@@ -88,6 +100,21 @@ pub enum Error {
     /// The reference interpreter refused the inputs.
     #[error(transparent)]
     Eval(#[from] liger_ir::EvalError),
+    /// An input given that the selected specialisation does not use (an alternative to
+    /// another input given, or an input the loss ignores with these variants).
+    #[error(
+        "input `{name}` of `{loss}` is given but not used with {spec}{instead}; remove it, or choose variants that use it"
+    )]
+    UnusedInput {
+        /// The loss.
+        loss: String,
+        /// The input.
+        name: String,
+        /// The specialisation.
+        spec: String,
+        /// Which inputs are used in its place (` (it uses `x` instead: …)`), or empty.
+        instead: String,
+    },
     /// A file that cannot be read or written, or that is malformed.
     #[error("{path}: {why}")]
     File {

@@ -53,6 +53,6 @@ pub use liger_runtime::{
     DeviceTensor, GradBuf, GradDTypes, Head, HeadGrads, InputSet, InputValue, LossOutput,
     MetricOutput, Pipeline, Report, RunOptions, Runtime, Strategy, TensorData, TensorView,
 };
-pub use loss::{ChunkedLoss, DefaultValue, ParamInfo, ParamKind, SpecInfo};
+pub use loss::{ChunkedLoss, DefaultValue, ParamInfo, ParamKind, ParamRange, SpecInfo};
 pub use params::{ParamSet, ResolvedParams};
 pub use run::{pipeline, pipeline_for, run, run_device};

@@ -111,6 +111,51 @@ impl fmt::Display for DefaultValue {
     }
 }
 
+/// A hyperparameter's domain (`#[range(..)]`): bounds `(value, inclusive)` and, optionally,
+/// the variant value under which it applies (`when(loss_type = ExoPair)`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ParamRange {
+    /// Lower bound.
+    pub lo: Option<(f32, bool)>,
+    /// Upper bound.
+    pub hi: Option<(f32, bool)>,
+    /// `(variant parameter, value)` under which the range applies.
+    pub when: Option<(&'static str, &'static str)>,
+}
+
+impl ParamRange {
+    /// Whether `x` is inside.
+    pub fn contains(&self, x: f32) -> bool {
+        self.lo
+            .is_none_or(|(lo, inc)| if inc { x >= lo } else { x > lo })
+            && self
+                .hi
+                .is_none_or(|(hi, inc)| if inc { x <= hi } else { x < hi })
+    }
+}
+
+impl fmt::Display for ParamRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.lo, self.hi) {
+            (Some((lo, li)), Some((hi, hi_inc))) => write!(
+                f,
+                "in {}{lo:?}, {hi:?}{}",
+                if li { "[" } else { "(" },
+                if hi_inc { "]" } else { ")" }
+            ),
+            (Some((lo, true)), None) => write!(f, ">= {lo:?}"),
+            (Some((lo, false)), None) => write!(f, "> {lo:?}"),
+            (None, Some((hi, true))) => write!(f, "<= {hi:?}"),
+            (None, Some((hi, false))) => write!(f, "< {hi:?}"),
+            (None, None) => f.write_str("any value"),
+        }?;
+        if let Some((p, v)) = self.when {
+            write!(f, " when {p} = {v}")?;
+        }
+        Ok(())
+    }
+}
+
 /// One parameter of a loss.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ParamInfo {
@@ -126,6 +171,8 @@ pub struct ParamInfo {
     pub choices: &'static [&'static str],
     /// The Rust type the user wrote (`Frozen<Logits>`, `DpoType`, …).
     pub type_name: &'static str,
+    /// The hyperparameter's domains, checked before every run.
+    pub ranges: &'static [ParamRange],
 }
 
 /// One specialisation: a value for every variant, presence for every optional input.

@@ -104,7 +104,7 @@ impl ParamSet {
                     hint: "pass a number (a hyperparameter) or a tensor (an input)",
                 });
             }
-            if !p.choices.iter().any(|c| c.eq_ignore_ascii_case(v)) {
+            if !p.choices.iter().any(|c| same_choice(c, v)) {
                 return Err(Error::BadVariant {
                     param: name.clone(),
                     value: v.clone(),
@@ -132,7 +132,7 @@ impl ParamSet {
                         (Some(v), _) => p
                             .choices
                             .iter()
-                            .find(|c| c.eq_ignore_ascii_case(v))
+                            .find(|c| same_choice(c, v))
                             .copied()
                             .unwrap_or(p.choices[0]),
                         (None, DefaultValue::Bool(b)) => {
@@ -158,8 +158,39 @@ impl ParamSet {
                 _ => {}
             }
         }
+        // Domains, with the variants resolved (a range may apply under one variant only).
+        for p in loss.params().iter().filter(|p| p.kind == ParamKind::Hyper) {
+            let Some(&v) = out.floats.get(p.name) else {
+                continue;
+            };
+            for r in p.ranges {
+                let applies = r
+                    .when
+                    .is_none_or(|(q, want)| out.variants.get(q).is_some_and(|x| *x == want));
+                if applies && !r.contains(v) {
+                    return Err(Error::ParamRange {
+                        loss: loss.name().into(),
+                        name: p.name,
+                        value: v,
+                        range: r.to_string(),
+                    });
+                }
+            }
+        }
         Ok(out)
     }
+}
+
+/// Whether a variant value given by a caller names choice `choice`: case-insensitive, and
+/// snake_case for CamelCase (`exo_pair` for `ExoPair`).
+pub fn same_choice(choice: &str, given: &str) -> bool {
+    let norm = |s: &str| -> String {
+        s.chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .flat_map(char::to_lowercase)
+            .collect()
+    };
+    norm(choice) == norm(given)
 }
 
 fn unknown(loss: &dyn ChunkedLoss, name: &str) -> Error {

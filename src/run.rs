@@ -84,7 +84,55 @@ pub(crate) fn specialise(
     }
     let spec = loss.specialization(&resolved, &contains)?;
     let p = pipeline_of(loss, spec)?;
+    unused_inputs(loss, spec, &p, given)?;
     Ok((resolved, spec, p))
+}
+
+/// Every input given is used or refused: an input the specialisation's IR never reads (DPO
+/// given both a reference head and precomputed reference log-probs uses the head) is an error
+/// naming it and the inputs used in its place.
+fn unused_inputs(
+    loss: &dyn ChunkedLoss,
+    spec: &SpecInfo,
+    p: &Pipeline,
+    given: &[&str],
+) -> Result<(), Error> {
+    let Some(f) = p.surface() else {
+        return Ok(());
+    };
+    let uses = f.use_counts();
+    let used = |name: &str| {
+        f.input_by_name(name)
+            .and_then(|id| f.input_node(id))
+            .is_some_and(|v| uses[v.index()] > 0)
+    };
+    let Some(&unused) = given.iter().find(|n| !used(n)) else {
+        return Ok(());
+    };
+    let instead: Vec<&str> = loss
+        .params()
+        .iter()
+        .filter(|q| q.optional && q.kind.is_input() && q.name != unused)
+        .map(|q| q.name)
+        .filter(|n| given.contains(n) && used(n))
+        .collect();
+    Err(Error::UnusedInput {
+        loss: loss.name().into(),
+        name: unused.into(),
+        spec: spec.describe(),
+        instead: if instead.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (it uses {} instead: give only one of them)",
+                instead
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
+    })
 }
 
 /// The pipeline and hyperparameter values of the specialisation `params` and the inputs

@@ -466,7 +466,9 @@ fn fake_binary(tag: &str) -> Binary {
 /// it: the origin and the bytes served.
 fn fetch(cache: &Cache, tag: &str) -> (Origin, Vec<u8>) {
     let (b, o) = cache
-        .get_or_compile(&fake_parts(tag), &Artifacts::default(), || Ok(fake_binary(tag)))
+        .get_or_compile(&fake_parts(tag), &Artifacts::default(), || {
+            Ok(fake_binary(tag))
+        })
         .expect("served or compiled");
     (o, b.bytes.clone())
 }
@@ -486,12 +488,15 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+/// An attack: what it does, the tampering, and the check that must catch it.
+type Attack = (&'static str, Box<dyn Fn(&std::path::Path)>, &'static str);
+
 /// Each attack of the hostile-user review, and that the entry is never served afterwards but
 /// recompiled (with a warning naming the failed check), and served again once rewritten.
 #[test]
 fn attacks_on_entries_are_refused_and_recompiled() {
     let root = temp_root("attacks");
-    let attacks: Vec<(&str, Box<dyn Fn(&std::path::Path)>, &str)> = vec![
+    let attacks: Vec<Attack> = vec![
         (
             "the entry of another key copied over this one",
             Box::new(|root: &std::path::Path| {
@@ -534,8 +539,11 @@ fn attacks_on_entries_are_refused_and_recompiled() {
             Box::new(|root: &std::path::Path| {
                 let d = entry_dir(root, "b");
                 std::fs::remove_file(d.join("kernel.cubin")).expect("rm");
-                std::os::unix::fs::symlink(entry_dir(root, "a").join("kernel.cubin"), d.join("kernel.cubin"))
-                    .expect("symlink");
+                std::os::unix::fs::symlink(
+                    entry_dir(root, "a").join("kernel.cubin"),
+                    d.join("kernel.cubin"),
+                )
+                .expect("symlink");
             }),
             "not a regular file",
         ),
@@ -617,7 +625,10 @@ fn the_cache_is_private_and_refuses_shared_directories() {
     let c = fresh_cache(&root);
     assert!(c.root().is_none());
     let w = c.warnings.lock().expect("lock").join("\n");
-    assert!(w.contains("writable by everyone") && w.contains("chmod 700"), "{w}");
+    assert!(
+        w.contains("writable by everyone") && w.contains("chmod 700"),
+        "{w}"
+    );
     let (origin, _) = fetch(&c, "p");
     assert!(matches!(origin, Origin::Compiled { .. }));
     // Another owner (only root can make one).
@@ -627,7 +638,13 @@ fn the_cache_is_private_and_refuses_shared_directories() {
         std::os::unix::fs::chown(&root, Some(12345), None).expect("chown");
         let c = fresh_cache(&root);
         assert!(c.root().is_none());
-        assert!(c.warnings.lock().expect("lock").join("\n").contains("belongs to user 12345"));
+        assert!(
+            c.warnings
+                .lock()
+                .expect("lock")
+                .join("\n")
+                .contains("belongs to user 12345")
+        );
         std::os::unix::fs::chown(&root, Some(0), None).expect("chown back");
     } else {
         eprintln!("skipping the other-owner case: not running as root");
@@ -662,7 +679,10 @@ fn housekeeping_stays_inside_and_collects_leftovers() {
     assert_eq!(c.entries().len(), 2);
     // Clear removes everything inside, temporaries included, and nothing outside.
     assert_eq!(c.clear().expect("clears"), 2);
-    let left: Vec<_> = std::fs::read_dir(&store).expect("store").flatten().collect();
+    let left: Vec<_> = std::fs::read_dir(&store)
+        .expect("store")
+        .flatten()
+        .collect();
     assert!(left.is_empty(), "{left:?}");
     assert!(outside.join("precious").exists());
     // A symlinked store is refused (clear would follow it out of the cache).

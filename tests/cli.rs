@@ -334,3 +334,172 @@ fn run_writes_gradients_in_the_dtypes_asked_for() {
         "`dx` is not a gradient (x, w, b)",
     );
 }
+
+/// The output is written atomically: `--out` equal to `--inputs` is refused, and a write that
+/// fails (a file-size limit, as a full disk would) leaves the previous output intact and no
+/// partial file behind.
+#[test]
+fn outputs_survive_failed_writes_and_never_overwrite_the_input() {
+    let dir = std::env::temp_dir().join(format!("liger-cli-out-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let input = dir.join("in.safetensors").to_string_lossy().into_owned();
+    let output = dir.join("out.safetensors").to_string_lossy().into_owned();
+    dpo_file(&input);
+    let before = std::fs::read(&input).expect("input");
+    // Same file, by the same and by another spelling.
+    for out in [input.clone(), format!("{}/./in.safetensors", dir.display())] {
+        let st = liger()
+            .args(["run", "dpo", "--inputs", &input, "--out", &out])
+            .output()
+            .expect("runs");
+        let err = String::from_utf8_lossy(&st.stderr);
+        assert!(
+            !st.status.success() && err.contains("would overwrite the batch"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(&input).expect("input"),
+            before,
+            "the input was touched"
+        );
+    }
+    // A previous output, then a run whose write fails under a 4 KiB file-size limit.
+    std::fs::write(&output, b"previous results").expect("previous");
+    let st = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; ulimit -f 4; exec {} run dpo --inputs {input} --out {output}",
+            env!("CARGO_BIN_EXE_liger")
+        ))
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(!st.status.success(), "the write should fail: {err}");
+    assert!(err.contains("previous file is unchanged"), "{err}");
+    assert_eq!(
+        std::fs::read(&output).expect("output"),
+        b"previous results",
+        "the previous output was destroyed"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "partial files left: {leftovers:?}");
+    // Without the limit the same run replaces it.
+    let st = liger()
+        .args(["run", "dpo", "--inputs", &input, "--out", &output])
+        .output()
+        .expect("runs");
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    assert!(
+        liger::io::read(&output)
+            .expect("output")
+            .contains_key("loss")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The `MiB` figure after `label` in `liger run`'s report.
+fn reported_mib(stdout: &str, label: &str) -> f64 {
+    let at = stdout
+        .find(label)
+        .unwrap_or_else(|| panic!("no `{label}` in the report:\n{stdout}"));
+    stdout[at + label.len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|x| x.parse().ok())
+        .unwrap_or_else(|| panic!("no number after `{label}`:\n{stdout}"))
+}
+
+/// Host memory honesty: the batch is read through a memory map and converted per chunk, so
+/// the heap peak follows the budget, not the file. A bf16 DPO batch with a reference head
+/// whose activations (64 MiB as f32) dwarf the budget: the counting allocator's peak stays
+/// within 1.5x the budget plus the returned gradients (the budget already counts the f32
+/// copies of both `W` and, for bf16 gradients, the f32 accumulators). Copying the activations
+/// to f32, as the executor once did, adds 64 MiB and fails this.
+#[test]
+fn host_heap_follows_the_budget_not_the_file() {
+    let (s, t, h, v) = (64usize, 512usize, 256usize, 2048usize);
+    let mut rng = fastrand::Rng::with_seed(11);
+    let bf = |n: usize, sd: f64, rng: &mut fastrand::Rng| {
+        OwnedData::BF16(
+            randn(rng, n, sd)
+                .into_iter()
+                .map(half::bf16::from_f32)
+                .collect(),
+        )
+    };
+    let mut f = BTreeMap::new();
+    for head in ["policy", "reference"] {
+        f.insert(
+            format!("{head}.x"),
+            OwnedTensor {
+                shape: vec![s, t, h],
+                data: bf(s * t * h, 1.0, &mut rng),
+            },
+        );
+        f.insert(
+            format!("{head}.w"),
+            OwnedTensor {
+                shape: vec![v, h],
+                data: bf(v * h, 0.05, &mut rng),
+            },
+        );
+    }
+    let tg: Vec<i32> = targets(&mut rng, s, t, v, -100)
+        .into_iter()
+        .map(|x| x as i32)
+        .collect();
+    f.insert(
+        "target".to_string(),
+        OwnedTensor {
+            shape: vec![s, t],
+            data: OwnedData::I32(tg),
+        },
+    );
+    let input = tmp("heap.safetensors");
+    liger::io::write(&input, &f).expect("writes");
+    drop(f);
+    let file_mib = std::fs::metadata(&input).expect("input").len() as f64 / 1048576.0;
+    for (grad_dtype, budget_mib) in [("f32", 16.0), ("bf16", 48.0)] {
+        let st = liger()
+            .args([
+                "run",
+                "dpo",
+                "--inputs",
+                &input,
+                "--chunk-memory",
+                &format!("{budget_mib}MiB"),
+                "--grad-dtype",
+                grad_dtype,
+            ])
+            .output()
+            .expect("runs");
+        let stdout = String::from_utf8_lossy(&st.stdout).into_owned();
+        assert!(
+            st.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        let peak = reported_mib(&stdout, "host heap peak ");
+        let grads = reported_mib(&stdout, "returned gradients ");
+        let copied = reported_mib(&stdout, "inputs copied out of the file ");
+        let bound = 1.5 * budget_mib + grads;
+        println!(
+            "file {file_mib:.1} MiB, {grad_dtype} gradients, budget {budget_mib} MiB: heap peak {peak} MiB, returned gradients {grads} MiB; bound {bound:.1} MiB"
+        );
+        assert!(
+            peak <= bound,
+            "host heap peak {peak} MiB exceeds 1.5 x budget + gradients = {bound:.1} MiB\n{stdout}"
+        );
+        assert_eq!(copied, 0.0, "an aligned file is read in place");
+    }
+    let _ = std::fs::remove_file(&input);
+}

@@ -411,3 +411,15 @@ fn the_planner_picks_a_strategy_and_reports_it() {
     .expect_err("deferred does not apply to a row-local loss");
     assert!(e.to_string().contains("row-local"), "{e}");
 }
+
+#[test]
+fn a_uniform_bias_of_1e7_cancels_exactly_under_every_schedule() {
+    let rt = Runtime::cpu();
+    for strategy in [None, Some(Strategy::Fused), Some(Strategy::TwoPass)] {
+        for eps in [0.0, 0.1] {
+            if let Err(e) = common::offset::check_uniform_bias(&rt, strategy, eps) {
+                panic!("{e}");
+            }
+        }
+    }
+}

@@ -152,8 +152,118 @@ fn sequence_without_valid_token_under_seq_mean() {
         run(&Dpo, &b.dpo(), &params),
         Err(Error::Runtime(RtError::EmptySequence { seq: 1 }))
     ));
-    // Summed log-probs allow it.
-    run(&Dpo, &b.dpo(), &ParamSet::new()).expect("seq_sum of no row is 0");
+    // Summed log-probs allow it, with a warning naming the first such sequence.
+    let out = run(&Dpo, &b.dpo(), &ParamSet::new()).expect("seq_sum of no row is 0");
+    assert_eq!(out.report.warnings.len(), 1, "{:?}", out.report.warnings);
+    assert!(
+        out.report.warnings[0].starts_with("sequence 1 has no valid row"),
+        "{:?}",
+        out.report.warnings
+    );
+}
+
+#[test]
+fn batch_without_any_valid_token_warns_for_every_reduction_policy() {
+    let mut b = batch(2, 4);
+    b.tg.iter_mut().for_each(|t| *t = -100);
+    // DPO: seq_sum of nothing is 0 for both sides, so the loss is log 2: said, not silent.
+    let out = run(&Dpo, &b.dpo(), &ParamSet::new()).expect("runs");
+    assert!(
+        (out.loss - std::f32::consts::LN_2).abs() < 1e-6,
+        "{}",
+        out.loss
+    );
+    assert!(
+        out.report
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("sequence 0 has no valid row")),
+        "{:?}",
+        out.report.warnings
+    );
+    // FLCE: a row-level mean over no row is 0 with a warning.
+    let out = run(&Flce, &b.flce(), &ParamSet::new()).expect("runs");
+    assert_eq!(out.loss, 0.0);
+    assert!(
+        out.report
+            .warnings
+            .iter()
+            .any(|w| w.contains("row-level mean selects no row")),
+        "{:?}",
+        out.report.warnings
+    );
+    // Every valid: no warning.
+    let b = batch(2, 4);
+    let mut full = b.tg.clone();
+    full.iter_mut().for_each(|t| *t = t.rem_euclid(17));
+    let set = InputSet::new()
+        .head("policy", b.head())
+        .head("reference", b.head())
+        .tensor("target", TensorView::new(&full, &[2, 4]).expect("t"));
+    let out = run(&Dpo, &set, &ParamSet::new()).expect("runs");
+    assert!(out.report.warnings.is_empty(), "{:?}", out.report.warnings);
+}
+
+#[test]
+fn an_input_given_but_not_used_is_refused_naming_both() {
+    let b = batch(2, 4);
+    let ref_logps = vec![-3.0f32, -4.0];
+    let set = b
+        .dpo()
+        .tensor("ref_logps", TensorView::new(&ref_logps, &[2]).expect("r"));
+    match run(&Dpo, &set, &ParamSet::new()) {
+        Err(Error::UnusedInput { name, instead, .. }) => {
+            assert_eq!(name, "ref_logps");
+            assert!(instead.contains("`reference`"), "{instead}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The f64 reference path refuses it the same way.
+    assert!(matches!(
+        liger::reference::evaluate(&Dpo, &set, &ParamSet::new(), -100),
+        Err(Error::UnusedInput { .. })
+    ));
+    // Either alone is fine.
+    let only_logps = InputSet::new()
+        .head("policy", b.head())
+        .tensor("target", TensorView::new(&b.tg, &[2, 4]).expect("t"))
+        .tensor("ref_logps", TensorView::new(&ref_logps, &[2]).expect("r"));
+    run(&Dpo, &only_logps, &ParamSet::new()).expect("ref_logps alone");
+    run(&Dpo, &b.dpo(), &ParamSet::new()).expect("reference alone");
+}
+
+#[test]
+fn results_that_overflow_f32_are_refused() {
+    // Every input finite, but x·Wᵀ = 8 · 3e38² overflows f32.
+    let mut b = batch(2, 4);
+    b.x.iter_mut().for_each(|v| *v = 3e38);
+    b.w.iter_mut().for_each(|v| *v = 3e38);
+    match run(&Flce, &b.flce(), &ParamSet::new()) {
+        Err(Error::Runtime(RtError::NonFiniteResult { what, .. })) => {
+            assert!(!what.is_empty())
+        }
+        other => panic!("{other:?}"),
+    }
+    // f64 inputs finite in f64 but not in f32 are refused as inputs, naming the tensor.
+    let b = batch(2, 4);
+    let mut x64: Vec<f64> = b.x.iter().map(|&v| f64::from(v)).collect();
+    x64[6] = 1e300;
+    let w64: Vec<f64> = b.w.iter().map(|&v| f64::from(v)).collect();
+    let set = InputSet::new()
+        .head(
+            "logits",
+            Head::new(
+                TensorView::new(&x64, &[2, 4, 8]).expect("x"),
+                TensorView::new(&w64, &[17, 8]).expect("w"),
+            ),
+        )
+        .tensor("target", TensorView::new(&b.tg, &[2, 4]).expect("t"));
+    match run(&Flce, &set, &ParamSet::new()) {
+        Err(Error::Runtime(RtError::NonFinite { input, index, .. })) => {
+            assert_eq!((input.as_str(), index), ("logits.x", 6))
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

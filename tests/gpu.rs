@@ -1502,3 +1502,220 @@ fn gpu_warm_then_run_reads_only_the_cache() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Trust nothing on disk, on the GPU: every kernel entry of a warmed cache is replaced by
+/// another key's entry and one binary has a flipped byte with its size and checksum
+/// rewritten; `liger run --device cuda` never loads them (each is moved aside with a warning
+/// and recompiled) and gives the loss of a clean cache; the rewritten entries then serve.
+#[test]
+fn gpu_swapped_or_tampered_cache_entries_are_never_loaded() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    use liger::io::{OwnedData, OwnedTensor};
+    let dir = std::env::temp_dir().join(format!("liger-gpu-tamper-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let exe = env!("CARGO_BIN_EXE_liger");
+    let cache = dir.join("cache");
+    let mut rng = fastrand::Rng::with_seed(17);
+    let (s, t, h, v) = (4usize, 9usize, 16usize, 50usize);
+    let f32t = |shape: Vec<usize>, rng: &mut fastrand::Rng| OwnedTensor {
+        data: OwnedData::F32(
+            (0..shape.iter().product())
+                .map(|_| normal(rng, 1.0))
+                .collect(),
+        ),
+        shape,
+    };
+    let mut flce = BTreeMap::new();
+    flce.insert("logits.x".to_string(), f32t(vec![s, t, h], &mut rng));
+    flce.insert("logits.w".to_string(), f32t(vec![v, h], &mut rng));
+    flce.insert(
+        "target".to_string(),
+        OwnedTensor {
+            shape: vec![s, t],
+            data: OwnedData::I64((0..s * t).map(|i| (i * 7 % v) as i64).collect()),
+        },
+    );
+    let file = dir.join("flce.safetensors");
+    liger::io::write(file.to_str().expect("path"), &flce).expect("writes");
+    let run = |variant: &str| {
+        let out = std::process::Command::new(exe)
+            .args([
+                "run",
+                "flce",
+                "--device",
+                "cuda",
+                "--variant",
+                variant,
+                "--inputs",
+            ])
+            .arg(&file)
+            .env("LIGER_CACHE_DIR", &cache)
+            .env("LIGER_LOG", "1")
+            .output()
+            .expect("run runs");
+        let (o, e) = (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        );
+        assert!(out.status.success(), "{o}{e}");
+        let loss = o.lines().next().unwrap_or_default().to_string();
+        (loss, e)
+    };
+    // Clean: compile and store, then the losses of two specialisations.
+    let (clean_mean, _) = run("reduction=mean");
+    let (clean_sum, _) = run("reduction=sum");
+    assert_ne!(clean_mean, clean_sum);
+    let store = cache.join("v2");
+    let mut entries: Vec<std::path::PathBuf> = std::fs::read_dir(&store)
+        .expect("store")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("meta.json").exists())
+        .collect();
+    entries.sort();
+    assert!(entries.len() >= 2, "entries: {entries:?}");
+    // Every entry gets the next one's files.
+    let saved: Vec<Vec<(std::ffi::OsString, Vec<u8>)>> = entries
+        .iter()
+        .map(|d| {
+            std::fs::read_dir(d)
+                .expect("entry")
+                .flatten()
+                .map(|f| (f.file_name(), std::fs::read(f.path()).expect("file")))
+                .collect()
+        })
+        .collect();
+    for (k, d) in entries.iter().enumerate() {
+        for (name, bytes) in &saved[(k + 1) % saved.len()] {
+            std::fs::write(d.join(name), bytes).expect("swap");
+        }
+    }
+    let (mean, log) = run("reduction=mean");
+    assert_eq!(
+        mean, clean_mean,
+        "a swapped entry changed the result:\n{log}"
+    );
+    assert!(log.contains("moved aside"), "no warning:\n{log}");
+    let (sum, log) = run("reduction=sum");
+    assert_eq!(sum, clean_sum, "{log}");
+    // A flipped byte in the binary with size and checksum rewritten in the metadata.
+    let d = entries.first().expect("entry");
+    let bin = std::fs::read_dir(d)
+        .expect("entry")
+        .flatten()
+        .map(|f| f.path())
+        .find(|p| p.extension().is_some_and(|e| e == "cubin" || e == "ptx"))
+        .expect("binary");
+    let mut bytes = std::fs::read(&bin).expect("binary");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&bin, &bytes).expect("tamper");
+    let meta_path = d.join("meta.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&meta_path).expect("meta")).expect("json");
+    meta["size"] = serde_json::json!(bytes.len());
+    std::fs::write(&meta_path, meta.to_string()).expect("meta");
+    for (variant, clean) in [
+        ("reduction=mean", &clean_mean),
+        ("reduction=sum", &clean_sum),
+    ] {
+        let (loss, _) = run(variant);
+        assert_eq!(&loss, clean, "{variant}");
+    }
+    // Every entry is whole again: served from disk without compiling.
+    let (loss, log) = run("reduction=mean");
+    assert_eq!(loss, clean_mean);
+    assert!(
+        log.contains("cache hit (disk)") && !log.contains("nvrtc compile"),
+        "{log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The reductions' policy on the GPU gives the CPU's warnings and errors, and a uniform bias
+/// of 1e7 cancels exactly under every schedule; a result that overflows f32 is refused.
+#[test]
+fn gpu_empty_sequences_offsets_and_overflow_match_the_cpu() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    let rt = liger::Runtime::cuda(0).expect("cuda runtime");
+    let cpu = liger::Runtime::cpu();
+    for strategy in [
+        None,
+        Some(liger::Strategy::Fused),
+        Some(liger::Strategy::TwoPass),
+    ] {
+        for eps in [0.0, 0.1] {
+            if let Err(e) = common::offset::check_uniform_bias(&rt, strategy, eps) {
+                panic!("{e}");
+            }
+        }
+    }
+    let (s, t, h, v) = (4usize, 5usize, 8usize, 33usize);
+    let mut rng = fastrand::Rng::with_seed(23);
+    let x: Vec<f32> = (0..s * t * h).map(|_| normal(&mut rng, 1.0)).collect();
+    let w: Vec<f32> = (0..v * h).map(|_| normal(&mut rng, 0.3)).collect();
+    let mut tg: Vec<i64> = (0..s * t).map(|i| (i * 3 % v) as i64).collect();
+    // Sequences 1 and 3 have no valid token.
+    for q in [1usize, 3] {
+        for e in &mut tg[q * t..(q + 1) * t] {
+            *e = -100;
+        }
+    }
+    let head = || {
+        liger::Head::new(
+            TensorView::new(&x, &[s, t, h]).expect("x"),
+            TensorView::new(&w, &[v, h]).expect("w"),
+        )
+    };
+    let set = InputSet::new()
+        .head("policy", head())
+        .head("reference", head())
+        .tensor("target", TensorView::new(&tg, &[s, t]).expect("t"));
+    let on = |r: &liger::Runtime| {
+        liger::run(
+            &liger::losses::Dpo,
+            r,
+            &set,
+            &ParamSet::new(),
+            &RunOptions::default(),
+        )
+        .expect("runs")
+    };
+    let (g, c) = (on(&rt), on(&cpu));
+    assert_eq!(g.report.warnings, c.report.warnings);
+    assert!(
+        g.report
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("sequence 1 has no valid row")),
+        "{:?}",
+        g.report.warnings
+    );
+    // Overflow of f32 in the logits: refused, not NaN.
+    let big = vec![3e38f32; s * t * h];
+    let wbig = vec![3e38f32; v * h];
+    let set = InputSet::new()
+        .head(
+            "logits",
+            liger::Head::new(
+                TensorView::new(&big, &[s, t, h]).expect("x"),
+                TensorView::new(&wbig, &[v, h]).expect("w"),
+            ),
+        )
+        .tensor("target", TensorView::new(&tg, &[s, t]).expect("t"));
+    match liger::run(
+        &liger::losses::Flce,
+        &rt,
+        &set,
+        &ParamSet::new(),
+        &RunOptions::default(),
+    ) {
+        Err(liger::Error::Runtime(RtError::NonFiniteResult { .. })) => {}
+        other => panic!("{other:?}"),
+    }
+}

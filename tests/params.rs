@@ -183,3 +183,104 @@ fn losses_by_name() {
     let e = liger::losses::by_name("ipo").expect_err("unknown");
     assert!(e.to_string().contains("dpo, flce, jsd"), "{e}");
 }
+
+/// A user loss whose cap is constrained only in the variant that uses it.
+#[chunked_loss]
+pub fn capped_ce(
+    logits: Logits,
+    target: Target,
+    #[variant] mode: CapMode,
+    #[default(30.0)]
+    #[range(gt = 0.0, when(mode = Capped))]
+    #[range(le = 1000.0)]
+    cap: f32,
+) -> Loss {
+    let z = match mode {
+        CapMode::Plain => logits,
+        CapMode::Capped => cap * tanh(logits / cap),
+    };
+    mean(-logprob(z, target))
+}
+
+fn range_error(loss: &dyn ChunkedLoss, params: ParamSet) -> Option<(String, f32, String)> {
+    match params.resolve(loss) {
+        Err(Error::ParamRange {
+            name, value, range, ..
+        }) => Some((name.to_string(), value, range)),
+        Err(e) => panic!("expected a range error, got {e}"),
+        Ok(_) => None,
+    }
+}
+
+#[test]
+fn hyperparameter_domains_are_checked_before_running() {
+    // JSD: temperature > 0, 0 <= beta <= 1 (both ends allowed: they are the two KLs).
+    for (name, v) in [
+        ("temperature", 0.0),
+        ("temperature", -1.0),
+        ("beta", -1.0),
+        ("beta", 2.0),
+    ] {
+        let e = range_error(&Jsd, ParamSet::new().float(name, v));
+        let (n, value, range) = e.unwrap_or_else(|| panic!("jsd {name}={v} accepted"));
+        assert_eq!((n.as_str(), value), (name, v));
+        assert!(!range.is_empty());
+    }
+    for (name, v) in [("temperature", 1e-3), ("beta", 0.0), ("beta", 1.0)] {
+        assert_eq!(
+            range_error(&Jsd, ParamSet::new().float(name, v)),
+            None,
+            "{name}={v}"
+        );
+    }
+    let e = ParamSet::new()
+        .float("temperature", 0.0)
+        .resolve(&Jsd)
+        .expect_err("temperature 0");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("temperature") && msg.contains("> 0.0"),
+        "the message names the parameter and its domain: {msg}"
+    );
+
+    // FLCE: the softcap value is constrained only when softcap is on.
+    let off = ParamSet::new().float("softcap_value", -1.0);
+    assert_eq!(range_error(&Flce, off), None);
+    let on = ParamSet::new()
+        .float("softcap_value", -1.0)
+        .variant("softcap", "true");
+    let (_, _, range) = range_error(&Flce, on).expect("softcap on, negative cap");
+    assert_eq!(range, "> 0.0 when softcap = true");
+    assert!(range_error(&Flce, ParamSet::new().float("label_smoothing", 1.5)).is_some());
+    assert!(range_error(&Flce, ParamSet::new().float("z_loss_scale", -1e-4)).is_some());
+
+    // DPO: beta > 0, cDPO smoothing at most 0.5.
+    assert!(range_error(&Dpo, ParamSet::new().float("beta", 0.0)).is_some());
+    assert!(range_error(&Dpo, ParamSet::new().float("label_smoothing", 0.6)).is_some());
+
+    // A user loss: a conditional range on an enum variant plus an unconditional one.
+    let p = CappedCe.param("cap").expect("cap");
+    assert_eq!(p.ranges.len(), 2);
+    assert_eq!(
+        range_error(&CappedCe, ParamSet::new().float("cap", -3.0)),
+        None
+    );
+    let capped = || ParamSet::new().variant("mode", "capped");
+    assert!(range_error(&CappedCe, capped().float("cap", -3.0)).is_some());
+    assert!(range_error(&CappedCe, capped().float("cap", 2000.0)).is_some());
+    assert!(range_error(&CappedCe, ParamSet::new().float("cap", 2000.0)).is_some());
+    assert_eq!(range_error(&CappedCe, capped().float("cap", 5.0)), None);
+}
+
+#[test]
+fn variant_names_match_in_snake_case_too() {
+    assert_eq!("hinge".parse::<DpoType>().ok(), Some(DpoType::Hinge));
+    assert_eq!("Capped".parse::<CapMode>().ok(), Some(CapMode::Capped));
+    let r = ParamSet::new()
+        .variant("mode", "CAPPED")
+        .resolve(&CappedCe)
+        .expect("valid");
+    assert_eq!(r.variant("mode"), Some("Capped"));
+    assert!(liger::params::same_choice("ExoPair", "exo_pair"));
+    assert!(!liger::params::same_choice("ExoPair", "exo"));
+}

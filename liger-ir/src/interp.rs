@@ -176,6 +176,13 @@ pub enum EvalWarning {
         /// The `mean` node.
         node: ValueId,
     },
+    /// A masked `seq_sum` over a sequence with no row under its mask: the sum is 0.
+    EmptySeqSum {
+        /// The `seq_sum` node.
+        node: ValueId,
+        /// The first such sequence.
+        seq: usize,
+    },
 }
 
 /// The data of a value.
@@ -482,7 +489,7 @@ fn eval_all(
         // The k-th operand's element for result element `e` (broadcasting).
         let at = |k: usize, e: usize| fl(k)[d.coarsen(e, lvl, lv(k))];
         let mask_at = |k: Option<usize>, r: usize| k.is_none_or(|k| bl(k)[r]);
-        let row_lse = |z: &[f64], r: usize| scalar::logsumexp(&z[r * d.v..(r + 1) * d.v]);
+        let row_lse = |z: &[f64], r: usize| scalar::lse_parts(&z[r * d.v..(r + 1) * d.v]);
         if let Some((_, v)) = pins.iter().find(|(p, _)| p.index() == i) {
             vals.push(v.clone());
             continue;
@@ -577,9 +584,9 @@ fn eval_all(
                 let z = fl(0);
                 let mut out = vec![0.0; n];
                 for r in 0..d.s * d.t {
-                    let lse = row_lse(z, r);
+                    let parts = row_lse(z, r);
                     for v in 0..d.v {
-                        let y = z[r * d.v + v] - lse;
+                        let y = scalar::log_softmax_at(z[r * d.v + v], parts);
                         out[r * d.v + v] = if node.op == Op::Softmax { y.exp() } else { y };
                     }
                 }
@@ -615,7 +622,7 @@ fn eval_all(
                             Some(k) => {
                                 let x = z[r * d.v + k as usize];
                                 if node.op == Op::LogProb {
-                                    x - row_lse(z, r)
+                                    scalar::log_softmax_at(x, row_lse(z, r))
                                 } else {
                                     x
                                 }
@@ -658,6 +665,7 @@ fn eval_all(
                     Some(_) => (Some(fl(0)), (node.args.len() == 2).then_some(1)),
                 };
                 let mut out = vec![0.0; n];
+                let mut empty_sum = None;
                 for (s, o) in out.iter_mut().enumerate() {
                     let (mut sum, mut count) = (0.0, 0usize);
                     for r in s * d.t..(s + 1) * d.t {
@@ -668,13 +676,24 @@ fn eval_all(
                     }
                     *o = match red {
                         None => count as f64,
-                        Some(SeqReduce::Sum) => sum,
+                        Some(SeqReduce::Sum) => {
+                            if count == 0 && mk.is_some() && empty_sum.is_none() {
+                                empty_sum = Some(s);
+                            }
+                            sum
+                        }
                         Some(SeqReduce::MeanOrZero) => sum / count.max(1) as f64,
                         Some(SeqReduce::Mean) if count == 0 => {
                             return Err(EvalError::EmptySequence { seq: s });
                         }
                         Some(SeqReduce::Mean) => sum / count as f64,
                     };
+                }
+                if let Some(seq) = empty_sum {
+                    warnings.push(EvalWarning::EmptySeqSum {
+                        node: ValueId(i as u32),
+                        seq,
+                    });
                 }
                 Data::F(out)
             }

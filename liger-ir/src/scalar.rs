@@ -219,12 +219,30 @@ pub fn vocab_reduce<F: Float>(op: VocabReduce, row: &[F]) -> F {
 
 /// `log Σ exp(row)` with the row max subtracted first (sum in f64).
 pub fn logsumexp<F: Float>(row: &[F]) -> F {
-    let m = row.iter().copied().fold(F::NEG_INFINITY, F::max);
+    let (m, ls) = lse_parts(row);
     if m == F::NEG_INFINITY {
         return m;
     }
+    m.add(ls)
+}
+
+/// The log-sum-exp of `row` in two parts, `(m, log Σ exp(row − m))` with `m` the row max.
+///
+/// `log_softmax`, `softmax` and `logprob` are formed as `(z − m) − ls`: `z − m` is exact
+/// (both are values of the row), so a large common offset of the row (a uniform bias of
+/// 1e7) cancels exactly instead of being rounded into a large `lse` first.
+pub fn lse_parts<F: Float>(row: &[F]) -> (F, F) {
+    let m = row.iter().copied().fold(F::NEG_INFINITY, F::max);
+    if m == F::NEG_INFINITY {
+        return (m, F::ZERO);
+    }
     let s: f64 = row.iter().map(|x| x.sub(m).exp().f64()).sum();
-    m.add(F::of(s.ln()))
+    (m, F::of(s.ln()))
+}
+
+/// `log_softmax(row)[k]` as `(row[k] − m) − ls` from [`lse_parts`].
+pub fn log_softmax_at<F: Float>(x: F, (m, ls): (F, F)) -> F {
+    x.sub(m).sub(ls)
 }
 
 #[cfg(test)]

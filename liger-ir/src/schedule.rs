@@ -540,7 +540,7 @@ impl Schedule {
             .streams(f, s)
             .iter()
             .map(|k| {
-                let reads = (k.reduction_passes().max(1) * k.heads.len()) as f64;
+                let reads = (k.passes().max(1) * k.heads.len()) as f64;
                 r * v * f32b * (reads + k.outputs.len() as f64)
             })
             .sum();

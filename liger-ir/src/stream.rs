@@ -59,6 +59,9 @@ pub struct StreamPlan {
     pub externals: BTreeSet<ValueId>,
     /// Heads whose logits the kernel reads.
     pub heads: BTreeSet<InputId>,
+    /// Whether the reductions of the last reduction pass run in the pass that writes the
+    /// outputs (no output needs them), saving one pass over V.
+    pub merged_last: bool,
 }
 
 /// The head a node is, if it is a head's input node.
@@ -144,9 +147,13 @@ impl StreamPlan {
         for (_, o) in &outputs {
             b.needs(*o, &mut out_needs, &mut BTreeSet::new());
         }
-        for it in out_needs {
-            b.stage_of(it);
-        }
+        let out_stage = out_needs
+            .into_iter()
+            .map(|it| b.stage_of(it))
+            .max()
+            .unwrap_or(0);
+        let last = b.stages.values().copied().max().unwrap_or(0);
+        let merged_last = !outputs.is_empty() && last > 0 && out_stage < last;
         let mut heads = BTreeSet::new();
         let mut stack: Vec<ValueId> = program
             .iter()
@@ -172,6 +179,7 @@ impl StreamPlan {
             stages: b.stages,
             externals: b.externals,
             heads,
+            merged_last,
         }
     }
 
@@ -180,9 +188,10 @@ impl StreamPlan {
         self.stages.values().copied().max().unwrap_or(0)
     }
 
-    /// Every pass over V: the reduction passes, plus the one that writes the outputs.
+    /// Every pass over V: the reduction passes, plus the one that writes the outputs unless
+    /// the last reductions run in it ([`StreamPlan::merged_last`]).
     pub fn passes(&self) -> usize {
-        self.reduction_passes() + usize::from(!self.outputs.is_empty())
+        self.reduction_passes() + usize::from(!self.outputs.is_empty() && !self.merged_last)
     }
 
     /// The row-level nodes of the program (written to their whole-batch arrays).

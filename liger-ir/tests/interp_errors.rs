@@ -137,6 +137,31 @@ fn mean_over_no_rows_is_zero_with_a_warning() {
 }
 
 #[test]
+fn masked_seq_sum_over_no_rows_is_zero_with_a_warning() {
+    let f = parse(
+        "; liger-ir v1\nloss s {\n  input z: logits\n  input t: target\n  m = valid t\n  lp = logprob z, t\n  x = seq_sum lp, m\n  y = mean x\n  loss = y\n}\n",
+    )
+    .expect("parses");
+    let mut b = batch(3, 2, 5);
+    b.inputs.insert(
+        "t".into(),
+        HostInput::Ids(vec![1, 2, -100, -100, -100, -100]),
+    );
+    let e = evaluate(&f, &b).expect("evaluates");
+    assert!(
+        matches!(
+            e.warnings.as_slice(),
+            [EvalWarning::EmptySeqSum { seq: 1, .. }]
+        ),
+        "{:?}",
+        e.warnings
+    );
+    b.inputs
+        .insert("t".into(), HostInput::Ids(vec![1, 2, 3, -100, 0, 4]));
+    assert!(evaluate(&f, &b).expect("evaluates").warnings.is_empty());
+}
+
+#[test]
 fn odd_sequence_count_for_a_paired_loss() {
     let f = parse(DPO).expect("parses");
     let z: Vec<f64> = (0..3 * 2 * 4).map(|i| (i as f64).cos()).collect();

@@ -109,7 +109,7 @@ pub fn expand(sig: &Sig, enums: &Enums, specs: &[(Spec, Outcome)], ok: bool) -> 
             impl ::std::str::FromStr for #ety {
                 type Err = ::liger::Error;
                 fn from_str(s: &str) -> ::std::result::Result<Self, ::liger::Error> {
-                    Self::ALL.iter().copied().find(|v| v.name().eq_ignore_ascii_case(s)).ok_or_else(|| {
+                    Self::ALL.iter().copied().find(|v| ::liger::params::same_choice(v.name(), s)).ok_or_else(|| {
                         ::liger::Error::BadVariant {
                             param: ::std::string::String::from(stringify!(#ety)),
                             value: ::std::string::String::from(s),
@@ -155,10 +155,28 @@ pub fn expand(sig: &Sig, enums: &Enums, specs: &[(Spec, Outcome)], ok: bool) -> 
             _ => vec![],
         };
         let type_text = &p.type_text;
+        let bound = |b: Option<(f64, bool)>| match b {
+            Some((x, inc)) => {
+                let x = x as f32;
+                quote!(::std::option::Option::Some((#x, #inc)))
+            }
+            None => quote!(::std::option::Option::None),
+        };
+        let ranges = p.ranges.iter().map(|r| {
+            let (lo, hi) = (bound(r.lo), bound(r.hi));
+            let when = match &r.when {
+                Some((n, v)) => {
+                    let (n, v) = (n.to_string(), v.to_string());
+                    quote!(::std::option::Option::Some((#n, #v)))
+                }
+                None => quote!(::std::option::Option::None),
+            };
+            quote!(::liger::ParamRange { lo: #lo, hi: #hi, when: #when })
+        });
         quote! {
             ::liger::ParamInfo {
                 name: #name, kind: #kind, optional: #optional, default: #default,
-                choices: &[#(#choices),*], type_name: #type_text,
+                choices: &[#(#choices),*], type_name: #type_text, ranges: &[#(#ranges),*],
             }
         }
     });

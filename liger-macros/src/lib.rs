@@ -23,6 +23,54 @@ use sig::Kind;
 /// The most specialisations one loss may have.
 const MAX_SPECS: usize = 256;
 
+/// Every `when(variant = Value)` of a `#[range]` names a variant parameter and one of its
+/// values.
+fn check_range_conditions(sig: &sig::Sig, enums: &variants::Enums, errs: &mut Errors) {
+    for p in &sig.params {
+        for r in &p.ranges {
+            let Some((name, value)) = &r.when else {
+                continue;
+            };
+            let target = sig
+                .params
+                .iter()
+                .enumerate()
+                .find(|(_, q)| q.ident == *name);
+            let (ok, values) = match target {
+                Some((_, q)) if matches!(q.kind, Kind::Flag) => (
+                    value == "true" || value == "false",
+                    "true, false".to_string(),
+                ),
+                Some((i, q)) if matches!(q.kind, Kind::Enum(_)) => {
+                    let vs = enums.get(&i).map(|v| v.as_slice()).unwrap_or(&[]);
+                    let names: Vec<String> = vs.iter().map(ToString::to_string).collect();
+                    (vs.iter().any(|x| x == value), names.join(", "))
+                }
+                Some(_) => {
+                    errs.push(
+                        name.span(),
+                        format!("`{name}` is not a `#[variant]` parameter: `when` takes a variant"),
+                    );
+                    continue;
+                }
+                None => {
+                    errs.push(
+                        name.span(),
+                        format!("no parameter `{name}` to condition on"),
+                    );
+                    continue;
+                }
+            };
+            if !ok {
+                errs.push(
+                    value.span(),
+                    format!("`{value}` is not a value of `{name}` ({values})"),
+                );
+            }
+        }
+    }
+}
+
 /// Compiles a loss fn; see the crate docs and SURFACE.md.
 #[proc_macro_attribute]
 pub fn chunked_loss(attr: TokenStream, item: TokenStream) -> TokenStream {
@@ -57,6 +105,7 @@ fn expand_loss(
     };
     let sig = sig::analyze(&item, &mut errs);
     let enums = variants::find(&sig, &mut errs);
+    check_range_conditions(&sig, &enums, &mut errs);
 
     // Every combination of variant values and optional-input presence.
     let mut specs: Vec<Spec> = vec![Spec { choices: vec![] }];

@@ -34,6 +34,20 @@ pub enum DefaultVal {
     Variant(Ident),
 }
 
+/// A `#[range(..)]` domain of a hyperparameter: bounds (value, inclusive) and, optionally,
+/// the variant value under which it applies.
+#[derive(Clone, Debug)]
+pub struct RangeAttr {
+    /// Lower bound.
+    pub lo: Option<(f64, bool)>,
+    /// Upper bound.
+    pub hi: Option<(f64, bool)>,
+    /// `when(param = Value)`: the variant parameter and its value.
+    pub when: Option<(Ident, Ident)>,
+    /// Where it was written.
+    pub span: Span,
+}
+
 /// One parameter.
 #[derive(Clone, Debug)]
 pub struct Param {
@@ -45,6 +59,8 @@ pub struct Param {
     pub optional: bool,
     /// Its default.
     pub default: Option<DefaultVal>,
+    /// Its domains (`#[range(..)]`, hyperparameters only).
+    pub ranges: Vec<RangeAttr>,
     /// The type as written.
     pub type_text: String,
 }
@@ -209,6 +225,143 @@ fn parse_default(attr: &syn::Attribute, errs: &mut Errors) -> Option<(DefaultVal
     None
 }
 
+/// A number literal, possibly negated.
+fn number(e: &Expr) -> Option<f64> {
+    match e {
+        Expr::Lit(l) => match &l.lit {
+            Lit::Float(f) => f.base10_parse::<f64>().ok(),
+            Lit::Int(i) => i.base10_parse::<f64>().ok(),
+            _ => None,
+        },
+        Expr::Unary(u) if matches!(u.op, UnOp::Neg(_)) => number(&u.expr).map(|x| -x),
+        Expr::Paren(p) => number(&p.expr),
+        _ => None,
+    }
+}
+
+const RANGE_HELP: &str = "write `#[range(0.0..=1.0)]`, `#[range(0.0..1.0)]`, `#[range(gt = 0.0)]`, `#[range(ge = 0.0, lt = 0.5)]`, optionally with `when(variant = Value)`";
+
+/// Parses `#[range(..)]`.
+fn parse_range(attr: &syn::Attribute, errs: &mut Errors) -> Option<RangeAttr> {
+    let args = match attr
+        .parse_args_with(syn::punctuated::Punctuated::<Expr, syn::Token![,]>::parse_terminated)
+    {
+        Ok(a) => a,
+        Err(_) => {
+            errs.push(
+                attr.path().span(),
+                format!("malformed `#[range]`: {RANGE_HELP}"),
+            );
+            return None;
+        }
+    };
+    let mut r = RangeAttr {
+        lo: None,
+        hi: None,
+        when: None,
+        span: attr.path().span(),
+    };
+    for a in &args {
+        match a {
+            Expr::Range(rg) => {
+                let bound = |e: &Option<Box<Expr>>| -> Result<Option<f64>, Span> {
+                    match e {
+                        None => Ok(None),
+                        Some(e) => number(e).map(Some).ok_or(e.span()),
+                    }
+                };
+                match (bound(&rg.start), bound(&rg.end)) {
+                    (Ok(lo), Ok(hi)) => {
+                        r.lo = lo.map(|x| (x, true));
+                        r.hi = hi.map(|x| (x, matches!(rg.limits, syn::RangeLimits::Closed(_))));
+                    }
+                    (Err(sp), _) | (_, Err(sp)) => {
+                        errs.push(sp, format!("a range bound is a number: {RANGE_HELP}"));
+                        return None;
+                    }
+                }
+            }
+            Expr::Assign(asg) => {
+                let key = match &*asg.left {
+                    Expr::Path(p) => p.path.get_ident().map(ToString::to_string),
+                    _ => None,
+                };
+                let Some(x) = number(&asg.right) else {
+                    errs.push(
+                        asg.right.span(),
+                        format!("a bound is a number: {RANGE_HELP}"),
+                    );
+                    return None;
+                };
+                match key.as_deref() {
+                    Some("gt") => r.lo = Some((x, false)),
+                    Some("ge") => r.lo = Some((x, true)),
+                    Some("lt") => r.hi = Some((x, false)),
+                    Some("le") => r.hi = Some((x, true)),
+                    _ => {
+                        errs.push(
+                            asg.left.span(),
+                            format!("a bound is `gt`, `ge`, `lt` or `le`: {RANGE_HELP}"),
+                        );
+                        return None;
+                    }
+                }
+            }
+            Expr::Call(c) if matches!(&*c.func, Expr::Path(p) if p.path.is_ident("when")) => {
+                let cond = c.args.first().and_then(|e| match e {
+                    Expr::Assign(asg) => {
+                        let name = match &*asg.left {
+                            Expr::Path(p) => p.path.get_ident().cloned(),
+                            _ => None,
+                        }?;
+                        let value = match &*asg.right {
+                            Expr::Path(p) => p.path.segments.last().map(|s| s.ident.clone()),
+                            Expr::Lit(l) => match &l.lit {
+                                Lit::Bool(b) => Some(Ident::new(
+                                    if b.value { "true" } else { "false" },
+                                    b.span(),
+                                )),
+                                _ => None,
+                            },
+                            _ => None,
+                        }?;
+                        Some((name, value))
+                    }
+                    _ => None,
+                });
+                match (cond, c.args.len()) {
+                    (Some(w), 1) => r.when = Some(w),
+                    _ => {
+                        errs.push(c.span(), "`when` takes one `variant = Value` condition");
+                        return None;
+                    }
+                }
+            }
+            other => {
+                errs.push(other.span(), format!("unknown range syntax: {RANGE_HELP}"));
+                return None;
+            }
+        }
+    }
+    if r.lo.is_none() && r.hi.is_none() {
+        errs.push(
+            attr.path().span(),
+            format!("`#[range]` gives no bound: {RANGE_HELP}"),
+        );
+        return None;
+    }
+    if let (Some((lo, li)), Some((hi, hi_inc))) = (r.lo, r.hi)
+        && (lo > hi || (lo == hi && !(li && hi_inc)))
+    {
+        errs.push(
+            attr.path().span(),
+            "this range is empty: no value satisfies both bounds",
+        );
+        return None;
+    }
+    Some(r)
+}
+
 fn doc_of(attrs: &[syn::Attribute]) -> String {
     let mut lines = Vec::new();
     for a in attrs {
@@ -290,9 +443,15 @@ pub fn analyze(item: &ItemFn, errs: &mut Errors) -> Sig {
         }
         let mut default = None;
         let mut variant = None;
+        let mut ranges = Vec::new();
         let mut bad_attr = false;
         for a in &pt.attrs {
-            if a.path().is_ident("default") {
+            if a.path().is_ident("range") {
+                match parse_range(a, errs) {
+                    Some(r) => ranges.push(r),
+                    None => bad_attr = true,
+                }
+            } else if a.path().is_ident("default") {
                 if default.is_some() {
                     errs.push(a.path().span(), "`#[default]` given twice");
                     bad_attr = true;
@@ -319,7 +478,7 @@ pub fn analyze(item: &ItemFn, errs: &mut Errors) -> Sig {
                     .unwrap_or_else(|| "…".into());
                 errs.push(
                     a.path().span(),
-                    format!("unknown attribute `#[{name}]` on a loss parameter: only `#[default(..)]` and `#[variant]` apply"),
+                    format!("unknown attribute `#[{name}]` on a loss parameter: only `#[default(..)]`, `#[range(..)]` and `#[variant]` apply"),
                 );
                 bad_attr = true;
             }
@@ -423,6 +582,28 @@ pub fn analyze(item: &ItemFn, errs: &mut Errors) -> Sig {
                 None
             }
         };
+        if let (Some(r), false) = (ranges.first(), matches!(kind, Kind::Hyper)) {
+            errs.push(
+                r.span,
+                format!("`#[range]` applies to f32 hyperparameters; `{ident}` is not one"),
+            );
+            bad_attr = true;
+        }
+        if let (Some(DefaultVal::Float(d)), Some(r)) =
+            (&default, ranges.iter().find(|r| r.when.is_none()))
+        {
+            let ok =
+                r.lo.is_none_or(|(lo, inc)| if inc { *d >= lo } else { *d > lo })
+                    && r.hi
+                        .is_none_or(|(hi, inc)| if inc { *d <= hi } else { *d < hi });
+            if !ok {
+                errs.push(
+                    r.span,
+                    format!("the default {d:?} of `{ident}` is outside its range"),
+                );
+                bad_attr = true;
+            }
+        }
         if bad_attr {
             dropped = true;
             continue;
@@ -432,6 +613,7 @@ pub fn analyze(item: &ItemFn, errs: &mut Errors) -> Sig {
             kind,
             optional,
             default,
+            ranges,
             type_text,
         });
     }

@@ -88,11 +88,27 @@ pub enum Error {
         /// The ignore index of the run.
         ignore_index: i64,
     },
-    /// NaN or infinity in an input.
-    #[error("input `{input}` holds a non-finite value ({value}) at flat index {index}")]
+    /// NaN or infinity in an input (or an f64 value beyond f32's range: the executors compute
+    /// in f32).
+    #[error(
+        "input `{input}` holds a value that is not finite in f32 ({value}) at flat index {index}; the executors compute in f32"
+    )]
     NonFinite {
         /// The input (`policy.x`, …).
         input: String,
+        /// Flat index.
+        index: usize,
+        /// The value.
+        value: f64,
+    },
+    /// A result that is not finite although every input was: the computation overflowed f32
+    /// (logits beyond f32's range, a hyperparameter outside its domain, …).
+    #[error(
+        "{what} is not finite ({value}) at flat index {index} although every input is: the computation overflowed f32 (logits x·Wᵀ beyond ±3.4e38, or a hyperparameter outside the loss's domain); scale the inputs down"
+    )]
+    NonFiniteResult {
+        /// Which result (`the loss`, `metric m`, `grad policy.w`).
+        what: String,
         /// Flat index.
         index: usize,
         /// The value.

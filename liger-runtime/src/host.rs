@@ -73,14 +73,18 @@ pub(crate) struct HostInputs<'a> {
     pub values: BTreeMap<ValueId, Arr>,
 }
 
-/// The index and value of the first non-finite element, if any.
+/// The index and value of the first element that is not finite as the executors compute with
+/// it (in f32: an f64 beyond f32's range counts), if any.
 pub(crate) fn first_non_finite(data: TensorData<'_>) -> Option<(usize, f64)> {
     match data {
         TensorData::F32(x) => x
             .iter()
             .position(|v| !v.is_finite())
             .map(|i| (i, f64::from(x[i]))),
-        TensorData::F64(x) => x.iter().position(|v| !v.is_finite()).map(|i| (i, x[i])),
+        TensorData::F64(x) => x
+            .iter()
+            .position(|v| !(*v as f32).is_finite())
+            .map(|i| (i, x[i])),
         TensorData::BF16(x) => x
             .iter()
             .position(|v| !v.is_finite())

@@ -25,6 +25,7 @@ mod host;
 pub mod inputs;
 pub mod output;
 pub mod plan;
+pub mod policy;
 pub mod progress;
 pub mod tensor;
 

@@ -161,3 +161,50 @@ impl LossOutput {
         self.grads.iter().find(|g| g.head == name)
     }
 }
+
+impl LossOutput {
+    /// The first result that is not finite, as [`crate::Error::NonFiniteResult`] (`Ok` when
+    /// the loss, every metric and every gradient are finite).
+    pub fn check_finite(&self) -> Result<(), crate::Error> {
+        let bad = |what: String, index: usize, value: f64| {
+            Err(crate::Error::NonFiniteResult { what, index, value })
+        };
+        if !self.loss.is_finite() {
+            return bad("the loss".into(), 0, f64::from(self.loss));
+        }
+        for m in &self.metrics {
+            if let Some(i) = m.values.iter().position(|v| !v.is_finite()) {
+                return bad(format!("metric `{}`", m.name), i, f64::from(m.values[i]));
+            }
+        }
+        for g in &self.grads {
+            for (part, buf) in [("x", Some(&g.x)), ("w", Some(&g.w)), ("b", g.b.as_ref())] {
+                let Some(buf) = buf else { continue };
+                if let Some((i, v)) = buf.first_non_finite() {
+                    return bad(format!("grad {}.{part}", g.head), i, v);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl GradBuf {
+    /// The index and value of the first element that is not finite.
+    pub fn first_non_finite(&self) -> Option<(usize, f64)> {
+        match self {
+            GradBuf::F32(x) => x
+                .iter()
+                .position(|v| !v.is_finite())
+                .map(|i| (i, f64::from(x[i]))),
+            GradBuf::BF16(x) => x
+                .iter()
+                .position(|v| !v.is_finite())
+                .map(|i| (i, x[i].to_f64())),
+            GradBuf::F16(x) => x
+                .iter()
+                .position(|v| !v.is_finite())
+                .map(|i| (i, x[i].to_f64())),
+        }
+    }
+}

@@ -25,6 +25,7 @@ pub(crate) fn losses(json: bool) -> Result<(), Error> {
                                 crate::DefaultValue::Variant(s) => serde_json::json!(s),
                             },
                             "choices": p.choices,
+                            "ranges": p.ranges.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
                         })
                     })
                     .collect();
@@ -51,17 +52,27 @@ pub(crate) fn losses(json: bool) -> Result<(), Error> {
             l.specializations().len()
         );
         s += &format!(
-            "  {:<18} {:<16} {:<10} {:<10} choices\n",
+            "  {:<18} {:<16} {:<10} {:<10} choices / domain\n",
             "parameter", "kind", "optional", "default"
         );
         for p in l.params() {
+            let domain = p
+                .ranges
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
             s += &format!(
                 "  {:<18} {:<16} {:<10} {:<10} {}\n",
                 p.name,
                 p.kind.name(),
                 if p.optional { "yes" } else { "" },
                 p.default.to_string(),
-                p.choices.join(" | ")
+                if p.choices.is_empty() {
+                    domain
+                } else {
+                    p.choices.join(" | ")
+                }
             );
         }
         s += "\n";

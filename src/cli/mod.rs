@@ -3,6 +3,7 @@
 
 mod bench;
 mod cache;
+pub mod heap;
 mod ir;
 mod losses;
 mod run;

@@ -4,17 +4,15 @@
 use std::time::{Duration, Instant};
 
 use super::split_kv;
-use crate::io::{self, OwnedTensor};
+use crate::io::{self, TensorFile};
 use crate::loss::{ChunkedLoss, ParamKind};
 use crate::runtime::Error as RtError;
 use crate::{Error, Head, InputSet, ParamSet, RunOptions, Runtime, Strategy};
 
-/// Builds the loss's inputs from the file's tensors, checking every name.
-fn build_inputs<'a>(
-    loss: &dyn ChunkedLoss,
-    path: &str,
-    tensors: &'a std::collections::BTreeMap<String, OwnedTensor>,
-) -> Result<InputSet<'a>, Error> {
+/// Builds the loss's inputs from the file's tensors (viewed in place), checking every name.
+fn build_inputs<'a>(loss: &dyn ChunkedLoss, file: &'a TensorFile) -> Result<InputSet<'a>, Error> {
+    let path = file.path();
+    let view = |n: &str| -> Option<Result<crate::TensorView<'a>, Error>> { file.view(n) };
     let mut set = InputSet::new();
     let mut used = std::collections::BTreeSet::new();
     for p in loss.params().iter().filter(|p| p.kind.is_input()) {
@@ -24,25 +22,18 @@ fn build_inputs<'a>(
                 format!("{}.w", p.name),
                 format!("{}.b", p.name),
             );
-            match (tensors.get(&xn), tensors.get(&wn)) {
+            match (view(&xn), view(&wn)) {
                 (Some(x), Some(w)) => {
-                    let b = match tensors.get(&bn) {
+                    let b = match view(&bn) {
                         Some(b) => {
                             used.insert(bn.clone());
-                            Some(b.view()?)
+                            Some(b?)
                         }
                         None => None,
                     };
                     used.insert(xn);
                     used.insert(wn);
-                    set = set.head(
-                        p.name,
-                        Head {
-                            x: x.view()?,
-                            w: w.view()?,
-                            b,
-                        },
-                    );
+                    set = set.head(p.name, Head { x: x?, w: w?, b });
                 }
                 (None, None) if p.optional => {}
                 (x, _) => {
@@ -57,9 +48,9 @@ fn build_inputs<'a>(
                     });
                 }
             }
-        } else if let Some(t) = tensors.get(p.name) {
+        } else if let Some(t) = view(p.name) {
             used.insert(p.name.to_string());
-            set = set.tensor(p.name, t.view()?);
+            set = set.tensor(p.name, t?);
         } else if !p.optional {
             return Err(RtError::MissingInput {
                 loss: loss.name().into(),
@@ -69,7 +60,7 @@ fn build_inputs<'a>(
             .into());
         }
     }
-    if let Some(extra) = tensors.keys().find(|k| !used.contains(*k)) {
+    if let Some(extra) = file.names().find(|k| !used.contains(*k)) {
         let expected: Vec<String> = loss
             .params()
             .iter()
@@ -92,6 +83,24 @@ fn build_inputs<'a>(
         });
     }
     Ok(set)
+}
+
+/// Refuses an output path that is the input file (the run would overwrite its own batch).
+fn check_output(out: &str, inputs: &str) -> Result<(), Error> {
+    let same = out == inputs
+        || matches!(
+            (std::fs::canonicalize(out), std::fs::canonicalize(inputs)),
+            (Ok(a), Ok(b)) if a == b
+        );
+    if same {
+        return Err(Error::File {
+            path: out.into(),
+            why: "`--out` is the `--inputs` file: the results would overwrite the batch; write \
+                  them to another file"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 fn peak_rss() -> Option<usize> {
@@ -164,8 +173,13 @@ pub(crate) fn run(
         grad_dtypes: crate::GradDTypes::parse(grad_dtype)?,
         profile,
     };
-    let tensors = io::read(inputs)?;
-    let set = build_inputs(loss, inputs, &tensors)?;
+    if let Some(o) = out {
+        check_output(o, inputs)?;
+    }
+    let heap_before = super::heap::current();
+    super::heap::reset_peak();
+    let file = TensorFile::open(inputs)?;
+    let set = build_inputs(loss, &file)?;
 
     let start = Instant::now();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -215,12 +229,14 @@ pub(crate) fn run(
             );
         }
     }
-    let norm = |x: &crate::GradBuf| {
-        x.to_f32()
-            .iter()
-            .map(|v| f64::from(*v).powi(2))
-            .sum::<f64>()
-            .sqrt()
+    let norm = |x: &crate::GradBuf| -> f64 {
+        let sq = |v: f32| f64::from(v).powi(2);
+        match x {
+            crate::GradBuf::F32(v) => v.iter().map(|a| sq(*a)).sum::<f64>(),
+            crate::GradBuf::BF16(v) => v.iter().map(|a| sq(a.to_f32())).sum::<f64>(),
+            crate::GradBuf::F16(v) => v.iter().map(|a| sq(a.to_f32())).sum::<f64>(),
+        }
+        .sqrt()
     };
     for g in &r.grads {
         print!(
@@ -235,8 +251,9 @@ pub(crate) fn run(
         println!();
     }
     let rep = &r.report;
+    let heap_peak = super::heap::peak().saturating_sub(heap_before);
     println!(
-        "  schedule {}{} on {}: {} chunks of {} rows; working memory planned {} of {}; time {:.3} s; peak RSS {}",
+        "  schedule {}{} on {}: {} chunks of {} rows; working memory planned {} of {}; time {:.3} s",
         rep.strategy,
         if rep.forced { " (forced)" } else { "" },
         rep.device,
@@ -245,6 +262,18 @@ pub(crate) fn run(
         mib(rep.estimate),
         mib(rep.budget),
         rep.seconds,
+    );
+    println!(
+        "  host heap peak {} (returned gradients {}, inputs copied out of the file {}); peak RSS {} (file pages included)",
+        mib(heap_peak),
+        mib(r
+            .grads
+            .iter()
+            .map(|g| g.x.len() * g.x.dtype().size()
+                + g.w.len() * g.w.dtype().size()
+                + g.b.as_ref().map_or(0, |b| b.len() * b.dtype().size()))
+            .sum()),
+        mib(file.copied_bytes()),
         peak_rss().map_or("?".into(), mib)
     );
     for w in &rep.warnings {
@@ -259,14 +288,15 @@ pub(crate) fn run(
             .find(|p| p.kind.is_head())
             .map(|p| p.name);
         let (s, t) = first_head
-            .and_then(|h| tensors.get(&format!("{h}.x")))
-            .map_or((0, 0), |x| (x.shape[0], x.shape[1]));
-        let owned = |shape: Vec<usize>, g: &crate::GradBuf| io::OwnedTensor {
+            .and_then(|h| file.shape(&format!("{h}.x")))
+            .map_or((0, 0), |x| (x[0], x[1]));
+        let shape_of = |n: String| file.shape(&n).map(<[usize]>::to_vec).unwrap_or_default();
+        let owned = |shape: Vec<usize>, g: crate::GradBuf| io::OwnedTensor {
             shape,
             data: match g {
-                crate::GradBuf::F32(x) => io::OwnedData::F32(x.clone()),
-                crate::GradBuf::BF16(x) => io::OwnedData::BF16(x.clone()),
-                crate::GradBuf::F16(x) => io::OwnedData::F16(x.clone()),
+                crate::GradBuf::F32(x) => io::OwnedData::F32(x),
+                crate::GradBuf::BF16(x) => io::OwnedData::BF16(x),
+                crate::GradBuf::F16(x) => io::OwnedData::F16(x),
             },
         };
         let mut outs = std::collections::BTreeMap::new();
@@ -277,7 +307,8 @@ pub(crate) fn run(
                 data: io::OwnedData::F32(vec![r.loss]),
             },
         );
-        for m in &r.metrics {
+        let crate::LossOutput { metrics, grads, .. } = r;
+        for m in metrics {
             let shape = match m.level {
                 liger_ir::Level::Batch => vec![],
                 liger_ir::Level::Row => vec![s, t],
@@ -287,22 +318,18 @@ pub(crate) fn run(
                 format!("metric.{}", m.name),
                 io::OwnedTensor {
                     shape,
-                    data: io::OwnedData::F32(m.values.clone()),
+                    data: io::OwnedData::F32(m.values),
                 },
             );
         }
-        for g in &r.grads {
-            let xs = tensors
-                .get(&format!("{}.x", g.head))
-                .map(|x| x.shape.clone())
-                .unwrap_or_default();
-            let ws = tensors
-                .get(&format!("{}.w", g.head))
-                .map(|w| w.shape.clone())
-                .unwrap_or_default();
-            outs.insert(format!("grad.{}.x", g.head), owned(xs, &g.x));
-            outs.insert(format!("grad.{}.w", g.head), owned(ws, &g.w));
-            if let Some(b) = &g.b {
+        for g in grads {
+            let (xs, ws) = (
+                shape_of(format!("{}.x", g.head)),
+                shape_of(format!("{}.w", g.head)),
+            );
+            outs.insert(format!("grad.{}.x", g.head), owned(xs, g.x));
+            outs.insert(format!("grad.{}.w", g.head), owned(ws, g.w));
+            if let Some(b) = g.b {
                 outs.insert(format!("grad.{}.b", g.head), owned(vec![b.len()], b));
             }
         }

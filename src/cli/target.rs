@@ -126,14 +126,14 @@ pub(crate) fn load_target(t: &Target) -> Result<Loaded, Error> {
             path: t.target.clone(),
             why: format!(
                 "does not parse:\n{}",
-                liger_ir::text::render_diagnostics(&text, &Default::default(), &d.0)
+                liger_ir::text::render_excerpt(&text, &Default::default(), &d.0, 20)
             ),
         })?;
         liger_ir::verify(&f).map_err(|d| Error::File {
             path: t.target.clone(),
             why: format!(
                 "does not verify:\n{}",
-                liger_ir::text::render_diagnostics(&text, &map, &d.0)
+                liger_ir::text::render_excerpt(&text, &map, &d.0, 20)
             ),
         })?;
         return Ok(Loaded::File(f));

@@ -17,8 +17,12 @@ pub fn dpo(
     reference: Option<Frozen<Logits>>,
     ref_logps: Option<SeqInput>,
     target: Target,
-    #[default(0.1)] beta: f32,
-    #[default(0.0)] label_smoothing: f32,
+    #[default(0.1)]
+    #[range(gt = 0.0)]
+    beta: f32,
+    #[default(0.0)]
+    #[range(0.0..=0.5)]
+    label_smoothing: f32,
     #[default(1.0)] alpha: f32,
     #[variant] average: bool,
     #[variant] nll: bool,

@@ -13,9 +13,15 @@ use crate::prelude::*;
 pub fn flce(
     logits: Logits,
     target: Target,
-    #[default(0.0)] label_smoothing: f32,
-    #[default(0.0)] z_loss_scale: f32,
-    #[default(30.0)] softcap_value: f32,
+    #[default(0.0)]
+    #[range(0.0..=1.0)]
+    label_smoothing: f32,
+    #[default(0.0)]
+    #[range(ge = 0.0)]
+    z_loss_scale: f32,
+    #[default(30.0)]
+    #[range(gt = 0.0, when(softcap = true))]
+    softcap_value: f32,
     #[variant] softcap: bool,
     #[variant] reduction: Reduction,
 ) -> Loss {
@@ -24,9 +30,12 @@ pub fn flce(
     } else {
         logits
     };
+    // Formed from `logprob` and `log_softmax`, which subtract the row max before anything
+    // else: a large common offset of the logits (a uniform bias) cancels exactly, where
+    // `logsumexp(z) - at_target(z, target)` would round it into the lse first.
     let lse = logsumexp(z);
-    let nll = lse - at_target(z, target);
-    let smooth = lse - sum_vocab(z) / vocab_size();
+    let nll = -logprob(z, target);
+    let smooth = -sum_vocab(log_softmax(z)) / vocab_size();
     let z_loss = z_loss_scale * lse * lse;
     let per_row = (1.0 - label_smoothing) * nll + label_smoothing * smooth + z_loss;
     metric("accuracy", mean(select(argmax(z) == target, 1.0, 0.0)));

@@ -15,8 +15,12 @@ pub fn jsd(
     student: Logits,
     teacher: Frozen<Logits>,
     target: Target,
-    #[default(0.5)] beta: f32,
-    #[default(1.0)] temperature: f32,
+    #[default(0.5)]
+    #[range(0.0..=1.0)]
+    beta: f32,
+    #[default(1.0)]
+    #[range(gt = 0.0)]
+    temperature: f32,
     #[default(0.5)] weight_hard: f32,
     #[default(0.5)] weight_soft: f32,
 ) -> Loss {

@@ -106,3 +106,4 @@ pub fn check_fd(
 pub mod ircommon;
 
 pub mod difftest;
+pub mod offset;

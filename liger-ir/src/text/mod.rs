@@ -25,7 +25,7 @@
 mod parse;
 mod print;
 
-pub use parse::{SourceMap, parse, parse_mapped, render_diagnostics};
+pub use parse::{SourceMap, parse, parse_mapped, render_diagnostics, render_excerpt};
 pub use print::{canonical_text, print, value_names};
 
 /// The version line every `.lir` file starts with.

@@ -435,26 +435,93 @@ pub fn parse_mapped(text: &str) -> Result<(LossFn, SourceMap), Diagnostics> {
     }
 }
 
+/// Renders only the lines of `text` that diagnostics point at, numbered, each followed by its
+/// `; error(kind): …` comments, for the first `max` diagnostics (in line order) and a count
+/// of the rest: what a command line shows for a file of any length. Linear in the text plus
+/// the diagnostics.
+pub fn render_excerpt(text: &str, map: &SourceMap, diags: &[Diagnostic], max: usize) -> String {
+    let mut sorted: Vec<(Option<u32>, &Diagnostic)> =
+        diags.iter().map(|d| (map.line_of(d.site), d)).collect();
+    sorted.sort_by_key(|(l, _)| l.unwrap_or(u32::MAX));
+    let shown = &sorted[..sorted.len().min(max)];
+    let want: std::collections::HashSet<u32> = shown.iter().filter_map(|(l, _)| *l).collect();
+    let mut lines: std::collections::HashMap<u32, &str> = std::collections::HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let no = i as u32 + 1;
+        if want.contains(&no) {
+            lines.insert(no, line);
+        }
+    }
+    let width = shown
+        .iter()
+        .filter_map(|(l, _)| *l)
+        .max()
+        .map_or(1, |l| l.to_string().len());
+    let mut out = String::new();
+    let mut last = None;
+    for (l, d) in shown {
+        if *l != last {
+            if let Some(no) = l
+                && let Some(line) = lines.get(no)
+            {
+                out.push_str(&format!("{no:>width$} | {line}\n"));
+            }
+            last = *l;
+        }
+        out.push_str(&format!(
+            "{:>width$} ; error({}): {}\n",
+            "",
+            d.kind.name(),
+            d.message
+        ));
+    }
+    if sorted.len() > shown.len() {
+        out.push_str(&format!(
+            "... and {} more diagnostics\n",
+            sorted.len() - shown.len()
+        ));
+    }
+    out
+}
+
 /// Renders `text` with each diagnostic as a `; error(kind): …` comment under the line it
 /// points at (diagnostics without a line go at the end).
+///
+/// Linear in the text plus the diagnostics: they are grouped by line once.
 pub fn render_diagnostics(text: &str, map: &SourceMap, diags: &[Diagnostic]) -> String {
-    let mut out = String::new();
-    let mut placed = vec![false; diags.len()];
+    // Diagnostics in line order (stable: same-line ones keep their order), then one walk.
+    let mut placed: Vec<(u32, &Diagnostic)> = Vec::with_capacity(diags.len());
+    let mut unplaced = Vec::new();
+    for d in diags {
+        match map.line_of(d.site) {
+            Some(no) if no >= 1 => placed.push((no, d)),
+            _ => unplaced.push(d),
+        }
+    }
+    placed.sort_by_key(|(no, _)| *no);
+    let comment = |out: &mut String, d: &Diagnostic| {
+        out.push_str("; error(");
+        out.push_str(d.kind.name());
+        out.push_str("): ");
+        out.push_str(&d.message);
+        out.push('\n');
+    };
+    let mut out = String::with_capacity(text.len() + 64 * diags.len());
+    let mut next = placed.iter().peekable();
     for (i, line) in text.lines().enumerate() {
         out.push_str(line);
         out.push('\n');
         let no = i as u32 + 1;
-        for (k, d) in diags.iter().enumerate() {
-            if map.line_of(d.site) == Some(no) {
-                placed[k] = true;
-                out.push_str(&format!("; error({}): {}\n", d.kind.name(), d.message));
-            }
+        while let Some((_, d)) = next.next_if(|(l, _)| *l == no) {
+            comment(&mut out, d);
         }
     }
-    for (k, d) in diags.iter().enumerate() {
-        if !placed[k] {
-            out.push_str(&format!("; error({}): {}\n", d.kind.name(), d.message));
-        }
+    // Lines past the end of the text, then diagnostics without a line.
+    for (_, d) in next {
+        comment(&mut out, d);
+    }
+    for d in unplaced {
+        comment(&mut out, d);
     }
     out
 }

@@ -194,7 +194,11 @@ fn untrusted(dir: &Path) -> Option<String> {
         return Some(format!(
             "{} is writable by {} (mode {mode:o}); `chmod 700 {}` makes it private",
             dir.display(),
-            if mode & 0o002 != 0 { "everyone" } else { "its group" },
+            if mode & 0o002 != 0 {
+                "everyone"
+            } else {
+                "its group"
+            },
             dir.display()
         ));
     }
@@ -320,19 +324,19 @@ fn verified(root: &Path, dir: &Path, parts: Option<&KeyParts>) -> Result<Binary,
              hash ({recomputed}) disagree: a renamed or swapped entry"
         ));
     }
-    if let Some(parts) = parts {
-        if stored != parts.components {
-            let diff: Vec<String> = parts
-                .components
-                .iter()
-                .filter(|c| !stored.contains(c))
-                .map(|(n, v)| format!("{n} = {v}"))
-                .collect();
-            return Err(format!(
-                "the entry holds another key (it differs in {})",
-                diff.join(", ")
-            ));
-        }
+    if let Some(parts) = parts
+        && stored != parts.components
+    {
+        let diff: Vec<String> = parts
+            .components
+            .iter()
+            .filter(|c| !stored.contains(c))
+            .map(|(n, v)| format!("{n} = {v}"))
+            .collect();
+        return Err(format!(
+            "the entry holds another key (it differs in {})",
+            diff.join(", ")
+        ));
     }
     let meta = read_json(&dir.join("meta.json"))?;
     let file = meta["binary"].as_str().ok_or("meta.json names no binary")?;
@@ -490,7 +494,8 @@ pub fn count_hit(root: &Path, key: &str) {
     meta["last_used"] = json!(now());
     let tmp = dir.join(unique("meta", key));
     let text = serde_json::to_string_pretty(&meta).unwrap_or_default();
-    if write_private(&tmp, text.as_bytes()).is_ok() && fs::rename(&tmp, dir.join("meta.json")).is_err()
+    if write_private(&tmp, text.as_bytes()).is_ok()
+        && fs::rename(&tmp, dir.join("meta.json")).is_err()
     {
         let _ = fs::remove_file(&tmp);
     }

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use crate::Error;
 pub(crate) use crate::host::Arr;
+use crate::policy::Findings;
 
 /// A chunk buffer of a vocab-level value, `[c, V]`.
 #[derive(Clone, Debug)]
@@ -98,8 +99,8 @@ pub struct Eval<'f> {
     pub v: usize,
     /// Whole-batch arrays of non-vocab values (and `[V]` vocab inputs).
     pub vals: Vec<Option<Arr>>,
-    /// Findings such as a mean over no row.
-    pub warnings: Vec<String>,
+    /// What the reductions found over no valid row ([`crate::policy`]).
+    pub findings: Findings,
 }
 
 impl<'f> Eval<'f> {
@@ -111,7 +112,7 @@ impl<'f> Eval<'f> {
             t,
             v,
             vals: vec![None; f.nodes.len()],
-            warnings: Vec::new(),
+            findings: Findings::default(),
         }
     }
 
@@ -260,10 +261,17 @@ impl<'f> Eval<'f> {
                     }
                     *o = match red {
                         None => count as f32,
-                        Some(SeqReduce::Sum) => sum as f32,
+                        Some(SeqReduce::Sum) => {
+                            if count == 0 && mask.is_some() {
+                                self.findings.empty_seq_sum(s);
+                            }
+                            sum as f32
+                        }
                         Some(SeqReduce::MeanOrZero) => (sum / count.max(1) as f64) as f32,
                         Some(SeqReduce::Mean) if count == 0 => {
-                            return Err(Error::EmptySequence { seq: s });
+                            self.findings.empty_seq_mean(s);
+                            self.findings.outcome()?;
+                            0.0
                         }
                         Some(SeqReduce::Mean) => (sum / count as f64) as f32,
                     };
@@ -303,9 +311,7 @@ impl<'f> Eval<'f> {
                 }
                 let out = match node.op {
                     Op::Mean if lv(0) == Level::Row && count == 0 => {
-                        self.warnings.push(format!(
-                            "a row-level mean ({id}) selects no row in the batch: it is 0, with no gradient"
-                        ));
+                        self.findings.mean_no_rows = true;
                         0.0
                     }
                     Op::Mean | Op::MeanAll => sum / count as f64,
@@ -472,9 +478,9 @@ impl<'f> Eval<'f> {
                     let Opnd::F(z) = self.opnd(args[0], i, rows[i], bufs) else {
                         return;
                     };
-                    let lse = scalar::logsumexp(z);
+                    let parts = scalar::lse_parts(z);
                     for (ov, zv) in o.iter_mut().zip(z) {
-                        let y = zv - lse;
+                        let y = scalar::log_softmax_at(*zv, parts);
                         *ov = if soft { y.exp() } else { y };
                     }
                 });
@@ -589,8 +595,10 @@ impl<'f> Eval<'f> {
                             let z = row_vocab(i)?;
                             Ok(match t[i] {
                                 None => 0.0,
-                                // `z_t - lse(z)` with the row max subtracted inside the lse.
-                                Some(k) if logprob => z[k as usize] - scalar::logsumexp(z),
+                                // `(z_t − m) − log Σ exp(z − m)`: a common offset cancels.
+                                Some(k) if logprob => {
+                                    scalar::log_softmax_at(z[k as usize], scalar::lse_parts(z))
+                                }
                                 Some(k) => z[k as usize],
                             })
                         })

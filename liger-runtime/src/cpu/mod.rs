@@ -53,6 +53,9 @@ struct CpuMemory<'s> {
     hidden: Vec<usize>,
     group_rows: usize,
     converted: usize,
+    /// f32 working copies of gradients returned in bf16/f16 (the accumulators the results
+    /// are rounded from at the end).
+    grad_copies: usize,
 }
 
 impl MemoryModel for CpuMemory<'_> {
@@ -65,7 +68,7 @@ impl MemoryModel for CpuMemory<'_> {
         let row_arrays = r * 4 * (self.sched.row_values + 4);
         let stream_row = v * 4 * (heads + lf) + hsum * 2 * 4;
         let back_row = v * 4 * (heads + lb) + hsum * 2 * 4;
-        let fixed = row_arrays + self.converted + SLACK;
+        let fixed = row_arrays + self.converted + self.grad_copies + SLACK;
         let (per_row, fixed, min_rows) = match s {
             Strategy::Fused => (stream_row, fixed, 1),
             Strategy::TwoPass => (stream_row.max(back_row), fixed, 1),
@@ -83,7 +86,7 @@ impl MemoryModel for CpuMemory<'_> {
             fixed,
             per_row,
             min_rows,
-            grad_copies: 0,
+            grad_copies: self.grad_copies,
         }
     }
 }
@@ -319,6 +322,14 @@ pub fn run(
         hidden: dims.hidden.clone(),
         group_rows: sched.group_rows(r, t),
         converted,
+        grad_copies: heads
+            .iter()
+            .filter(|h| h.host.grad.is_some())
+            .map(|h| {
+                opts.grad_dtypes
+                    .working_bytes(r, h.host.h, v, h.host.b.is_some())
+            })
+            .sum(),
     };
     let pl = plan(p, &dims, opts.chunk_memory, opts.schedule, &mem)?;
 
@@ -375,7 +386,7 @@ pub fn run(
         estimate: pl.estimate,
         gemm_flops: pl.cost.gemm_flops,
         seconds: start.elapsed().as_secs_f64(),
-        warnings: std::mem::take(&mut ev.warnings),
+        warnings: ev.findings.outcome()?,
         device_ms: None,
         peak_extra_bytes: None,
         profile: Vec::new(),
@@ -390,12 +401,14 @@ pub fn run(
             b: h.db.map(|b| GradBuf::from_f32(b, opts.grad_dtypes.b)),
         })
         .collect();
-    Ok(LossOutput {
+    let out = LossOutput {
         loss,
         metrics,
         grads,
         report,
-    })
+    };
+    out.check_finite()?;
+    Ok(out)
 }
 
 /// Row values and vocab outputs of the vocab streams, for comparing executors.

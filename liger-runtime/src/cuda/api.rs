@@ -483,7 +483,9 @@ pub fn run_device(
 
     // Addresses on the caller's stream; the guards record our reads when the work is queued.
     let mut guards: Vec<SyncOnDrop<'_>> = Vec::new();
-    let n_checks = found.len() * 3 + side_t.len();
+    // Inputs: x, w, b per head and every side input; results: the loss, every metric and
+    // x, w, b of every gradient head.
+    let n_checks = found.len() * 3 + side_t.len() + 1 + g.metrics().count() + found.len() * 3;
     let mut checker = Checker::new(st, n_checks)?;
     let mut bias_bufs: Vec<CudaSlice<f32>> = Vec::new();
     let mut heads = Vec::new();

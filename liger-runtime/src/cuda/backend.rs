@@ -178,17 +178,7 @@ impl Ran {
         let stat = st
             .clone_dtoh(&self.status)
             .map_err(drv("reading the status words"))?;
-        let word = |k: usize| stat.get(k).copied().unwrap_or(0);
-        if word(abi::status::EMPTY_SEQ) != 0 {
-            return Err(Error::EmptySequence {
-                seq: word(abi::status::EMPTY_SEQ_INDEX).max(0) as usize,
-            });
-        }
-        Ok(if word(abi::status::MEAN_NO_ROWS) != 0 {
-            vec!["a row-level mean selects no row in the batch: it is 0, with no gradient".into()]
-        } else {
-            vec![]
-        })
+        crate::policy::Findings::from_status(&stat).outcome()
     }
 
     /// The f32 values of node `id` (synchronises `st`).
@@ -1010,6 +1000,35 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
         gr.w.mark_written(st);
         if let Some(b) = &mut gr.b {
             b.mark_written(st);
+        }
+    }
+    // Results checked finite on the device (the device API reports them in `check`).
+    if let Some(c) = checker.as_mut() {
+        for o in &g.outputs {
+            let what = match &o.kind {
+                OutputKind::Loss => "the loss".to_string(),
+                OutputKind::Metric(m) => format!("metric `{m}`"),
+                OutputKind::Grad(_) => continue,
+            };
+            if let Some(b) = &vals[o.value.index()] {
+                c.result(engine, st, &what, (dptr(b, st), HDType::F32, b.len()))?;
+            }
+        }
+        for gr in &grads_out {
+            for (part, buf) in [("x", Some(&gr.x)), ("w", Some(&gr.w)), ("b", gr.b.as_ref())] {
+                let Some(buf) = buf else { continue };
+                let ptr = match buf {
+                    DeviceGrad::F32(x) => dptr(x, st),
+                    DeviceGrad::BF16(x) => dptr(x, st),
+                    DeviceGrad::F16(x) => dptr(x, st),
+                };
+                c.result(
+                    engine,
+                    st,
+                    &format!("grad {}.{part}", gr.head),
+                    (ptr, buf.dtype(), buf.len()),
+                )?;
+            }
         }
     }
     // A failed input check poisons the loss.

@@ -56,6 +56,8 @@ pub(crate) struct DevSide {
 pub(crate) enum CheckWhat {
     /// Every value finite.
     Finite,
+    /// Every value of a result finite (the loss, a metric, a gradient).
+    Result,
     /// Token ids in `[0, vocab)` (targets: or `ignore_index`) in a `[S,T]` tensor.
     Tokens { vocab: usize, t: usize, ignore: i64 },
 }
@@ -118,15 +120,37 @@ impl Checker {
         Ok(dptr(&self.slots, st) + ((self.meta.len() - 1) * 16) as u64)
     }
 
-    /// Queues the non-finite check of float tensor `ptr` (`n` elements of `dtype`).
+    /// Queues the non-finite check of float input `ptr` (`n` elements of `dtype`).
     pub fn finite(
         &mut self,
         engine: &Engine,
         st: &Arc<CudaStream>,
         input: &str,
+        tensor: (u64, HDType, usize),
+    ) -> Result<(), Error> {
+        self.check_finite(engine, st, input, CheckWhat::Finite, tensor)
+    }
+
+    /// Queues the non-finite check of result `ptr` (`n` elements of `dtype`), named `what`.
+    pub fn result(
+        &mut self,
+        engine: &Engine,
+        st: &Arc<CudaStream>,
+        what: &str,
+        tensor: (u64, HDType, usize),
+    ) -> Result<(), Error> {
+        self.check_finite(engine, st, what, CheckWhat::Result, tensor)
+    }
+
+    fn check_finite(
+        &mut self,
+        engine: &Engine,
+        st: &Arc<CudaStream>,
+        input: &str,
+        what: CheckWhat,
         (ptr, dtype, n): (u64, HDType, usize),
     ) -> Result<(), Error> {
-        let slot = self.slot(st, input, CheckWhat::Finite)?;
+        let slot = self.slot(st, input, what)?;
         let f = engine.io_fn(&format!("liger_check_finite_{}", io_suffix(dtype)))?;
         let nn = n as i64;
         let mut b = st.launch_builder(&f);
@@ -169,6 +193,11 @@ impl Checker {
             return Some(match what {
                 CheckWhat::Finite => Error::NonFinite {
                     input: input.clone(),
+                    index,
+                    value,
+                },
+                CheckWhat::Result => Error::NonFiniteResult {
+                    what: input.clone(),
                     index,
                     value,
                 },

@@ -354,11 +354,7 @@ pub fn streams_on_gpu(
     }
     st.synchronize().map_err(&e)?;
     let stat = st.clone_dtoh(&status).map_err(&e)?;
-    if stat[abi::status::EMPTY_SEQ] != 0 {
-        return Err(Error::EmptySequence {
-            seq: stat[abi::status::EMPTY_SEQ_INDEX].max(0) as usize,
-        });
-    }
+    crate::policy::Findings::from_status(&stat).outcome()?;
     let mut out = StreamsOut::default();
     for (k, d) in &obufs {
         let bytes = st.clone_dtoh(d).map_err(&e)?;

@@ -147,10 +147,12 @@ pub fn run(
         warnings,
         ..ran.report.clone()
     };
-    Ok(LossOutput {
+    let out = LossOutput {
         loss,
         metrics,
         grads,
         report,
-    })
+    };
+    out.check_finite()?;
+    Ok(out)
 }

@@ -20,14 +20,18 @@ pub const UNROLL: u32 = 4;
 pub mod status {
     /// 1 when a `seq_mean` found a sequence with no row under its mask.
     pub const EMPTY_SEQ: usize = 0;
-    /// Which sequence (with [`EMPTY_SEQ`]).
+    /// The first such sequence (`atomicMin`).
     pub const EMPTY_SEQ_INDEX: usize = 1;
     /// 1 when a row-level `mean` selected no row in the batch (the result is 0).
     pub const MEAN_NO_ROWS: usize = 2;
+    /// 1 when a masked `seq_sum` found a sequence with no row under its mask (the sum is 0).
+    pub const EMPTY_SUM: usize = 3;
+    /// The first such sequence (`atomicMin`).
+    pub const EMPTY_SUM_INDEX: usize = 4;
     /// Words in the status array.
-    pub const WORDS: usize = 4;
-    /// The initial words.
-    pub const INIT: [i32; WORDS] = [0, -1, 0, 0];
+    pub const WORDS: usize = 5;
+    /// The initial words (the index words start at `i32::MAX` for `atomicMin`).
+    pub const INIT: [i32; WORDS] = [0, i32::MAX, 0, 0, i32::MAX];
 }
 
 /// The type of a kernel parameter, as the launcher passes it.
@@ -250,10 +254,12 @@ pub fn c_signature(kind: KernelKind, name: &str) -> String {
 /// The `#define`s of the ABI constants, written at the top of every module.
 pub fn c_defines() -> String {
     format!(
-        "#define LIGER_BLOCK {BLOCK}\n#define LIGER_UNROLL {UNROLL}\n#define LIGER_STATUS_EMPTY_SEQ {}\n#define LIGER_STATUS_EMPTY_SEQ_INDEX {}\n#define LIGER_STATUS_MEAN_NO_ROWS {}\n",
+        "#define LIGER_BLOCK {BLOCK}\n#define LIGER_UNROLL {UNROLL}\n#define LIGER_STATUS_EMPTY_SEQ {}\n#define LIGER_STATUS_EMPTY_SEQ_INDEX {}\n#define LIGER_STATUS_MEAN_NO_ROWS {}\n#define LIGER_STATUS_EMPTY_SUM {}\n#define LIGER_STATUS_EMPTY_SUM_INDEX {}\n",
         status::EMPTY_SEQ,
         status::EMPTY_SEQ_INDEX,
-        status::MEAN_NO_ROWS
+        status::MEAN_NO_ROWS,
+        status::EMPTY_SUM,
+        status::EMPTY_SUM_INDEX
     )
 }
 

@@ -98,6 +98,9 @@ pub(super) fn array_kernel(
                 s += "        }\n";
                 match red {
                     Some(SeqReduce::Sum) => {
+                        if m.is_some() {
+                            s += "        if (cnt == 0) { status[LIGER_STATUS_EMPTY_SUM] = 1; atomicMin(&status[LIGER_STATUS_EMPTY_SUM_INDEX], q); }\n";
+                        }
                         let _ = writeln!(s, "        {out}[q] = sum;");
                     }
                     None => {
@@ -109,7 +112,7 @@ pub(super) fn array_kernel(
                     Some(SeqReduce::Mean) => {
                         let _ = writeln!(
                             s,
-                            "        if (cnt == 0) {{ status[LIGER_STATUS_EMPTY_SEQ] = 1; status[LIGER_STATUS_EMPTY_SEQ_INDEX] = q; }}\n        {out}[q] = cnt > 0 ? sum / (float)cnt : 0.0f;"
+                            "        if (cnt == 0) {{ status[LIGER_STATUS_EMPTY_SEQ] = 1; atomicMin(&status[LIGER_STATUS_EMPTY_SEQ_INDEX], q); }}\n        {out}[q] = cnt > 0 ? sum / (float)cnt : 0.0f;"
                         );
                     }
                 }

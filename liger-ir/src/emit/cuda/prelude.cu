@@ -56,11 +56,18 @@ __device__ __forceinline__ float liger_block_max(float x, float* sh) {
 __device__ __forceinline__ void liger_lse_add(float& m, float& s, float x) {
     if (x > m) { s = s * expf(m - x) + 1.0f; m = x; } else { s += expf(x - m); }
 }
-__device__ __forceinline__ float liger_block_lse(float m, float s, float* sh) {
-    const float gm = liger_block_max(m, sh);
+// The block's log-sum-exp in two parts: the row max `gm` and `log Σ exp(x − gm)` (returned).
+// `log_softmax` is `(x − gm) − parts`, so a common offset of the row cancels exactly.
+__device__ __forceinline__ float liger_block_lse_parts(float m, float s, float* sh, float& gm) {
+    gm = liger_block_max(m, sh);
     const float part = (m == LIGER_NEG_INF) ? 0.0f : s * expf(m - gm);
     const float gs = liger_block_sum(part, sh);
-    return gm + logf(gs);
+    return logf(gs);
+}
+__device__ __forceinline__ float liger_block_lse(float m, float s, float* sh) {
+    float gm;
+    const float ls = liger_block_lse_parts(m, s, sh, gm);
+    return gm + ls;
 }
 // Arg-max with the first index on ties.
 __device__ __forceinline__ int liger_block_argmax(float x, int k, float* sh, int* shi) {

@@ -65,8 +65,14 @@ impl Exprs<'_> {
             let node = g.node(v);
             let args: Vec<String> = node.args.iter().map(|a| self.at_v(*a)).collect();
             let e = match node.op {
-                Op::LogSoftmax => format!("({} - lse{})", args[0], node.args[0].0),
-                Op::Softmax => format!("expf({} - lse{})", args[0], node.args[0].0),
+                Op::LogSoftmax => {
+                    let z = node.args[0].0;
+                    format!("(({} - lmx{z}) - lsh{z})", args[0])
+                }
+                Op::Softmax => {
+                    let z = node.args[0].0;
+                    format!("expf(({} - lmx{z}) - lsh{z})", args[0])
+                }
                 Op::OneHot => format!("((v == {}) ? 1.0f : 0.0f)", args[0]),
                 op => elementwise(op, &args, false)?,
             };
@@ -119,7 +125,11 @@ fn reduction_step(red: Reduction, it: RowItem, a: &str) -> String {
 fn reduction_finish(red: Reduction, it: RowItem) -> String {
     let (k, out) = red_names(it);
     match red {
-        Reduction::Lse(_) | Reduction::Vocab(VocabReduce::LogSumExp, _) => {
+        // The two parts, so that `(z − lmx) − lsh` cancels a common offset exactly.
+        Reduction::Lse(_) => format!(
+            "    float lmx{k};\n    const float lsh{k} = liger_block_lse_parts(lm{k}, ls{k}, sh, lmx{k});"
+        ),
+        Reduction::Vocab(VocabReduce::LogSumExp, _) => {
             format!("    const float {out} = liger_block_lse(lm{k}, ls{k}, sh);")
         }
         Reduction::Vocab(VocabReduce::Sum, _) => {
@@ -183,7 +193,8 @@ pub(super) fn stream_kernel(
                     s.push_str(&ex.vocab_defs(&[e], "            ")?);
                     let val = ex.at_v(e);
                     if node.op == Op::LogProb {
-                        let _ = writeln!(s, "            r{} = {val} - lse{};", v.0, e.0);
+                        let _ =
+                            writeln!(s, "            r{} = ({val} - lmx{1}) - lsh{1};", v.0, e.0);
                     } else {
                         let _ = writeln!(s, "            r{} = {val};", v.0);
                     }
@@ -204,18 +215,43 @@ pub(super) fn stream_kernel(
         }
         Ok(())
     };
+    // The stores of the vocab outputs, in the last pass.
+    let stores = |body: &mut String| {
+        for (slot, o) in &plan.outputs {
+            let val = opts.gemm_dtype.store(&ex.at_v(*o));
+            let _ = writeln!(
+                body,
+                "        (({}*)outs[{}])[(long long)i * ldo + v] = {val};",
+                opts.gemm_dtype.c_type(),
+                slot.0
+            );
+        }
+    };
+    let out_roots: Vec<ValueId> = plan.outputs.iter().map(|(_, o)| *o).collect();
     points(&mut s, 0)?;
-    for stage in 1..=plan.reduction_passes() {
+    let last = plan.reduction_passes();
+    for stage in 1..=last {
         let reds: Vec<(RowItem, Reduction)> = plan
             .reductions(g, stage)
             .into_iter()
             .filter_map(|it| Some((it, Reduction::of(g, it)?)))
             .collect();
-        let _ = writeln!(s, "    // pass {stage} over the vocabulary");
+        let merged = plan.merged_last && stage == last;
+        if merged {
+            let _ = writeln!(
+                s,
+                "    // pass {stage} over the vocabulary, writing the vocab outputs too"
+            );
+        } else {
+            let _ = writeln!(s, "    // pass {stage} over the vocabulary");
+        }
         for (it, red) in &reds {
             let _ = writeln!(s, "{}", reduction_init(*red, *it));
         }
-        let roots: Vec<ValueId> = reds.iter().map(|(_, red)| red.operand()).collect();
+        let mut roots: Vec<ValueId> = reds.iter().map(|(_, red)| red.operand()).collect();
+        if merged {
+            roots.extend(&out_roots);
+        }
         let mut body = ex.vocab_defs(&roots, "        ")?;
         for (it, red) in &reds {
             let _ = writeln!(
@@ -223,6 +259,9 @@ pub(super) fn stream_kernel(
                 "{}",
                 reduction_step(*red, *it, &ex.at_v(red.operand()))
             );
+        }
+        if merged {
+            stores(&mut body);
         }
         s += &vocab_loop(&plan.heads, &body);
         for (it, red) in &reds {
@@ -244,19 +283,10 @@ pub(super) fn stream_kernel(
         }
         s += "    }\n";
     }
-    if !plan.outputs.is_empty() {
+    if !plan.outputs.is_empty() && !plan.merged_last {
         s += "    __syncthreads();\n    // last pass: write the vocab outputs\n";
-        let roots: Vec<ValueId> = plan.outputs.iter().map(|(_, o)| *o).collect();
-        let mut body = ex.vocab_defs(&roots, "        ")?;
-        for (slot, o) in &plan.outputs {
-            let val = opts.gemm_dtype.store(&ex.at_v(*o));
-            let _ = writeln!(
-                body,
-                "        (({}*)outs[{}])[(long long)i * ldo + v] = {val};",
-                opts.gemm_dtype.c_type(),
-                slot.0
-            );
-        }
+        let mut body = ex.vocab_defs(&out_roots, "        ")?;
+        stores(&mut body);
         s += &vocab_loop(&plan.heads, &body);
     }
     s += "}\n";
