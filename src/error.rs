@@ -9,14 +9,20 @@ pub enum Error {
     /// An error of the runtime: bad inputs, budgets, schedules, devices.
     #[error(transparent)]
     Runtime(#[from] liger_runtime::Error),
-    /// No built-in loss of that name.
-    #[error("unknown loss `{name}`; the built-in losses are: {known}")]
+    /// No loss of that name (built in, or in the loss file given).
+    #[error("unknown loss `{name}`; known: {known}")]
     UnknownLoss {
         /// The name asked for.
         name: String,
-        /// The built-in names.
+        /// The names there are, and where.
         known: String,
     },
+    /// A command line that does not say what to do.
+    #[error("{0}")]
+    Usage(String),
+    /// A loss file that does not compile: every error, rendered against the file.
+    #[error("{0}")]
+    LossSource(liger_lang::SourceErrors),
     /// A parameter name the loss does not have.
     #[error("loss `{loss}` has no parameter `{name}`; its parameters are: {known}")]
     UnknownParam {

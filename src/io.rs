@@ -5,7 +5,7 @@
 //! type (as safetensors writers lay them out) is viewed in place, without a copy, so the host
 //! heap of a run follows its working-memory budget rather than the file's size; an unaligned
 //! tensor, and bools (whose bytes must be checked), are copied. bf16, f16, f32, f64, i64, i32 and
-//! bool are read. Writing ([`write`]) goes to a temporary file in the destination's directory,
+//! bool are read. Writing ([`write()`]) goes to a temporary file in the destination's directory,
 //! is synced and renamed into place, so a failed or interrupted write (a full disk, a file-size
 //! limit) leaves the previous file as it was and no partial file behind.
 
@@ -364,14 +364,12 @@ pub fn write(path: &str, tensors: &BTreeMap<String, OwnedTensor>) -> Result<(), 
             ));
         }
     }
-    safetensors::serialize_to_file(tensors.iter(), None, &tmp.0).map_err(
-        |e| {
-            file_err(
-                path,
-                format!("writing failed ({e}); the previous file is unchanged"),
-            )
-        },
-    )?;
+    safetensors::serialize_to_file(tensors.iter(), None, &tmp.0).map_err(|e| {
+        file_err(
+            path,
+            format!("writing failed ({e}); the previous file is unchanged"),
+        )
+    })?;
     File::open(&tmp.0).and_then(|f| f.sync_all()).map_err(|e| {
         file_err(
             path,
@@ -386,7 +384,7 @@ pub fn write(path: &str, tensors: &BTreeMap<String, OwnedTensor>) -> Result<(), 
     Ok(())
 }
 
-/// Writes f32 tensors `(name, shape, data)` to a safetensors file (atomically, as [`write`]).
+/// Writes f32 tensors `(name, shape, data)` to a safetensors file (atomically, as [`write()`]).
 pub fn write_f32(path: &str, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<(), Error> {
     let owned: BTreeMap<String, OwnedTensor> = tensors
         .iter()

@@ -1,9 +1,9 @@
 //! `liger`: chunked, fused post-training losses for language models.
 //!
-//! The facade of the pipeline (DESIGN.md §4): the `#[chunked_loss]` macro and the
+//! The facade of the pipeline (`docs/architecture.md`): the `#[chunked_loss]` macro and the
 //! [`ChunkedLoss`] trait it implements, host tensor views, untyped inputs and parameters, the
 //! built-in losses written with the macro ([`losses`]), and the f64 reference path
-//! ([`reference`]) that evaluates any loss through the liger-ir interpreter. The IR itself is
+//! ([`mod@reference`]) that evaluates any loss through the liger-ir interpreter. The IR itself is
 //! re-exported as [`ir`].
 //!
 //! ```
@@ -33,10 +33,15 @@
 extern crate self as liger;
 
 pub mod bench;
+#[cfg(feature = "cli")]
 #[doc(hidden)]
 pub mod cli;
+mod dynamic;
 mod error;
+#[cfg(feature = "io")]
 pub mod io;
+#[doc = include_str!("../docs/language.md")]
+pub mod language {}
 pub mod loss;
 pub mod losses;
 pub mod params;
@@ -44,9 +49,11 @@ pub mod prelude;
 pub mod reference;
 mod run;
 
+pub use dynamic::{DynLoss, compile_loss, compile_loss_file, pick as pick_loss};
 pub use error::Error;
 pub use liger_ir as ir;
-pub use liger_macros::chunked_loss;
+pub use liger_lang as lang;
+pub use liger_macros::{chunked_loss, chunked_losses};
 pub use liger_runtime as runtime;
 pub use liger_runtime::{
     DType, DeviceGrad, DeviceHead, DeviceHeadGrads, DeviceInput, DeviceInputs, DeviceOutput,

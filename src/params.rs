@@ -34,6 +34,12 @@ impl ParamSet {
         self
     }
 
+    /// Adds every value of `other` (its values win).
+    pub fn extend(&mut self, other: ParamSet) {
+        self.floats.extend(other.floats);
+        self.variants.extend(other.variants);
+    }
+
     /// Sets `name` from a string: a number for hyperparameters, a choice for variants.
     pub fn set_str(
         &mut self,

@@ -5,7 +5,8 @@
 
 pub use crate::losses::*;
 pub use crate::{
-    ChunkedLoss, Error, Head, InputSet, ParamSet, TensorView, chunked_loss, reference,
+    ChunkedLoss, Error, Head, InputSet, ParamSet, TensorView, chunked_loss, chunked_losses,
+    reference,
 };
 
 /// An lm-head output that receives gradients (`x [S,T,H]`, `W [V,H]`, optional `b [V]`).
@@ -30,3 +31,16 @@ pub struct VocabInput;
 pub struct ScalarInput;
 /// The return type of a `#[chunked_loss]` fn: the batch-level loss.
 pub struct Loss;
+
+/// A helper parameter or result of any level (helpers: `docs/language.md`).
+pub struct Value;
+/// A helper parameter or result at vocab level (per row and vocabulary entry).
+pub struct Vocab;
+/// A helper parameter or result at row level (per token).
+pub struct Row;
+/// A helper parameter or result at sequence level.
+pub struct Seq;
+/// A helper parameter or result at pair level (chosen/rejected pairs).
+pub struct Pair;
+/// A helper parameter or result at batch level (a scalar).
+pub struct Batch;

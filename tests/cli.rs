@@ -264,6 +264,43 @@ fn cli_errors_name_the_problem() {
         &["run", "dpo", "--inputs", &input, "--ignore-index", "42"],
         "not a token id",
     );
+    fails_with(
+        &["cache", "warm", "dpo", "--dtype", "f64"],
+        "`f64` is not a choice of `--dtype` (choices: bf16, f16, f32)",
+    );
+    fails_with(
+        &["run", "dpo", "--inputs", &input, "--param", "beta=-1"],
+        "`beta`",
+    );
+    fails_with(
+        &[
+            "run",
+            "dpo",
+            "--inputs",
+            &input,
+            "--param",
+            "label_smoothing=0.7",
+        ],
+        "in [0.0, 0.5]",
+    );
+}
+
+/// The file's `reference` head and a `ref_logps` tensor together: refused, naming both.
+#[test]
+fn an_unused_input_in_the_file_is_refused() {
+    let input = tmp("dpo_both.safetensors");
+    dpo_file(&input);
+    let mut f = liger::io::read(&input).expect("reads");
+    f.insert(
+        "ref_logps".to_string(),
+        OwnedTensor {
+            shape: vec![4],
+            data: OwnedData::F32(vec![-3.0, -4.0, -5.0, -6.0]),
+        },
+    );
+    liger::io::write(&input, &f).expect("writes");
+    fails_with(&["run", "dpo", "--inputs", &input], "`ref_logps`");
+    fails_with(&["run", "dpo", "--inputs", &input], "`reference`");
 }
 
 #[test]

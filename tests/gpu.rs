@@ -44,7 +44,6 @@ fn normal(rng: &mut fastrand::Rng, sd: f32) -> f32 {
     ((0..4).map(|_| rng.f32()).sum::<f32>() - 2.0) * sd * 3f32.sqrt()
 }
 
-#[test]
 fn gpu_stream_kernels_match_the_cpu_executor() {
     let Some(gpu) = gpu_or_skip() else { return };
     let arch = gpu.arch().expect("arch");
@@ -175,7 +174,6 @@ fn gpu_stream_kernels_match_the_cpu_executor() {
 /// Compiles every built-in loss into the cache at `$LIGER_GPU_CACHE_DIR` (or a temporary
 /// directory), loads each module on the GPU and reports where it came from and how long it
 /// took. The disk-cache test runs this test twice, as two processes.
-#[test]
 fn gpu_cache_fill_and_load() {
     let Some(gpu) = gpu_or_skip() else { return };
     let arch = gpu.arch().expect("arch");
@@ -210,7 +208,6 @@ fn gpu_cache_fill_and_load() {
     }
 }
 
-#[test]
 fn gpu_second_process_hits_the_disk_cache_without_nvrtc() {
     if gpu_or_skip().is_none() {
         return;
@@ -373,7 +370,6 @@ fn compare_outputs(
     }
 }
 
-#[test]
 fn gpu_executor_matches_the_cpu_executor_and_is_deterministic() {
     if gpu_or_skip().is_none() {
         return;
@@ -492,7 +488,6 @@ fn gpu_executor_matches_the_cpu_executor_and_is_deterministic() {
     assert!(runs >= 60, "{runs} runs");
 }
 
-#[test]
 fn gpu_bad_input_gives_typed_errors() {
     if gpu_or_skip().is_none() {
         return;
@@ -552,7 +547,6 @@ fn gpu_bad_input_gives_typed_errors() {
     ));
 }
 
-#[test]
 fn gpu_dpo_16k_tokens_stays_within_a_2gib_budget() {
     if gpu_or_skip().is_none() {
         return;
@@ -834,7 +828,6 @@ fn host_inputs<'a>(
     set
 }
 
-#[test]
 fn gpu_device_api_matches_the_host_api_and_the_cpu_with_gradient_dtypes() {
     let Some((rt, st)) = runtime_and_stream() else {
         return;
@@ -966,7 +959,6 @@ fn gpu_device_api_matches_the_host_api_and_the_cpu_with_gradient_dtypes() {
     assert!(runs >= 30, "{runs} runs");
 }
 
-#[test]
 fn gpu_device_api_queues_on_the_callers_stream_without_synchronising() {
     if gpu_or_skip().is_none() {
         return;
@@ -1056,7 +1048,6 @@ fn gpu_device_api_queues_on_the_callers_stream_without_synchronising() {
     }
 }
 
-#[test]
 fn gpu_device_api_bad_input_gives_typed_errors() {
     let Some((rt, st)) = runtime_and_stream() else {
         return;
@@ -1229,7 +1220,6 @@ pub fn side_inputs(
     scale * sum(select(keep, per_tok, 0.0))
 }
 
-#[test]
 fn gpu_device_api_takes_every_side_input_kind_f16_and_views() {
     let Some((rt, st)) = runtime_and_stream() else {
         return;
@@ -1360,7 +1350,6 @@ fn gpu_device_api_takes_every_side_input_kind_f16_and_views() {
 /// The differential file tests and generated cases of `tests/difftests.rs` on the CUDA
 /// executor: every `.lir` file and generated loss under every schedule, against the f64
 /// interpreter (fp32 inputs: fp32 GEMMs, so the CPU tolerances hold up to accumulation order).
-#[test]
 fn gpu_difftests_match_the_interpreter() {
     if gpu_or_skip().is_none() {
         return;
@@ -1398,7 +1387,6 @@ fn gpu_difftests_match_the_interpreter() {
 
 /// `liger cache warm` in one process writes exactly what `liger run --device cuda` reads in
 /// another: with `LIGER_CACHE=ro` the run compiles nothing (no NVRTC line in its log).
-#[test]
 fn gpu_warm_then_run_reads_only_the_cache() {
     if gpu_or_skip().is_none() {
         return;
@@ -1507,7 +1495,6 @@ fn gpu_warm_then_run_reads_only_the_cache() {
 /// another key's entry and one binary has a flipped byte with its size and checksum
 /// rewritten; `liger run --device cuda` never loads them (each is moved aside with a warning
 /// and recompiled) and gives the loss of a clean cache; the rewritten entries then serve.
-#[test]
 fn gpu_swapped_or_tampered_cache_entries_are_never_loaded() {
     if gpu_or_skip().is_none() {
         return;
@@ -1637,7 +1624,6 @@ fn gpu_swapped_or_tampered_cache_entries_are_never_loaded() {
 
 /// The reductions' policy on the GPU gives the CPU's warnings and errors, and a uniform bias
 /// of 1e7 cancels exactly under every schedule; a result that overflows f32 is refused.
-#[test]
 fn gpu_empty_sequences_offsets_and_overflow_match_the_cpu() {
     if gpu_or_skip().is_none() {
         return;
@@ -1718,4 +1704,185 @@ fn gpu_empty_sequences_offsets_and_overflow_match_the_cpu() {
         Err(liger::Error::Runtime(RtError::NonFiniteResult { .. })) => {}
         other => panic!("{other:?}"),
     }
+}
+
+/// A loss file through `liger run --loss … --device cuda`: the result agrees with the CPU, and
+/// a second process finds the kernels in the disk cache (no NVRTC).
+fn gpu_loss_file_runs_on_cuda_and_a_second_process_hits_the_cache() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    use liger::io::{OwnedData, OwnedTensor};
+    let dir = std::env::temp_dir().join(format!("liger-gpu-lossfile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let exe = env!("CARGO_BIN_EXE_liger");
+    let mut rng = fastrand::Rng::with_seed(31);
+    let (s, t, h, v) = (6usize, 17usize, 24usize, 101usize);
+    let f32t = |shape: Vec<usize>, sd: f32, rng: &mut fastrand::Rng| OwnedTensor {
+        data: OwnedData::F32(
+            (0..shape.iter().product())
+                .map(|_| normal(rng, sd))
+                .collect(),
+        ),
+        shape,
+    };
+    let mut batch = BTreeMap::new();
+    batch.insert("policy.x".to_string(), f32t(vec![s, t, h], 1.0, &mut rng));
+    batch.insert("policy.w".to_string(), f32t(vec![v, h], 0.3, &mut rng));
+    batch.insert(
+        "target".to_string(),
+        OwnedTensor {
+            shape: vec![s, t],
+            data: OwnedData::I64(
+                (0..s * t)
+                    .map(|i| {
+                        if i % 7 == 6 {
+                            -100
+                        } else {
+                            (i * 13 % v) as i64
+                        }
+                    })
+                    .collect(),
+            ),
+        },
+    );
+    let file = dir.join("batch.safetensors");
+    liger::io::write(file.to_str().expect("path"), &batch).expect("writes");
+    let run = |device: &str| {
+        let out = std::process::Command::new(exe)
+            .args([
+                "run",
+                "--loss",
+                "examples/losses/simpo.rs",
+                "--device",
+                device,
+                "--inputs",
+            ])
+            .arg(&file)
+            .env("LIGER_CACHE_DIR", dir.join("cache"))
+            .env("LIGER_LOG", "1")
+            .output()
+            .expect("runs");
+        let (o, e) = (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        );
+        assert!(out.status.success(), "{device}: {o}{e}");
+        let loss: f64 = o
+            .lines()
+            .next()
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|x| x.parse().ok())
+            .unwrap_or_else(|| panic!("no loss line: {o}"));
+        (loss, e)
+    };
+    let (cpu, _) = run("cpu");
+    let (first, log1) = run("cuda");
+    assert!(
+        log1.contains("nvrtc compile"),
+        "the first run compiles:\n{log1}"
+    );
+    let (second, log2) = run("cuda");
+    assert!(
+        log2.contains("cache hit (disk)") && !log2.contains("nvrtc compile"),
+        "the second process reads the cache:\n{log2}"
+    );
+    assert_eq!(first, second, "deterministic");
+    assert!(
+        (first - cpu).abs() <= 1e-5 + 1e-4 * cpu.abs(),
+        "cuda {first} vs cpu {cpu}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Why this machine cannot run the GPU tests (`None`: it can).
+fn gpu_unavailable() -> Option<String> {
+    Gpu::new(0).err().map(|e| e.to_string())
+}
+
+fn trial(name: &'static str, f: fn()) -> libtest_mimic::Trial {
+    libtest_mimic::Trial::test(name, move || {
+        f();
+        Ok(())
+    })
+}
+
+/// The GPU suite's harness (libtest-mimic, so that a test that cannot run here says
+/// `ignored` instead of looking like a pass): without a GPU every test is ignored with the
+/// reason printed first, unless `LIGER_REQUIRE_GPU=1` makes that a failure.
+fn main() -> std::process::ExitCode {
+    let args = libtest_mimic::Arguments::from_args();
+    let why = gpu_unavailable();
+    if let Some(w) = &why {
+        if std::env::var("LIGER_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+            eprintln!("error: a GPU is required (LIGER_REQUIRE_GPU=1) but none works here: {w}");
+            return std::process::ExitCode::FAILURE;
+        }
+        eprintln!("skipping the GPU tests (reported as ignored): no GPU: {w}");
+    }
+    let tests = vec![
+        trial(
+            "gpu_stream_kernels_match_the_cpu_executor",
+            gpu_stream_kernels_match_the_cpu_executor,
+        ),
+        trial("gpu_cache_fill_and_load", gpu_cache_fill_and_load),
+        trial(
+            "gpu_second_process_hits_the_disk_cache_without_nvrtc",
+            gpu_second_process_hits_the_disk_cache_without_nvrtc,
+        ),
+        trial(
+            "gpu_executor_matches_the_cpu_executor_and_is_deterministic",
+            gpu_executor_matches_the_cpu_executor_and_is_deterministic,
+        ),
+        trial(
+            "gpu_bad_input_gives_typed_errors",
+            gpu_bad_input_gives_typed_errors,
+        ),
+        trial(
+            "gpu_dpo_16k_tokens_stays_within_a_2gib_budget",
+            gpu_dpo_16k_tokens_stays_within_a_2gib_budget,
+        ),
+        trial(
+            "gpu_device_api_matches_the_host_api_and_the_cpu_with_gradient_dtypes",
+            gpu_device_api_matches_the_host_api_and_the_cpu_with_gradient_dtypes,
+        ),
+        trial(
+            "gpu_device_api_queues_on_the_callers_stream_without_synchronising",
+            gpu_device_api_queues_on_the_callers_stream_without_synchronising,
+        ),
+        trial(
+            "gpu_device_api_bad_input_gives_typed_errors",
+            gpu_device_api_bad_input_gives_typed_errors,
+        ),
+        trial(
+            "gpu_device_api_takes_every_side_input_kind_f16_and_views",
+            gpu_device_api_takes_every_side_input_kind_f16_and_views,
+        ),
+        trial(
+            "gpu_difftests_match_the_interpreter",
+            gpu_difftests_match_the_interpreter,
+        ),
+        trial(
+            "gpu_warm_then_run_reads_only_the_cache",
+            gpu_warm_then_run_reads_only_the_cache,
+        ),
+        trial(
+            "gpu_swapped_or_tampered_cache_entries_are_never_loaded",
+            gpu_swapped_or_tampered_cache_entries_are_never_loaded,
+        ),
+        trial(
+            "gpu_empty_sequences_offsets_and_overflow_match_the_cpu",
+            gpu_empty_sequences_offsets_and_overflow_match_the_cpu,
+        ),
+        trial(
+            "gpu_loss_file_runs_on_cuda_and_a_second_process_hits_the_cache",
+            gpu_loss_file_runs_on_cuda_and_a_second_process_hits_the_cache,
+        ),
+    ];
+    let tests = tests
+        .into_iter()
+        .map(|t| t.with_ignored_flag(why.is_some()))
+        .collect();
+    libtest_mimic::run(&args, tests).exit_code()
 }

@@ -2,7 +2,7 @@
 //! allocator (this file is its own test binary, and its tests run one at a time under a lock,
 //! so nothing else allocates during a measurement). Peak extra memory = the allocator's peak
 //! during the call minus what was allocated before it, minus the returned gradients (the rule
-//! of DESIGN.md "Measuring", with outputs allocated by the call).
+//! of `docs/architecture.md` "Measuring", with outputs allocated by the call).
 
 mod common;
 

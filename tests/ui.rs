@@ -1,4 +1,4 @@
-//! Compile-time behaviour of `#[chunked_loss]` with trybuild: every SURFACE.md construct
+//! Compile-time behaviour of `#[chunked_loss]` with trybuild: every construct of `docs/language.md`
 //! compiles (and the pass cases run), and every misuse is a compile error on the user's token
 //! (`tests/ui/fail/<category>/*.rs` with its `.stderr`).
 //!

@@ -41,7 +41,8 @@ impl InputId {
     }
 }
 
-/// The kind of an input parameter (SURFACE.md §1). The kind fixes the value's type.
+/// The kind of an input parameter (`docs/language.md`, "Parameters"). The kind fixes the
+/// value's type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum InputKind {
     /// An lm-head output that receives gradients (`x`, `W`, optional `b` at run time).

@@ -16,7 +16,7 @@
 //! per `logits` head. Source locations are kept per node but are not part of the IR's
 //! identity ([`canonical_text`]).
 //!
-//! Invariants every pass preserves (checked by [`verify`]; see its module doc for the list):
+//! Invariants every pass preserves (checked by [`verify()`]; see its module doc for the list):
 //! operands precede their uses; types follow [`Op::infer`]; the forward never lets a
 //! vocab-level value use a seq/pair/batch value derived from logits; one loss at batch level.
 

@@ -5,7 +5,7 @@
 //! and the function table of the language reference ([`reference_table`]).
 //!
 //! The elementwise ops come in families ([`Unary`], [`Binary`], [`Cmp`]) and the vocabulary
-//! reductions in [`VocabReduce`], each an enum declared with [`family!`]: one line per op with
+//! reductions in [`VocabReduce`], each an enum declared with `family!`: one line per op with
 //! its name, surface arguments and meaning. Passes and backends match on a family
 //! exhaustively (no wildcard), so a new op cannot be added without its scalar semantics
 //! ([`crate::scalar`]), its VJP rule (`passes::vjp`) and its CUDA form (`emit::cuda`) — the

@@ -1,5 +1,5 @@
 //! The schedule pass: how a differentiated loss runs around the lm-head GEMMs, chunk by chunk,
-//! without ever holding `[rows, V]` logits for the whole batch (DESIGN.md §4).
+//! without ever holding `[rows, V]` logits for the whole batch (`docs/architecture.md`).
 //!
 //! From the gradient IR it derives, per node, where it is computed:
 //! - **pre**: values that do not depend on any head (masks, counts, side inputs, sizes), for

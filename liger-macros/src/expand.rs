@@ -1,4 +1,4 @@
-//! Generating the items of SURFACE.md §5 for a loss `fn name(…)`:
+//! Generating the items of a loss `fn name(…)` (`docs/language.md`, "Generated items"):
 //!
 //! - `Name`: a unit type implementing `liger::ChunkedLoss` (name, doc, parameter table, every
 //!   specialisation with its IR text or the input that refuses it) with `Name::reference`;
@@ -12,14 +12,13 @@
 //! On errors the same items are generated with an empty specialisation table, next to the
 //! `compile_error!`s, so code using them does not add errors of its own.
 
-use liger_ir::InputKind;
+use liger_lang::Compiled;
+use liger_lang::def::{DefaultDef, LossDef};
+use liger_lang::sig::{DefaultVal, Kind};
+use liger_lang::table::ParamKind;
 use proc_macro2::{Literal, Span, TokenStream};
 use quote::{format_ident, quote};
 use syn::Ident;
-
-use crate::lower::{Choice, Outcome, Spec};
-use crate::sig::{DefaultVal, Kind, Sig};
-use crate::variants::Enums;
 
 /// `grpo_dapo` → `GrpoDapo`.
 pub fn camel(s: &str) -> String {
@@ -35,38 +34,38 @@ pub fn camel(s: &str) -> String {
         .collect()
 }
 
-fn kind_tokens(k: &Kind) -> TokenStream {
-    match k {
-        Kind::Hyper => quote!(::liger::ParamKind::Hyper),
-        Kind::Flag => quote!(::liger::ParamKind::VariantBool),
-        Kind::Enum(_) => quote!(::liger::ParamKind::VariantEnum),
-        Kind::Input(i) => match i {
-            InputKind::Logits => quote!(::liger::ParamKind::Logits),
-            InputKind::Frozen => quote!(::liger::ParamKind::Frozen),
-            InputKind::Target => quote!(::liger::ParamKind::Target),
-            InputKind::Tokens => quote!(::liger::ParamKind::Tokens),
-            InputKind::RowInput => quote!(::liger::ParamKind::RowInput),
-            InputKind::RowMask => quote!(::liger::ParamKind::RowMask),
-            InputKind::SeqInput => quote!(::liger::ParamKind::SeqInput),
-            InputKind::SeqMask => quote!(::liger::ParamKind::SeqMask),
-            InputKind::VocabInput => quote!(::liger::ParamKind::VocabInput),
-            InputKind::ScalarInput | InputKind::Param => quote!(::liger::ParamKind::ScalarInput),
-        },
-    }
+/// `::liger::ParamKind::X` for kind `k` (every kind named, so a new kind is a compile error
+/// here).
+fn kind_tokens(k: ParamKind) -> TokenStream {
+    let v = match k {
+        ParamKind::Logits => quote!(Logits),
+        ParamKind::Frozen => quote!(Frozen),
+        ParamKind::Target => quote!(Target),
+        ParamKind::Tokens => quote!(Tokens),
+        ParamKind::RowInput => quote!(RowInput),
+        ParamKind::RowMask => quote!(RowMask),
+        ParamKind::SeqInput => quote!(SeqInput),
+        ParamKind::SeqMask => quote!(SeqMask),
+        ParamKind::VocabInput => quote!(VocabInput),
+        ParamKind::ScalarInput => quote!(ScalarInput),
+        ParamKind::Hyper => quote!(Hyper),
+        ParamKind::VariantBool => quote!(VariantBool),
+        ParamKind::VariantEnum => quote!(VariantEnum),
+    };
+    quote!(::liger::ParamKind::#v)
 }
 
-/// The generated items.
-pub fn expand(sig: &Sig, enums: &Enums, specs: &[(Spec, Outcome)], ok: bool) -> TokenStream {
+/// The generated items of a compiled fn; the tables come from its [`LossDef`], the same data
+/// a loss file compiled at run time is described by.
+pub fn expand(c: &Compiled) -> TokenStream {
+    let (sig, enums) = (&c.sig, &c.enums);
+    let def: LossDef = c.def();
     let vis = &sig.vis;
-    let fname = sig.ident.to_string();
+    let fname = def.name.clone();
     let ty = format_ident!("{}", camel(&fname), span = sig.ident.span());
     let params_ty = format_ident!("{}Params", ty);
     let inputs_ty = format_ident!("{}Inputs", ty);
-    let doc = if sig.doc.is_empty() {
-        format!("The `{fname}` loss.")
-    } else {
-        sig.doc.clone()
-    };
+    let doc = def.doc.clone();
 
     // Variant enums.
     let mut enum_items = Vec::new();
@@ -122,53 +121,29 @@ pub fn expand(sig: &Sig, enums: &Enums, specs: &[(Spec, Outcome)], ok: bool) -> 
     }
 
     // Parameter table.
-    let infos = sig.params.iter().enumerate().map(|(i, p)| {
-        let name = p.ident.to_string();
-        let kind = kind_tokens(&p.kind);
+    let infos = def.params.iter().map(|p| {
+        let name = &p.name;
+        let kind = kind_tokens(p.kind);
         let optional = p.optional;
-        let default = match (&p.default, &p.kind) {
-            (Some(DefaultVal::Float(x)), _) => {
-                let lit = Literal::f32_suffixed(*x as f32);
+        let default = match &p.default {
+            DefaultDef::Float(x) => {
+                let lit = Literal::f32_suffixed(*x);
                 quote!(::liger::DefaultValue::Float(#lit))
             }
-            (Some(DefaultVal::Bool(b)), _) => quote!(::liger::DefaultValue::Bool(#b)),
-            (None, Kind::Flag) => quote!(::liger::DefaultValue::Bool(false)),
-            (Some(DefaultVal::Variant(v)), _) => {
-                let v = v.to_string();
-                quote!(::liger::DefaultValue::Variant(#v))
-            }
-            (None, Kind::Enum(_)) => match enums.get(&i).and_then(|v| v.first()) {
-                Some(v) => {
-                    let v = v.to_string();
-                    quote!(::liger::DefaultValue::Variant(#v))
-                }
-                None => quote!(::liger::DefaultValue::None),
-            },
-            _ => quote!(::liger::DefaultValue::None),
+            DefaultDef::Bool(b) => quote!(::liger::DefaultValue::Bool(#b)),
+            DefaultDef::Variant(v) => quote!(::liger::DefaultValue::Variant(#v)),
+            DefaultDef::None => quote!(::liger::DefaultValue::None),
         };
-        let choices: Vec<String> = match &p.kind {
-            Kind::Flag => vec!["false".into(), "true".into()],
-            Kind::Enum(_) => enums
-                .get(&i)
-                .map(|v| v.iter().map(ToString::to_string).collect())
-                .unwrap_or_default(),
-            _ => vec![],
-        };
+        let choices = &p.choices;
         let type_text = &p.type_text;
-        let bound = |b: Option<(f64, bool)>| match b {
-            Some((x, inc)) => {
-                let x = x as f32;
-                quote!(::std::option::Option::Some((#x, #inc)))
-            }
+        let bound = |b: Option<(f32, bool)>| match b {
+            Some((x, inc)) => quote!(::std::option::Option::Some((#x, #inc))),
             None => quote!(::std::option::Option::None),
         };
         let ranges = p.ranges.iter().map(|r| {
             let (lo, hi) = (bound(r.lo), bound(r.hi));
             let when = match &r.when {
-                Some((n, v)) => {
-                    let (n, v) = (n.to_string(), v.to_string());
-                    quote!(::std::option::Option::Some((#n, #v)))
-                }
+                Some((n, v)) => quote!(::std::option::Option::Some((#n, #v))),
                 None => quote!(::std::option::Option::None),
             };
             quote!(::liger::ParamRange { lo: #lo, hi: #hi, when: #when })
@@ -182,48 +157,15 @@ pub fn expand(sig: &Sig, enums: &Enums, specs: &[(Spec, Outcome)], ok: bool) -> 
     });
 
     // Specialisations.
-    let spec_items: Vec<TokenStream> = if ok {
-        specs
-            .iter()
-            .map(|(spec, outcome)| {
-                let choices = spec.choices.iter().map(|(i, c)| {
-                    let p = &sig.params[*i];
-                    let name = p.ident.to_string();
-                    let value = match c {
-                        Choice::Flag(b) => b.to_string(),
-                        Choice::Arm(a) => enums
-                            .get(i)
-                            .and_then(|v| v.get(*a))
-                            .map(ToString::to_string)
-                            .unwrap_or_default(),
-                        Choice::Present(true) => "present".into(),
-                        Choice::Present(false) => "absent".into(),
-                    };
-                    quote!((#name, #value))
-                });
-                let (ir, refused) = match outcome {
-                    Outcome::Ir(f) => {
-                        let text = liger_ir::print(f);
-                        (
-                            quote!(::std::option::Option::Some(#text)),
-                            quote!(::std::option::Option::None),
-                        )
-                    }
-                    Outcome::Refused(input) => (
-                        quote!(::std::option::Option::None),
-                        quote!(::std::option::Option::Some(#input)),
-                    ),
-                    Outcome::Failed => (
-                        quote!(::std::option::Option::None),
-                        quote!(::std::option::Option::None),
-                    ),
-                };
-                quote!(::liger::SpecInfo { choices: &[#(#choices),*], ir: #ir, refused: #refused })
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let spec_items = def.specs.iter().map(|spec| {
+        let choices = spec.choices.iter().map(|(n, v)| quote!((#n, #v)));
+        let opt = |x: &Option<String>| match x {
+            Some(t) => quote!(::std::option::Option::Some(#t)),
+            None => quote!(::std::option::Option::None),
+        };
+        let (ir, refused) = (opt(&spec.ir), opt(&spec.refused));
+        quote!(::liger::SpecInfo { choices: &[#(#choices),*], ir: #ir, refused: #refused })
+    });
 
     // Params struct.
     let mut fields = Vec::new();

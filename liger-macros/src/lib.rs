@@ -1,80 +1,35 @@
-//! `#[chunked_loss]`: a loss written as Rust math, checked and lowered at compile time.
+//! `#[chunked_loss]` and `#[chunked_losses]`: losses written as Rust math, checked and lowered
+//! at compile time.
 //!
-//! Pipeline (after thiserror's and serde's derive crates): parse the fn with syn → analyse the
-//! signature ([`sig`]) and the variant enums ([`variants`]), collecting every error → lower
-//! the body once per specialisation to liger-ir and verify it ([`lower`]) → generate the
-//! typed items ([`expand`]). Every error is a `compile_error!` on the user's token, with the
-//! generated items still emitted so one mistake gives one error. See SURFACE.md for the
-//! language and the items.
+//! A thin wrapper over the front-end library `liger-lang`, which also compiles loss files at
+//! run time: parse with syn → `liger_lang::compile_fn` (signature, variant enums, every
+//! specialisation lowered to verified IR, helpers inlined) → generate the typed items from the
+//! loss's `LossDef` (`expand`). Every error is a `compile_error!` on the user's token, with
+//! the generated items still emitted so one mistake gives one error. The language is
+//! documented in `docs/language.md` (the `liger::language` rustdoc).
 
 use proc_macro::TokenStream;
 use syn::spanned::Spanned;
 
-mod errors;
+use liger_lang::source::{split_items, strip_loss_attr};
+use liger_lang::{Ctx, Errors, Helpers, compile_fn};
+
 mod expand;
-mod lower;
-mod sig;
-mod variants;
 
-use errors::Errors;
-use lower::{Choice, Outcome, Spec};
-use sig::Kind;
-
-/// The most specialisations one loss may have.
-const MAX_SPECS: usize = 256;
-
-/// Every `when(variant = Value)` of a `#[range]` names a variant parameter and one of its
-/// values.
-fn check_range_conditions(sig: &sig::Sig, enums: &variants::Enums, errs: &mut Errors) {
-    for p in &sig.params {
-        for r in &p.ranges {
-            let Some((name, value)) = &r.when else {
-                continue;
-            };
-            let target = sig
-                .params
-                .iter()
-                .enumerate()
-                .find(|(_, q)| q.ident == *name);
-            let (ok, values) = match target {
-                Some((_, q)) if matches!(q.kind, Kind::Flag) => (
-                    value == "true" || value == "false",
-                    "true, false".to_string(),
-                ),
-                Some((i, q)) if matches!(q.kind, Kind::Enum(_)) => {
-                    let vs = enums.get(&i).map(|v| v.as_slice()).unwrap_or(&[]);
-                    let names: Vec<String> = vs.iter().map(ToString::to_string).collect();
-                    (vs.iter().any(|x| x == value), names.join(", "))
-                }
-                Some(_) => {
-                    errs.push(
-                        name.span(),
-                        format!("`{name}` is not a `#[variant]` parameter: `when` takes a variant"),
-                    );
-                    continue;
-                }
-                None => {
-                    errs.push(
-                        name.span(),
-                        format!("no parameter `{name}` to condition on"),
-                    );
-                    continue;
-                }
-            };
-            if !ok {
-                errs.push(
-                    value.span(),
-                    format!("`{value}` is not a value of `{name}` ({values})"),
-                );
-            }
-        }
-    }
-}
-
-/// Compiles a loss fn; see the crate docs and SURFACE.md.
+/// Compiles a loss fn: see the language reference (`docs/language.md`, rendered as the
+/// `liger::language` module of the `liger` crate).
 #[proc_macro_attribute]
 pub fn chunked_loss(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand_loss(attr.into(), item.into()).into()
+}
+
+/// Compiles every `#[chunked_loss]` fn of a module, with the module's other plain `fn`s as
+/// helpers the losses may call (inlined, level-checked at each call). The helpers are removed;
+/// every other item of the module stays as written. A loss file given to `liger run --loss`
+/// holds exactly what such a module holds.
+#[proc_macro_attribute]
+pub fn chunked_losses(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand_module(attr.into(), item.into()).into()
 }
 
 fn expand_loss(
@@ -103,65 +58,89 @@ fn expand_loss(
             return out;
         }
     };
-    let sig = sig::analyze(&item, &mut errs);
-    let enums = variants::find(&sig, &mut errs);
-    check_range_conditions(&sig, &enums, &mut errs);
-
-    // Every combination of variant values and optional-input presence.
-    let mut specs: Vec<Spec> = vec![Spec { choices: vec![] }];
-    for (i, p) in sig.params.iter().enumerate() {
-        let options: Vec<Choice> = match &p.kind {
-            Kind::Flag => vec![Choice::Flag(false), Choice::Flag(true)],
-            Kind::Enum(_) => (0..enums.get(&i).map_or(0, Vec::len))
-                .map(Choice::Arm)
-                .collect(),
-            Kind::Input(_) if p.optional => vec![Choice::Present(true), Choice::Present(false)],
-            _ => continue,
-        };
-        if options.is_empty() {
-            continue;
-        }
-        specs = specs
-            .into_iter()
-            .flat_map(|s| {
-                options.iter().map(move |c| {
-                    let mut s = s.clone();
-                    s.choices.push((i, *c));
-                    s
-                })
-            })
-            .collect();
-        if specs.len() > MAX_SPECS {
-            errs.push(
-                sig.ident.span(),
-                format!("this loss has more than {MAX_SPECS} specialisations (variants x optional inputs); turn some flags into f32 hyperparameters used with select(…)"),
-            );
-            specs.truncate(1);
-            break;
-        }
-    }
-
-    let mut lowered = Vec::new();
-    if errs.is_empty() {
-        for spec in specs {
-            let outcome = lower::lower(&sig, &enums, &spec, &mut errs);
-            lowered.push((spec, outcome));
-        }
-        if errs.is_empty()
-            && lowered
-                .iter()
-                .all(|(_, o)| matches!(o, Outcome::Refused(_)))
-        {
-            errs.push(
-                sig.ident.span(),
-                "every specialisation unwraps an absent input: give each optional input an `if let Some(x) = …` fallback",
-            );
-        }
-    }
-    let ok = errs.is_empty();
+    let helpers = Helpers::none();
+    let ctx = Ctx {
+        helpers: &helpers,
+        file: None,
+    };
+    let compiled = compile_fn(&item, ctx, &mut errs);
     let mut out = errs.to_compile_errors();
-    out.extend(expand::expand(&sig, &enums, &lowered, ok));
+    out.extend(expand::expand(&compiled));
     out
+}
+
+fn expand_module(
+    attr: proc_macro2::TokenStream,
+    item: proc_macro2::TokenStream,
+) -> proc_macro2::TokenStream {
+    let mut errs = Errors::default();
+    if !attr.is_empty() {
+        errs.push(attr.span(), "`#[chunked_losses]` takes no arguments");
+    }
+    let mut module: syn::ItemMod = match syn::parse2(item) {
+        Ok(m) => m,
+        Err(e) => {
+            return syn::Error::new(
+                e.span(),
+                "`#[chunked_losses]` applies to a `mod { … }` holding losses and helper fns",
+            )
+            .to_compile_error();
+        }
+    };
+    let Some((brace, items)) = module.content.take() else {
+        return syn::Error::new(
+            module.ident.span(),
+            "`#[chunked_losses]` needs the module's items inline: `mod name { … }`",
+        )
+        .to_compile_error();
+    };
+    let (losses, helper_fns) = split_items(&items, false, &mut errs);
+    let helpers = Helpers::analyze(helper_fns.iter().copied(), &mut errs);
+    let ctx = Ctx {
+        helpers: &helpers,
+        file: None,
+    };
+    let mut generated = Vec::new();
+    for f in &losses {
+        let f = strip_loss_attr(f, &mut errs);
+        generated.push(expand::expand(&compile_fn(&f, ctx, &mut errs)));
+    }
+    // Everything but the losses and the helpers stays; a `use` (the prelude, for readers and
+    // IDEs) may have no user left once the fns are compiled away.
+    let kept: Vec<syn::Item> = items
+        .iter()
+        .filter(|i| !matches!(i, syn::Item::Fn(_)))
+        .cloned()
+        .map(|i| match i {
+            syn::Item::Use(mut u) => {
+                u.attrs.push(syn::parse_quote!(#[allow(unused_imports)]));
+                syn::Item::Use(u)
+            }
+            other => other,
+        })
+        .collect();
+    let errors = errs.to_compile_errors();
+    let _ = brace;
+    // Outer attributes before `mod`, inner ones (`//!` docs) inside its braces.
+    let (inner, outer): (Vec<&syn::Attribute>, Vec<&syn::Attribute>) = module
+        .attrs
+        .iter()
+        .partition(|a| matches!(a.style, syn::AttrStyle::Inner(_)));
+    let (vis, unsafety, mod_token, ident) = (
+        &module.vis,
+        &module.unsafety,
+        &module.mod_token,
+        &module.ident,
+    );
+    quote::quote! {
+        #(#outer)*
+        #vis #unsafety #mod_token #ident {
+            #(#inner)*
+            #errors
+            #(#kept)*
+            #(#generated)*
+        }
+    }
 }
 
 #[cfg(test)]

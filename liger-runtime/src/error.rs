@@ -144,7 +144,7 @@ pub enum Error {
     },
     /// A memory budget no strategy fits.
     #[error(
-        "a memory budget of {budget} bytes is too small: the smallest chunk needs {needed} bytes; raise the budget (`RunOptions::chunk_memory`, `--chunk-memory` on the command line)"
+        "a memory budget of {budget} bytes is too small: the smallest chunk needs {needed} bytes; raise `RunOptions::chunk_memory`"
     )]
     Budget {
         /// The budget.
@@ -155,7 +155,7 @@ pub enum Error {
     /// A budget that fits the run only without the f32 working copies of gradients asked for
     /// in bf16/f16.
     #[error(
-        "gradients returned in bf16/f16 keep an f32 working copy of {copies} bytes during the run (they are computed and accumulated in f32), and with it the smallest chunk needs {needed} bytes, more than the budget of {budget}; raise the budget or return those gradients in f32"
+        "gradients returned in bf16/f16 keep an f32 working copy of {copies} bytes during the run (they are computed and accumulated in f32), and with it the smallest chunk needs {needed} bytes, more than the budget of {budget}; raise `RunOptions::chunk_memory` or return those gradients in f32 (`RunOptions::grad_dtypes`)"
     )]
     GradBudget {
         /// The budget.

@@ -1,10 +1,21 @@
-//! `liger losses`: the built-in losses with their parameters, kinds, defaults and variants.
+//! `liger losses`: the built-in losses (or a loss file's) with their parameters, kinds,
+//! defaults, variants and domains.
 
 use super::out;
 use crate::Error;
 
-pub(crate) fn losses(json: bool) -> Result<(), Error> {
-    let all = crate::losses::builtin();
+pub(crate) fn losses(json: bool, file: Option<&str>) -> Result<(), Error> {
+    let compiled;
+    let all: Vec<&dyn crate::ChunkedLoss> = match file {
+        Some(path) => {
+            compiled = crate::compile_loss_file(path)?;
+            compiled
+                .iter()
+                .map(|l| l as &dyn crate::ChunkedLoss)
+                .collect()
+        }
+        None => crate::losses::builtin(),
+    };
     if json {
         let v: Vec<serde_json::Value> = all
             .iter()

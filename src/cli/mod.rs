@@ -1,5 +1,5 @@
 //! The `liger` command line, one module per subcommand: `losses`, `run`, `ir`, `cache`,
-//! `bench` ([`target`] resolves the loss a subcommand names).
+//! `bench` (`target` resolves the loss a subcommand names).
 
 mod bench;
 mod cache;
@@ -28,16 +28,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List the built-in losses with their parameters, kinds, defaults and variants.
+    /// List the built-in losses (or a loss file's) with their parameters, kinds, defaults,
+    /// variants and domains.
     Losses {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// List the losses of this loss file (`.rs`) instead of the built-ins.
+        #[arg(long = "loss", value_name = "FILE")]
+        loss_file: Option<String>,
     },
     /// Run a loss on tensors from a safetensors file.
     Run {
-        /// The loss (see `liger losses`).
-        loss: String,
+        /// A built-in loss (see `liger losses`); with `--loss FILE`, the fn of the file to run.
+        name: Option<String>,
+        /// A loss file: `#[chunked_loss]` fns and helper fns, compiled at run time.
+        #[arg(long = "loss", value_name = "FILE")]
+        loss_file: Option<String>,
+        /// The fn of the loss file to run (when it holds several).
+        #[arg(long = "fn", value_name = "NAME")]
+        func: Option<String>,
         /// Input tensors: `<head>.x`, `<head>.w`, `<head>.b`, `target`, other inputs by name.
         #[arg(long)]
         inputs: String,
@@ -103,8 +113,14 @@ enum Command {
 
 #[derive(clap::Args, Clone)]
 pub(crate) struct Target {
-    /// A built-in loss (`dpo`) or a `.lir` file.
-    target: String,
+    /// A built-in loss (`dpo`), a `.lir` file, or with `--loss FILE` the fn of the file.
+    target: Option<String>,
+    /// A loss file: `#[chunked_loss]` fns and helper fns, compiled at run time.
+    #[arg(long = "loss", value_name = "FILE")]
+    loss_file: Option<String>,
+    /// The fn of the loss file (when it holds several).
+    #[arg(long = "fn", value_name = "NAME")]
+    func: Option<String>,
     /// A variant or optional-input presence, `name=value` (e.g. `loss_type=Hinge`, `reference=absent`).
     #[arg(long = "variant", value_name = "NAME=VALUE")]
     variants: Vec<String>,
@@ -214,7 +230,7 @@ pub fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Losses { json } => losses::losses(json),
+        Command::Losses { json, loss_file } => losses::losses(json, loss_file.as_deref()),
         Command::Ir { what } => ir::ir(what),
         Command::Cache { what } => cache::cache(what),
         Command::Bench {
@@ -225,7 +241,9 @@ pub fn main() -> ExitCode {
             only,
         } => bench::bench(&budget, reps, json.as_deref(), profile, &only),
         Command::Run {
-            loss,
+            name,
+            loss_file,
+            func,
             inputs,
             out,
             params,
@@ -236,22 +254,48 @@ pub fn main() -> ExitCode {
             ignore_index,
             grad_dtype,
             profile,
-        } => run::run(
-            &loss,
-            &inputs,
-            out.as_deref(),
-            &params,
-            &variants,
-            &device,
-            &chunk_memory,
-            &schedule,
-            ignore_index,
-            &grad_dtype,
-            profile,
+        } => target::resolve(name.as_deref(), loss_file.as_deref(), func.as_deref()).and_then(
+            |loss| {
+                run::run(
+                    loss,
+                    &inputs,
+                    out.as_deref(),
+                    &params,
+                    &variants,
+                    &device,
+                    &chunk_memory,
+                    &schedule,
+                    ignore_index,
+                    &grad_dtype,
+                    profile,
+                )
+            },
         ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The library's budget errors name `RunOptions`; here the flags say it.
+        Err(Error::Runtime(crate::runtime::Error::Budget { budget, needed })) => {
+            eprintln!(
+                "error: a memory budget of {budget} bytes is too small: the smallest chunk needs {needed} bytes; raise --chunk-memory"
+            );
+            ExitCode::from(1)
+        }
+        Err(Error::Runtime(crate::runtime::Error::GradBudget {
+            budget,
+            needed,
+            copies,
+        })) => {
+            eprintln!(
+                "error: gradients returned in bf16/f16 keep an f32 working copy of {copies} bytes during the run, and with it the smallest chunk needs {needed} bytes, more than the budget of {budget}; raise --chunk-memory or use --grad-dtype f32"
+            );
+            ExitCode::from(1)
+        }
+        // A loss file's errors are rendered reports, each with its own `error:` line.
+        Err(Error::LossSource(e)) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(1)

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::split_kv;
 use crate::io::{self, TensorFile};
-use crate::loss::{ChunkedLoss, ParamKind};
+use crate::loss::ChunkedLoss;
 use crate::runtime::Error as RtError;
 use crate::{Error, Head, InputSet, ParamSet, RunOptions, Runtime, Strategy};
 
@@ -116,7 +116,7 @@ fn mib(b: usize) -> String {
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run(
-    name: &str,
+    loss: &'static dyn ChunkedLoss,
     inputs: &str,
     out: Option<&str>,
     params: &[String],
@@ -128,7 +128,6 @@ pub(crate) fn run(
     grad_dtype: &str,
     profile: bool,
 ) -> Result<(), Error> {
-    let loss = crate::losses::by_name(name)?;
     let mut ps = ParamSet::new();
     for kv in params {
         let (k, v) = split_kv(kv)?;
@@ -142,20 +141,10 @@ pub(crate) fn run(
         }
         ps.set_str(loss, k, v)?;
     }
-    for kv in variants {
-        let (k, v) = split_kv(kv)?;
-        match loss.param(k) {
-            Some(p) if p.kind == ParamKind::Hyper => {
-                return Err(Error::ParamKind {
-                    loss: loss.name().into(),
-                    name: k.into(),
-                    kind: "a hyperparameter",
-                    hint: "pass it with --param",
-                });
-            }
-            _ => ps.set_str(loss, k, v)?,
-        }
-    }
+    // One rule with `cache warm`: an optional input's presence may be stated, and must then
+    // agree with the file.
+    let (vs, presence) = super::target::split_variants(loss, variants)?;
+    ps.extend(vs);
     ps.resolve(loss)?;
     let runtime = Runtime::for_device(device)?;
     let strategy = match schedule {
@@ -180,6 +169,18 @@ pub(crate) fn run(
     super::heap::reset_peak();
     let file = TensorFile::open(inputs)?;
     let set = build_inputs(loss, &file)?;
+    for (k, want) in &presence {
+        let has = set.get(k).is_some();
+        if has != (want == "present") {
+            return Err(Error::File {
+                path: inputs.into(),
+                why: format!(
+                    "`--variant {k}={want}` but the file {} input `{k}`",
+                    if has { "holds" } else { "has no" }
+                ),
+            });
+        }
+    }
 
     let start = Instant::now();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -37,24 +37,7 @@ fn matching_specs(
     loss: &dyn ChunkedLoss,
     variants: &[String],
 ) -> Result<Vec<&'static crate::SpecInfo>, Error> {
-    let mut ps = ParamSet::new();
-    let mut presence: Vec<(String, String)> = Vec::new();
-    for kv in variants {
-        let (k, v) = split_kv(kv)?;
-        match loss.param(k) {
-            Some(p) if p.kind.is_input() && p.optional => {
-                if v != "present" && v != "absent" {
-                    return Err(Error::BadVariant {
-                        param: k.into(),
-                        value: v.into(),
-                        allowed: "present, absent".into(),
-                    });
-                }
-                presence.push((k.into(), v.into()));
-            }
-            _ => ps.set_str(loss, k, v)?,
-        }
-    }
+    let (ps, presence) = split_variants(loss, variants)?;
     let resolved = ps.resolve(loss)?;
     let matching: Vec<&'static crate::SpecInfo> = loss
         .specializations()
@@ -94,6 +77,91 @@ fn matching_specs(
     }
 }
 
+/// The `--variant name=value` flags, one rule for every subcommand: variants into a
+/// [`ParamSet`], an optional input's presence (`name=present|absent`) apart; a hyperparameter
+/// is refused (it goes with `--param`).
+pub(crate) fn split_variants(
+    loss: &dyn ChunkedLoss,
+    variants: &[String],
+) -> Result<(ParamSet, Vec<(String, String)>), Error> {
+    let mut ps = ParamSet::new();
+    let mut presence: Vec<(String, String)> = Vec::new();
+    for kv in variants {
+        let (k, v) = split_kv(kv)?;
+        match loss.param(k) {
+            Some(p) if p.kind.is_input() && p.optional => {
+                if v != "present" && v != "absent" {
+                    return Err(Error::BadVariant {
+                        param: k.into(),
+                        value: v.into(),
+                        allowed: "present, absent".into(),
+                    });
+                }
+                presence.push((k.into(), v.into()));
+            }
+            Some(p) if p.kind == crate::ParamKind::Hyper => {
+                return Err(Error::ParamKind {
+                    loss: loss.name().into(),
+                    name: k.into(),
+                    kind: "a hyperparameter",
+                    hint: "pass it with --param",
+                });
+            }
+            _ => ps.set_str(loss, k, v)?,
+        }
+    }
+    Ok((ps, presence))
+}
+
+/// The loss a subcommand names: a built-in by `name`, or with `file` the fn `func` (else
+/// `name`, else the only one) of that loss file, compiled at run time.
+pub(crate) fn resolve(
+    name: Option<&str>,
+    file: Option<&str>,
+    func: Option<&str>,
+) -> Result<&'static dyn ChunkedLoss, Error> {
+    match (file, name, func) {
+        (Some(path), n, f) => {
+            if let (Some(n), Some(f)) = (n, f)
+                && n != f
+            {
+                return Err(Error::File {
+                    path: path.into(),
+                    why: format!("two loss names given: `{n}` and `--fn {f}`; give one"),
+                });
+            }
+            let losses = crate::compile_loss_file(path)?;
+            let l = *crate::pick_loss(&losses, f.or(n), path)?;
+            Ok(Box::leak(Box::new(l)))
+        }
+        (None, Some(n), None) => crate::losses::by_name(n),
+        (None, _, Some(_)) => Err(Error::Usage(
+            "`--fn NAME` picks a fn of a loss file: give the file with --loss FILE".into(),
+        )),
+        (None, None, None) => Err(Error::Usage(
+            "no loss given: name a built-in loss (`liger losses` lists them) or a loss file with --loss FILE".into(),
+        )),
+    }
+}
+
+impl Target {
+    /// The `.lir` file the target names, if it names one.
+    fn lir(&self) -> Option<&str> {
+        self.target
+            .as_deref()
+            .filter(|t| self.loss_file.is_none() && t.ends_with(".lir"))
+    }
+
+    /// The loss the target names (a built-in, or a fn of the loss file).
+    fn loss(&self) -> Result<&'static dyn ChunkedLoss, Error> {
+        resolve(
+            self.target.as_deref(),
+            self.loss_file.as_deref(),
+            self.func.as_deref(),
+        )
+    }
+}
+
 /// The one specialisation for commands that show a single one: the matching specialisation
 /// with the fewest optional inputs present (then the loss's table order).
 fn select_spec(
@@ -117,20 +185,20 @@ pub(crate) enum Loaded {
 }
 
 pub(crate) fn load_target(t: &Target) -> Result<Loaded, Error> {
-    if t.target.ends_with(".lir") {
-        let text = std::fs::read_to_string(&t.target).map_err(|e| Error::File {
-            path: t.target.clone(),
+    if let Some(path) = t.lir() {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::File {
+            path: path.into(),
             why: e.to_string(),
         })?;
         let (f, map) = liger_ir::text::parse_mapped(&text).map_err(|d| Error::File {
-            path: t.target.clone(),
+            path: path.into(),
             why: format!(
                 "does not parse:\n{}",
                 liger_ir::text::render_excerpt(&text, &Default::default(), &d.0, 20)
             ),
         })?;
         liger_ir::verify(&f).map_err(|d| Error::File {
-            path: t.target.clone(),
+            path: path.into(),
             why: format!(
                 "does not verify:\n{}",
                 liger_ir::text::render_excerpt(&text, &map, &d.0, 20)
@@ -138,17 +206,17 @@ pub(crate) fn load_target(t: &Target) -> Result<Loaded, Error> {
         })?;
         return Ok(Loaded::File(f));
     }
-    let loss = crate::losses::by_name(&t.target)?;
+    let loss = t.loss()?;
     Ok(Loaded::Builtin(loss, select_spec(loss, &t.variants)?))
 }
 
 /// Every pipeline a run of the loss `t` names may use (see [`matching_specs`]), each with a
 /// label for messages (`dpo [loss_type=Hinge, …]`).
 pub(crate) fn pipelines_of(t: &Target) -> Result<Vec<(Pipeline, String)>, Error> {
-    if t.target.ends_with(".lir") {
+    if t.lir().is_some() {
         return Ok(vec![pipeline_of(t)?]);
     }
-    let loss = crate::losses::by_name(&t.target)?;
+    let loss = t.loss()?;
     matching_specs(loss, &t.variants)?
         .into_iter()
         .map(|spec| {
@@ -168,11 +236,12 @@ pub(crate) fn pipeline_of(t: &Target) -> Result<(Pipeline, String), Error> {
             format!("{} [{}]", loss.name(), spec.describe()),
         )),
         Loaded::File(f) => {
+            let path = t.lir().unwrap_or_default().to_string();
             let p = Pipeline::new(f).map_err(|d| Error::File {
-                path: t.target.clone(),
+                path: path.clone(),
                 why: d.to_string(),
             })?;
-            Ok((p, t.target.clone()))
+            Ok((p, path))
         }
     }
 }

@@ -22,10 +22,13 @@ pub fn by_name(name: &str) -> Result<&'static dyn ChunkedLoss, crate::Error> {
         .find(|l| l.name() == name)
         .ok_or_else(|| crate::Error::UnknownLoss {
             name: name.into(),
-            known: builtin()
-                .iter()
-                .map(|l| l.name())
-                .collect::<Vec<_>>()
-                .join(", "),
+            known: format!(
+                "{} (the built-in losses; a loss of your own runs from its file with --loss FILE)",
+                builtin()
+                    .iter()
+                    .map(|l| l.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         })
 }

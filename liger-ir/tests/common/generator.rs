@@ -2,7 +2,7 @@
 //!
 //! Each case declares one input of every kind (a `logits` head `policy`, a `frozen` head
 //! `teacher`, `target`, `tokens`, row/seq inputs and masks, a vocab input, a scalar input and
-//! a hyperparameter), then applies random ops from SURFACE.md §3 (plus the autodiff-only
+//! a hyperparameter), then applies random ops from the language's function table (plus the autodiff-only
 //! ops) to operands of fitting dtype and level. Every new node is evaluated on the case's data
 //! right away, and rejected when it leaves its domain (log of a value near 0, a division by a
 //! value near 0, exp overflow…) or breaks the forward group rule; so every accepted function

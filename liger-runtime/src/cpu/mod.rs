@@ -1,9 +1,9 @@
 //! The CPU executor: a differentiated loss on host tensors, chunk by chunk, under a memory
 //! budget, never holding `[S·T, V]` logits.
 //!
-//! It implements the primitives of the strategy driver ([`crate::driver`]): the lm-head GEMM
+//! It implements the primitives of the strategy driver (`crate::driver`): the lm-head GEMM
 //! of a chunk (`matrixmultiply`), the stream programs in f32 on the chunk's rows (rayon across
-//! rows, [`eval`]), `dx = dz W`, `dW += dzᵀ x` into f32 accumulators, `db += Σ dz`, and the
+//! rows, `eval`), `dx = dz W`, `dW += dzᵀ x` into f32 accumulators, `db += Σ dz`, and the
 //! whole-batch array stages; the planner ([`crate::plan`]) sizes chunks with this backend's
 //! [`MemoryModel`]. Inputs may be bf16, f16, f32 or f64; all arithmetic is f32 (reductions
 //! accumulate in f64), with the scalar semantics of `liger_ir::scalar`.

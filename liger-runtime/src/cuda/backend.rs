@@ -1,11 +1,11 @@
 //! The CUDA backend of the strategy driver: cuBLAS GEMMs (GEMM-dtype inputs, fp32 logits, fp32
 //! `dx` and `dW` accumulators) and the generated kernels, for every strategy.
 //!
-//! [`enqueue`] is the core: given device addresses of the heads and the side inputs (as host
+//! `enqueue` is the core: given device addresses of the heads and the side inputs (as host
 //! words or device tensors the I/O kernels convert and check), it plans the chunks under the
 //! budget with this backend's [`MemoryModel`], queues every copy, GEMM and kernel on one
-//! stream through the driver ([`crate::driver::drive`]) and never synchronises it; the result
-//! ([`Ran`]) holds the device buffers of the loss, metrics and gradients (in the dtypes asked
+//! stream through the driver (`crate::driver::drive`) and never synchronises it; the result
+//! (`Ran`) holds the device buffers of the loss, metrics and gradients (in the dtypes asked
 //! for), the status words and two events. The host API ([`crate::cuda::host`]) and the device
 //! API ([`crate::cuda::api`]) are the two ways in.
 

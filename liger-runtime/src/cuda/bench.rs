@@ -1,4 +1,4 @@
-//! The GEMM floor of DESIGN.md "Measuring": the same GEMMs a loss needs (logits for every
+//! The GEMM floor (`docs/architecture.md`, "Measuring"): the same GEMMs a loss needs (logits for every
 //! head, then `dx` and `dW` for heads with gradients), bf16 inputs and bf16 output through
 //! cuBLAS, one after another, timed with device events.
 

@@ -1,6 +1,6 @@
 //! The host API of the CUDA executor: host tensors are checked on the host (the same loader
-//! as the CPU executor, [`crate::host`]), uploaded to the engine's stream, run through
-//! [`crate::cuda::backend::enqueue`], synchronised and read back; the report carries the
+//! as the CPU executor, `crate::host`), uploaded to the engine's stream, run through
+//! `crate::cuda::backend::enqueue`, synchronised and read back; the report carries the
 //! device time and the allocator-measured peak.
 
 use std::collections::BTreeMap;

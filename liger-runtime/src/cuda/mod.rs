@@ -2,8 +2,8 @@
 //! ([`nvrtc`]), the pipeline-to-module path through the kernel cache ([`compile`]), the device
 //! and its memory-pool counters ([`device`]), the engine that keeps loaded modules and
 //! per-stream cuBLAS handles ([`engine`]), the executor's backend of the strategy driver
-//! ([`backend`]) with its checked launches ([`launch`]) and device-side input checks
-//! ([`checks`]), the host API ([`host`]), the device API on the caller's stream ([`api`]), and
+//! ([`backend`]) with its checked launches (`launch`) and device-side input checks
+//! (`checks`), the host API ([`host`]), the device API on the caller's stream ([`api`]), and
 //! the GEMM floor ([`mod@bench`]).
 //!
 //! Nothing here links against CUDA: the libraries are found at run time (see [`libs`]), and a

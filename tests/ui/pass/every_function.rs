@@ -1,4 +1,4 @@
-//! Every function of SURFACE.md §3, and metrics at every level.
+//! Every function of the language's function table, and metrics at every level.
 use liger::prelude::*;
 
 #[chunked_loss]

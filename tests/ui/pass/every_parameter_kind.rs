@@ -1,4 +1,4 @@
-//! Every parameter kind of SURFACE.md §1, including `Option` inputs.
+//! Every parameter kind of the language reference (`docs/language.md`), including `Option` inputs.
 use liger::prelude::*;
 
 /// Uses every input kind.

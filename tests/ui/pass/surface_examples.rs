@@ -1,4 +1,4 @@
-//! The examples of SURFACE.md §1 and §7, verbatim.
+//! The examples of the language's original design note (parameters, GRPO), verbatim.
 use liger::prelude::*;
 
 /// DPO: -log σ(β·((π_c − r_c) − (π_r − r_r))), plus its loss-type variants.

@@ -3,15 +3,15 @@
 //! Kernels (names are stable; the module's source is deterministic):
 //! - `liger_pre`, `liger_pre_late`, `liger_group`, `liger_group_needed`: *array programs* run
 //!   by one block over whole-batch values (`Row`, `Seq`, `Pair`, `Batch`), one node after
-//!   another ([`array`]);
+//!   another (`array`);
 //! - `liger_pre_stream`: the row reductions of head-free vocab values (a vocab stream with no
 //!   logits, every row, before the chunk loop), when the loss has any;
 //! - `liger_fwd` / `liger_fused` / `liger_unit` / `liger_bwd`: *vocab streams*, one block per
 //!   row of a chunk, following the schedule's [`crate::stream::StreamPlan`] pass by pass
-//!   ([`stream`]);
+//!   (`stream`);
 //! - `liger_add_bias`, `liger_bias`, `liger_coef_<head>`, `liger_scale_rows`,
 //!   `liger_scaled_copy`: the bias add, the bias gradient and the deferred-scaling pieces
-//!   ([`aux`]).
+//!   (`aux`).
 //!
 //! Every kernel's signature comes from the ABI table ([`abi`]), which the executors launch
 //! against. True sizes (`S`, `T`, `V`, rows of the chunk) are kernel arguments and every index

@@ -17,8 +17,19 @@ use syn::spanned::Spanned;
 use syn::{BinOp, Block, Expr, Lit, Pat, Stmt, UnOp};
 
 use crate::errors::{Errors, suggest};
+use crate::helpers::{Helper, Helpers};
 use crate::sig::{Kind, Sig};
 use crate::variants::Enums;
+
+/// What a lowering sees besides the loss: the helpers it may call and the file its tokens
+/// come from (`None`: the span's own file, as the proc macro reports it).
+#[derive(Clone, Copy)]
+pub struct Ctx<'a> {
+    /// The helper fns callable from the loss.
+    pub helpers: &'a Helpers,
+    /// The source file named in the IR's locations.
+    pub file: Option<&'a str>,
+}
 
 /// The value of one variant or optional input in a specialisation.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -107,6 +118,9 @@ fn construct(e: &Expr) -> &'static str {
 }
 
 struct Lowerer<'a> {
+    ctx: Ctx<'a>,
+    /// The helpers being inlined, innermost last (recursion is an error).
+    stack: Vec<String>,
     sig: &'a Sig,
     enums: &'a Enums,
     spec: &'a Spec,
@@ -122,12 +136,15 @@ struct Lowerer<'a> {
     has_tokens: bool,
 }
 
-fn srcloc(span: Span) -> Option<SrcLoc> {
+fn srcloc(span: Span, file: Option<&str>) -> Option<SrcLoc> {
     let s = span.start();
     if s.line == 0 {
         return None;
     }
-    let file = span.file();
+    let file = match file {
+        Some(f) => f.to_string(),
+        None => span.file(),
+    };
     Some(SrcLoc {
         file: if file.is_empty() {
             "<unknown>".into()
@@ -140,6 +157,10 @@ fn srcloc(span: Span) -> Option<SrcLoc> {
 }
 
 impl Lowerer<'_> {
+    fn loc(&self, span: Span) -> Option<SrcLoc> {
+        srcloc(span, self.ctx.file)
+    }
+
     fn err(&mut self, span: Span, msg: impl Into<String>) -> Val {
         self.errs.push(span, msg);
         self.failed = true;
@@ -157,7 +178,7 @@ impl Lowerer<'_> {
         let Some(args) = args.iter().copied().collect::<Option<Vec<ValueId>>>() else {
             return Val::Poison;
         };
-        self.b.set_loc(srcloc(span));
+        self.b.set_loc(self.loc(span));
         let r = self.b.op(op, &args);
         self.sync(span);
         match r {
@@ -175,7 +196,7 @@ impl Lowerer<'_> {
     }
 
     fn constant(&mut self, x: f64, span: Span) -> ValueId {
-        self.b.set_loc(srcloc(span));
+        self.b.set_loc(self.loc(span));
         let v = self.b.constant(x);
         self.sync(span);
         v
@@ -396,12 +417,22 @@ impl Lowerer<'_> {
         };
         let fspan = c.func.span();
         let Some(sf) = function(&name) else {
-            let hint = suggest(&name, function_names());
+            if let Some(h) = self.ctx.helpers.get(&name) {
+                return self.call_helper(h, c);
+            }
+            if self.ctx.helpers.is_broken(&name) {
+                self.failed = true;
+                return Ok(Val::Poison);
+            }
+            let hint = suggest(
+                &name,
+                function_names().into_iter().chain(self.ctx.helpers.names()),
+            );
             let msg = if self.lookup(&name).is_some() {
                 format!("`{name}` is a value, not a function")
             } else if hint.is_empty() {
                 format!(
-                    "unknown function `{name}`: it is not a function of the loss language (the language reference lists them)"
+                    "unknown function `{name}`: no function of the loss language and no helper has this name (helpers are plain `fn`s next to the loss, in a `#[chunked_losses]` module or a loss file)"
                 )
             } else {
                 format!("unknown function `{name}`{hint}")
@@ -515,6 +546,71 @@ impl Lowerer<'_> {
                 self.build(op, &ops, span, &spans)
             }
         })
+    }
+
+    /// Inlines helper `h` at call `c`: arguments evaluated in the caller's scope and checked
+    /// against the helper's levels, the body lowered in a scope holding only its parameters.
+    fn call_helper(&mut self, h: &Helper, c: &syn::ExprCall) -> R {
+        let name = h.ident.to_string();
+        if self.stack.contains(&name) {
+            let chain = self.stack.join(" → ");
+            return Ok(self.err(
+                c.func.span(),
+                format!("helper `{name}` calls itself ({chain} → {name}): helpers are inlined, so they cannot recurse"),
+            ));
+        }
+        if c.args.len() != h.params.len() {
+            let names: Vec<String> = h.params.iter().map(|(p, _)| p.to_string()).collect();
+            return Ok(self.err(
+                c.span(),
+                format!(
+                    "helper `{name}` takes ({}), got {} argument(s)",
+                    names.join(", "),
+                    c.args.len()
+                ),
+            ));
+        }
+        let mut scope = HashMap::new();
+        let mut ok = true;
+        for (a, (p, level)) in c.args.iter().zip(&h.params) {
+            match self.value(a)? {
+                Some(v) => {
+                    let t = self.b.ty(v);
+                    if let Some(l) = level
+                        && t.level != *l
+                    {
+                        self.err(
+                            a.span(),
+                            format!("helper `{name}` takes a {l}-level value for `{p}`, got {t}"),
+                        );
+                        ok = false;
+                    }
+                    scope.insert(p.to_string(), Val::V(v));
+                }
+                None => ok = false,
+            }
+        }
+        if !ok {
+            return Ok(Val::Poison);
+        }
+        let saved = std::mem::replace(&mut self.scopes, vec![scope]);
+        self.stack.push(name.clone());
+        let r = self.block(&h.block);
+        self.stack.pop();
+        self.scopes = saved;
+        let v = r?;
+        if let (Val::V(v), Some(l)) = (v, h.ret) {
+            let t = self.b.ty(v);
+            if t.level != l {
+                return Ok(self.err(
+                    c.span(),
+                    format!(
+                        "helper `{name}` is declared to return a {l}-level value but returns {t}"
+                    ),
+                ));
+            }
+        }
+        Ok(v)
     }
 
     fn method(&mut self, m: &syn::ExprMethodCall) -> R {
@@ -712,7 +808,7 @@ impl Lowerer<'_> {
             }
         };
         if let Some(v) = self.value(&c.args[1])? {
-            self.b.set_loc(srcloc(c.span()));
+            self.b.set_loc(self.loc(c.span()));
             self.b.metric(&name, v);
             self.output_spans.push(c.span());
         }
@@ -754,8 +850,10 @@ impl Lowerer<'_> {
 }
 
 /// Lowers `sig`'s body for one specialisation.
-pub fn lower(sig: &Sig, enums: &Enums, spec: &Spec, errs: &mut Errors) -> Outcome {
+pub fn lower(sig: &Sig, enums: &Enums, spec: &Spec, ctx: Ctx<'_>, errs: &mut Errors) -> Outcome {
     let mut l = Lowerer {
+        ctx,
+        stack: Vec::new(),
         sig,
         enums,
         spec,
@@ -794,7 +892,7 @@ pub fn lower(sig: &Sig, enums: &Enums, spec: &Spec, errs: &mut Errors) -> Outcom
                     l.bind(name, Val::Opt(None, i));
                     continue;
                 }
-                l.b.set_loc(srcloc(p.ident.span()));
+                l.b.set_loc(l.loc(p.ident.span()));
                 let v = match l.b.input(&name, kind) {
                     Ok(v) => v,
                     Err(d) => {
@@ -829,7 +927,7 @@ pub fn lower(sig: &Sig, enums: &Enums, spec: &Spec, errs: &mut Errors) -> Outcom
     };
     match result {
         Val::V(v) => {
-            l.b.set_loc(srcloc(last_span));
+            l.b.set_loc(l.loc(last_span));
             l.b.loss(v);
             l.output_spans.push(last_span);
         }

@@ -7,10 +7,10 @@ use std::collections::HashSet;
 
 use proc_macro2::{Span, TokenStream};
 
-/// The errors found so far.
+/// The errors found so far, in the order found.
 #[derive(Default)]
 pub struct Errors {
-    list: Vec<syn::Error>,
+    list: Vec<(Span, String)>,
     seen: HashSet<String>,
 }
 
@@ -20,7 +20,7 @@ impl Errors {
         let msg = msg.into();
         let key = format!("{span:?}|{msg}");
         if self.seen.insert(key) {
-            self.list.push(syn::Error::new(span, msg));
+            self.list.push((span, msg));
         }
     }
 
@@ -34,9 +34,17 @@ impl Errors {
         self.list.len()
     }
 
-    /// `compile_error!` invocations for every error.
+    /// Every error: where and what.
+    pub fn iter(&self) -> impl Iterator<Item = (Span, &str)> {
+        self.list.iter().map(|(s, m)| (*s, m.as_str()))
+    }
+
+    /// `compile_error!` invocations for every error (the proc macro's door).
     pub fn to_compile_errors(&self) -> TokenStream {
-        self.list.iter().map(syn::Error::to_compile_error).collect()
+        self.list
+            .iter()
+            .map(|(s, m)| syn::Error::new(*s, m).to_compile_error())
+            .collect()
     }
 }
 
