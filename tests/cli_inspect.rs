@@ -156,3 +156,107 @@ fn cache_commands_list_show_diff_and_clear() {
     assert!(ok && out.contains("removed 0"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--loss FILE` in every subcommand that names a loss; a broken file is one clear report with
+/// its position; `cache warm --loss` writes the entry a run of the file reads (NVRTC needed).
+#[test]
+fn loss_files_in_every_subcommand() {
+    let (ok, out, err) = liger(&["losses", "--loss", "examples/losses/preference.rs"], None);
+    assert!(
+        ok && out.contains("orpo") && out.contains("ipo"),
+        "{out}{err}"
+    );
+    let (ok, out, _) = liger(
+        &[
+            "ir",
+            "grad",
+            "--loss",
+            "examples/losses/grpo.rs",
+            "--variant",
+            "ref_logps=absent",
+        ],
+        None,
+    );
+    assert!(ok && out.contains("grad policy"), "{out}");
+    let (ok, out, _) = liger(
+        &[
+            "ir",
+            "schedule",
+            "--loss",
+            "examples/losses/preference.rs",
+            "--fn",
+            "ipo",
+        ],
+        None,
+    );
+    assert!(
+        ok && out.contains("candidates: group-aligned, deferred, two-pass"),
+        "{out}"
+    );
+    let (ok, _, err) = liger(
+        &["ir", "schedule", "--loss", "examples/losses/preference.rs"],
+        None,
+    );
+    assert!(
+        !ok && err.contains("holds several losses (orpo, ipo)"),
+        "{err}"
+    );
+    let (ok, _, err) = liger(&["run", "--fn", "orpo", "--inputs", "x.safetensors"], None);
+    assert!(!ok && err.contains("--loss FILE"), "{err}");
+
+    // A mistake in a loss file: the macro's message, at its line and column, with a caret.
+    let dir = std::env::temp_dir().join(format!("liger-cli-lossfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let bad = dir.join("bad.rs");
+    std::fs::write(
+        &bad,
+        "use liger::prelude::*;\n\n#[chunked_loss]\npub fn bad(z: Logits, t: Target) -> Loss {\n    mean(-lopgrob(z, t))\n}\n",
+    )
+    .expect("writes");
+    let (ok, _, err) = liger(&["losses", "--loss", bad.to_str().expect("path")], None);
+    assert!(!ok, "{err}");
+    assert!(
+        err.starts_with("error: unknown function `lopgrob`: did you mean `logprob`?"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad.rs:5:11") && err.contains("^^^^^^^"),
+        "{err}"
+    );
+    assert!(!err.contains("error: error"), "{err}");
+
+    if liger::runtime::cuda::libs::nvrtc().is_err() {
+        assert!(
+            std::env::var("LIGER_REQUIRE_NVRTC").map_or(true, |v| v != "1"),
+            "NVRTC required"
+        );
+        return;
+    }
+    let cache = dir.join("cache");
+    let (ok, out, err) = liger(
+        &[
+            "cache",
+            "warm",
+            "--loss",
+            "examples/losses/simpo.rs",
+            "--arch",
+            "sm_90",
+        ],
+        Some(&cache),
+    );
+    assert!(ok && out.contains("from compiled"), "{out}{err}");
+    // Warming again finds every entry on disk: the keys are stable.
+    let (ok, out, err) = liger(
+        &[
+            "cache",
+            "warm",
+            "--loss",
+            "examples/losses/simpo.rs",
+            "--arch",
+            "sm_90",
+        ],
+        Some(&cache),
+    );
+    assert!(ok && !out.contains("from compiled"), "{out}{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
