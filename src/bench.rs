@@ -1,14 +1,14 @@
 //! `liger bench`: measured forward+backward time of the built-in losses on the GPU, with the
 //! GEMM floor measured in the same run and the peak extra memory, as a table and JSON.
 //!
-//! Cases (bf16 inputs, fp32 `grad W`): DPO with a reference head, FLCE and JSD with a teacher
-//! head at S1 = 8 sequences x 1024 tokens, H = 4096, V = 128256; DPO at 1 pair x 4096, 8192
-//! and 16384 tokens. Time = median over repetitions of the device time of the compute (inputs
+//! Cases (bf16 inputs, fp32 `grad W`): DPO with a reference head, ORPO, KTO with a reference
+//! head, FLCE and JSD with a teacher head at S1 = 8 sequences x 1024 tokens, H = 4096,
+//! V = 128256; DPO at 1 pair x 4096, 8192 and 16384 tokens. Time = median over repetitions of the device time of the compute (inputs
 //! already on the device); floor = the same GEMMs with bf16 output through cuBLAS.
 
 use half::bf16;
 
-use crate::losses::{Dpo, Flce, Jsd};
+use crate::losses::{Dpo, Flce, Jsd, Kto, Orpo};
 use crate::{ChunkedLoss, Error, Head, InputSet, ParamSet, RunOptions, Runtime, TensorView};
 
 /// One row of the table.
@@ -55,6 +55,8 @@ pub fn run(budget: usize, reps: usize, profile: bool, only: &str) -> Result<Vec<
     let mut rows = Vec::new();
     let cases: Vec<(&str, &'static dyn ChunkedLoss, usize, usize)> = vec![
         ("dpo S1 8x1024 ref head", &Dpo, 8, 1024),
+        ("orpo S1 8x1024", &Orpo, 8, 1024),
+        ("kto S1 8x1024 ref head", &Kto, 8, 1024),
         ("flce S1 8x1024", &Flce, 8, 1024),
         ("jsd S1 8x1024 teacher head", &Jsd, 8, 1024),
         ("dpo 1 pair x 4096", &Dpo, 2, 4096),
@@ -84,12 +86,30 @@ pub fn run(budget: usize, reps: usize, profile: bool, only: &str) -> Result<Vec<
             ))
         }
         let d = (s, t, h, v);
+        // KTO: every other sequence desirable, and a KL estimate.
+        let preference: Vec<bool> = (0..s).map(|i| i % 2 == 0).collect();
+        let kl = [0.25f32];
         let (set, heads): (InputSet<'_>, Vec<(usize, bool)>) = match loss.name() {
             "dpo" => (
                 InputSet::new()
                     .head("policy", head(&x, &w, d)?)
                     .head("reference", head(&xr, &wr, d)?)
                     .tensor("target", TensorView::new(&target, &[s, t])?),
+                vec![(h, true), (h, false)],
+            ),
+            "orpo" => (
+                InputSet::new()
+                    .head("policy", head(&x, &w, d)?)
+                    .tensor("target", TensorView::new(&target, &[s, t])?),
+                vec![(h, true)],
+            ),
+            "kto" => (
+                InputSet::new()
+                    .head("policy", head(&x, &w, d)?)
+                    .head("reference", head(&xr, &wr, d)?)
+                    .tensor("target", TensorView::new(&target, &[s, t])?)
+                    .tensor("preference", TensorView::new(&preference[..], &[s])?)
+                    .tensor("kl", TensorView::new(&kl[..], &[])?),
                 vec![(h, true), (h, false)],
             ),
             "jsd" => (

@@ -1796,6 +1796,81 @@ fn gpu_loss_file_runs_on_cuda_and_a_second_process_hits_the_cache() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Every preference loss and DPO type (the CPU suite's grid) on CUDA against the CPU executor,
+/// under every schedule and two budgets, fp32 and bf16 inputs.
+fn gpu_preference_losses_match_the_cpu_executor() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    use common::preference::{Shape, dpo_cases, other_cases};
+    let rt = liger::Runtime::cuda(0).expect("cuda runtime");
+    let cpu = liger::Runtime::cpu();
+    let mut failures = Vec::new();
+    let mut runs = 0;
+    let mut cases = dpo_cases();
+    cases.extend(other_cases());
+    for (sh, with_bf16) in [
+        (common::preference::SMALL, true),
+        (
+            Shape {
+                s: 4,
+                t: 130,
+                h: 64,
+                v: 4099,
+            },
+            false,
+        ),
+    ] {
+        for (k, c) in cases.iter().enumerate() {
+            for bf16 in [false, true] {
+                if bf16 && !with_bf16 {
+                    continue;
+                }
+                let d = common::preference::data(sh, 900 + k as u64, c);
+                let (xb, wb): (Vec<half::bf16>, Vec<half::bf16>) = (to_bf16(&d.x), to_bf16(&d.w));
+                let (x, w) = if bf16 {
+                    (liger::TensorData::BF16(&xb), liger::TensorData::BF16(&wb))
+                } else {
+                    (liger::TensorData::F32(&d.x), liger::TensorData::F32(&d.w))
+                };
+                let set = common::preference::inputs(c, sh, &d, &x, &w);
+                let params = c.params();
+                let base = RunOptions {
+                    ignore_index: c.ignore,
+                    ..RunOptions::default()
+                };
+                let want = liger::run(c.loss(), &cpu, &set, &params, &base).expect("cpu");
+                let names: Vec<&str> = set.names().collect();
+                let (p, _) = liger::pipeline_for(c.loss(), &names, &params).expect("pipeline");
+                for strategy in p.schedule().candidates.clone() {
+                    for budget in [(4 << 20) + (300 << 10), 64 << 20] {
+                        let opts = RunOptions {
+                            chunk_memory: budget,
+                            schedule: Some(strategy),
+                            ..base
+                        };
+                        let got = match liger::run(c.loss(), &rt, &set, &params, &opts) {
+                            Ok(o) => o,
+                            Err(liger::Error::Runtime(liger::runtime::Error::Budget {
+                                ..
+                            })) if budget < (8 << 20) => {
+                                continue;
+                            }
+                            Err(e) => panic!("{c:?} {strategy} budget {budget}: {e}"),
+                        };
+                        runs += 1;
+                        let what = format!("{c:?} {strategy} budget {budget} {sh:?} bf16={bf16}");
+                        compare_outputs(&what, &got, &want, bf16, &mut failures);
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("{runs} preference-loss runs on CUDA against the CPU executor");
+    assert!(runs >= 150, "{runs} runs");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// Why this machine cannot run the GPU tests (`None`: it can).
 fn gpu_unavailable() -> Option<String> {
     Gpu::new(0).err().map(|e| e.to_string())
@@ -1878,6 +1953,10 @@ fn main() -> std::process::ExitCode {
         trial(
             "gpu_loss_file_runs_on_cuda_and_a_second_process_hits_the_cache",
             gpu_loss_file_runs_on_cuda_and_a_second_process_hits_the_cache,
+        ),
+        trial(
+            "gpu_preference_losses_match_the_cpu_executor",
+            gpu_preference_losses_match_the_cpu_executor,
         ),
     ];
     let tests = tests

@@ -13,7 +13,13 @@ fn parameter_table_of_dpo() {
     );
     let lt = Dpo.param("loss_type").expect("loss_type");
     assert_eq!(lt.kind, ParamKind::VariantEnum);
-    assert_eq!(lt.choices, ["Sigmoid", "Hinge"]);
+    assert_eq!(
+        lt.choices,
+        [
+            "Sigmoid", "Hinge", "Ipo", "Robust", "ExoPair", "NcaPair", "BcoPair", "SppoHard",
+            "ApoZero", "ApoDown", "Discopop"
+        ]
+    );
     assert_eq!(lt.default, DefaultValue::Variant("Sigmoid"));
     assert!(
         Dpo.param("reference")
@@ -42,11 +48,11 @@ fn resolve_fills_defaults_and_checks_names() {
         "{e}"
     );
     let e = ParamSet::new()
-        .variant("loss_type", "ipo")
+        .variant("loss_type", "orpo")
         .resolve(&Dpo)
         .expect_err("bad variant");
     assert!(
-        matches!(&e, Error::BadVariant { allowed, .. } if allowed == "Sigmoid, Hinge"),
+        matches!(&e, Error::BadVariant { allowed, .. } if allowed.starts_with("Sigmoid, Hinge, Ipo")),
         "{e}"
     );
     let e = ParamSet::new()
@@ -81,7 +87,7 @@ fn resolve_fills_defaults_and_checks_names() {
 fn enum_from_str_is_case_insensitive_and_typed() {
     assert_eq!("HINGE".parse::<DpoType>().ok(), Some(DpoType::Hinge));
     assert!(matches!(
-        "ipo".parse::<DpoType>(),
+        "orpo".parse::<DpoType>(),
         Err(Error::BadVariant { .. })
     ));
     assert_eq!(Reduction::ALL, &[Reduction::Mean, Reduction::Sum]);
@@ -181,7 +187,11 @@ fn reference_path_input_errors() {
 fn losses_by_name() {
     assert_eq!(liger::losses::by_name("jsd").expect("jsd").name(), "jsd");
     let e = liger::losses::by_name("ipo").expect_err("unknown");
-    assert!(e.to_string().contains("dpo, flce, jsd"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("dpo, cpo, simpo, orpo, kto, flce, jsd"),
+        "{e}"
+    );
 }
 
 /// A user loss whose cap is constrained only in the variant that uses it.
@@ -283,4 +293,45 @@ fn variant_names_match_in_snake_case_too() {
     assert_eq!(r.variant("mode"), Some("Capped"));
     assert!(liger::params::same_choice("ExoPair", "exo_pair"));
     assert!(!liger::params::same_choice("ExoPair", "exo"));
+}
+
+/// DPO's variant-dependent domains: ExoPair needs `label_smoothing > 0`, Robust `< 0.5`, and
+/// snake_case spellings of the loss types are accepted.
+#[test]
+fn dpo_loss_type_domains_and_spellings() {
+    let e = ParamSet::new()
+        .variant("loss_type", "exo_pair")
+        .resolve(&Dpo)
+        .expect_err("ExoPair at the default smoothing of 0");
+    assert!(
+        matches!(&e, Error::ParamRange { name: "label_smoothing", range, .. } if range.contains("loss_type = ExoPair")),
+        "{e}"
+    );
+    ParamSet::new()
+        .variant("loss_type", "exo_pair")
+        .float("label_smoothing", 1e-3)
+        .resolve(&Dpo)
+        .expect("ExoPair with smoothing");
+    let e = ParamSet::new()
+        .variant("loss_type", "Robust")
+        .float("label_smoothing", 0.5)
+        .resolve(&Dpo)
+        .expect_err("Robust at 0.5");
+    assert!(matches!(e, Error::ParamRange { .. }), "{e}");
+    ParamSet::new()
+        .variant("loss_type", "Sigmoid")
+        .float("label_smoothing", 0.5)
+        .resolve(&Dpo)
+        .expect("Sigmoid at 0.5");
+    for (given, canonical) in [
+        ("ipo", "Ipo"),
+        ("sppo_hard", "SppoHard"),
+        ("APO_ZERO", "ApoZero"),
+    ] {
+        let r = ParamSet::new()
+            .variant("loss_type", given)
+            .resolve(&Dpo)
+            .expect("spelling");
+        assert_eq!(r.variant("loss_type"), Some(canonical));
+    }
 }

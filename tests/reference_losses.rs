@@ -257,6 +257,7 @@ fn dpo_sigmoid_average_label_smoothing_nll_bias_ignore_42() {
         average: true,
         nll: true,
         loss_type: DpoType::Sigmoid,
+        ..DpoParams::default()
     };
     run_dpo(2, 42, c, true, true, p);
 }

@@ -811,6 +811,9 @@ pub struct SurfaceFn {
     pub meaning: &'static str,
 }
 
+/// The name of the mask argument that selects every row (no mask at all).
+pub const EVERY_ROW: &str = "every_row";
+
 /// The surface arities of functions whose mask (or `x`) the language makes optional: the
 /// table's arity is the IR's, where a Row `sum`/`mean`/`num_valid` carries its mask.
 fn surface_arity(op: Op) -> (usize, usize) {
@@ -840,6 +843,15 @@ pub fn surface_functions() -> Vec<SurfaceFn> {
             })
         })
         .collect();
+    out.push(SurfaceFn {
+        name: EVERY_ROW,
+        min_args: 0,
+        max_args: 0,
+        signature: "",
+        op: None,
+        levels: "a row mask, as the mask argument of `sum`, `mean`, `seq_sum`, `seq_mean`, `seq_count`, `num_valid`",
+        meaning: "every row, ignored and padding rows included (no mask): `seq_sum(x, every_row())`",
+    });
     out.push(SurfaceFn {
         name: "metric",
         min_args: 2,

@@ -11,7 +11,7 @@ use crate::sig::{self, Kind, Sig};
 use crate::variants::{self, Enums};
 
 /// The most specialisations one loss may have.
-pub const MAX_SPECS: usize = 256;
+pub const MAX_SPECS: usize = 1024;
 
 /// A fn through the front-end.
 pub struct Compiled {

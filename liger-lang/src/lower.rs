@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use liger_ir::op::{Binary, Cmp, Size, SurfaceFn, Unary, surface_functions};
+use liger_ir::op::{Binary, Cmp, EVERY_ROW, Size, SurfaceFn, Unary, surface_functions};
 use liger_ir::{Builder, DType, Diagnostic, InputKind, Level, LossFn, Op, Site, SrcLoc, ValueId};
 use proc_macro2::Span;
 use syn::spanned::Spanned;
@@ -61,6 +61,16 @@ pub enum Outcome {
 
 /// The body unwrapped an absent input.
 struct Refused(String);
+
+/// A reduction's mask argument.
+enum MaskArg {
+    /// A row mask value.
+    Value(ValueId),
+    /// `every_row()`: no mask.
+    Every,
+    /// An error was recorded.
+    Failed,
+}
 
 #[derive(Clone, Copy, Debug)]
 enum Val {
@@ -327,6 +337,23 @@ impl Lowerer<'_> {
         })
     }
 
+    /// A reduction's mask argument: `every_row()` (no mask), or a row mask value.
+    fn mask_arg(&mut self, e: &Expr) -> Result<MaskArg, Refused> {
+        if let Expr::Call(c) = e
+            && matches!(&*c.func, Expr::Path(p) if p.path.is_ident(EVERY_ROW))
+        {
+            if !c.args.is_empty() {
+                self.err(c.args.span(), "`every_row()` takes no arguments");
+                return Ok(MaskArg::Failed);
+            }
+            return Ok(MaskArg::Every);
+        }
+        Ok(match self.mask(e)? {
+            Some(v) => MaskArg::Value(v),
+            None => MaskArg::Failed,
+        })
+    }
+
     fn mask(&mut self, e: &Expr) -> Result<Option<ValueId>, Refused> {
         let Some(v) = self.value(e)? else {
             return Ok(None);
@@ -451,6 +478,12 @@ impl Lowerer<'_> {
             ));
         }
         let Some(op) = sf.op else {
+            if name == EVERY_ROW {
+                return Ok(self.err(
+                    fspan,
+                    "`every_row()` is a mask, not a value: pass it as a reduction's mask, `seq_sum(x, every_row())`",
+                ));
+            }
             return Ok(self.err(
                 fspan,
                 "`metric(\"name\", value)` is a statement: end it with `;`",
@@ -472,7 +505,11 @@ impl Lowerer<'_> {
                 }
                 let mask_arg = if takes_x { args.get(1) } else { args.first() };
                 match mask_arg {
-                    Some(m) => ops.push(self.mask(m)?),
+                    Some(m) => match self.mask_arg(m)? {
+                        MaskArg::Value(v) => ops.push(Some(v)),
+                        MaskArg::Every => {}
+                        MaskArg::Failed => ops.push(None),
+                    },
                     None => match self.default_mask(&name, span) {
                         Ok(Some(m)) => ops.push(Some(m)),
                         Ok(None) => {}
@@ -487,17 +524,21 @@ impl Lowerer<'_> {
                     return Ok(Val::Poison);
                 };
                 let level = self.b.ty(x).level;
+                let all = if op == Op::Sum {
+                    Op::SumAll
+                } else {
+                    Op::MeanAll
+                };
                 if level == Level::Row {
                     let m = match args.get(1) {
-                        Some(m) => self.mask(m)?,
+                        Some(m) => match self.mask_arg(m)? {
+                            MaskArg::Value(v) => Some(v),
+                            MaskArg::Every => return Ok(self.build(all, &[Some(x)], span, &[])),
+                            MaskArg::Failed => None,
+                        },
                         None => match self.default_mask(&name, span) {
                             Ok(Some(m)) => Some(m),
                             Ok(None) => {
-                                let all = if op == Op::Sum {
-                                    Op::SumAll
-                                } else {
-                                    Op::MeanAll
-                                };
                                 return Ok(self.build(all, &[Some(x)], span, &[]));
                             }
                             Err(()) => return Ok(Val::Poison),
@@ -515,13 +556,18 @@ impl Lowerer<'_> {
                     self.build(op, &[Some(x)], span, &[arg_spans[0]])
                 }
             }
-            Op::NumValid => match args.first() {
-                Some(m) => {
-                    let m = self.mask(m)?;
-                    self.build(Op::NumValid, &[m], span, &[])
-                }
-                None => match self.default_mask(&name, span) {
+            Op::NumValid => {
+                let mask = match args.first() {
+                    Some(m) => match self.mask_arg(m)? {
+                        MaskArg::Value(v) => Ok(Some(v)),
+                        MaskArg::Every => Ok(None),
+                        MaskArg::Failed => return Ok(Val::Poison),
+                    },
+                    None => self.default_mask(&name, span),
+                };
+                match mask {
                     Ok(Some(m)) => self.build(Op::NumValid, &[Some(m)], span, &[]),
+                    // Every row: S·T.
                     Ok(None) => {
                         let s = self.build(Op::Size(Size::NumSeqs), &[], span, &[]);
                         let t = self.build(Op::Size(Size::SeqLen), &[], span, &[]);
@@ -531,8 +577,8 @@ impl Lowerer<'_> {
                         self.build(Op::Binary(Binary::Mul), &[Some(s), Some(t)], span, &[])
                     }
                     Err(()) => Val::Poison,
-                },
-            },
+                }
+            }
             op => {
                 let mut ops = Vec::new();
                 for a in &args {
@@ -763,6 +809,8 @@ impl Lowerer<'_> {
             {
                 self.metric(c)?;
             }
+            // A statement `if` (metrics under a variant): its branches hold statements.
+            Stmt::Expr(Expr::If(i), _) => self.if_stmt(i)?,
             Stmt::Expr(e, _) => {
                 let msg = match e {
                     Expr::ForLoop(_)
@@ -786,6 +834,99 @@ impl Lowerer<'_> {
                     "items (fn, struct, use, …) cannot be declared in a loss body",
                 );
             }
+        }
+        Ok(())
+    }
+
+    /// An `if` used as a statement: the branch the specialisation picks (a `#[variant] bool`
+    /// or `if let Some(x) = optional_input`) runs as statements; `else` is optional.
+    fn if_stmt(&mut self, i: &syn::ExprIf) -> Result<(), Refused> {
+        let take = |this: &mut Self, then: bool, bind: Option<(String, ValueId)>| {
+            if then {
+                this.scopes.push(HashMap::new());
+                if let Some((n, v)) = bind {
+                    this.bind(n, Val::V(v));
+                }
+                let r = this.stmts_only(&i.then_branch);
+                this.scopes.pop();
+                r
+            } else {
+                match &i.else_branch {
+                    None => Ok(()),
+                    Some((_, e)) => match &**e {
+                        Expr::If(inner) => this.if_stmt(inner),
+                        Expr::Block(b) => {
+                            this.scopes.push(HashMap::new());
+                            let r = this.stmts_only(&b.block);
+                            this.scopes.pop();
+                            r
+                        }
+                        other => {
+                            this.err(other.span(), "an `else` branch is a block");
+                            Ok(())
+                        }
+                    },
+                }
+            }
+        };
+        if let Expr::Let(l) = &*i.cond {
+            let binding = match &*l.pat {
+                Pat::TupleStruct(ts) if ts.path.is_ident("Some") && ts.elems.len() == 1 => {
+                    match &ts.elems[0] {
+                        Pat::Ident(pi) if pi.subpat.is_none() && pi.by_ref.is_none() => {
+                            Some(pi.ident.to_string())
+                        }
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            let Some(binding) = binding else {
+                self.err(
+                    l.pat.span(),
+                    "only `if let Some(name) = optional_input` is supported",
+                );
+                return Ok(());
+            };
+            return match self.expr(&l.expr)? {
+                Val::Opt(Some(v), _) => take(self, true, Some((binding, v))),
+                Val::Opt(None, _) => take(self, false, None),
+                Val::Poison => Ok(()),
+                _ => {
+                    self.err(
+                        l.expr.span(),
+                        "`if let Some(x) = …` takes an `Option` parameter",
+                    );
+                    Ok(())
+                }
+            };
+        }
+        match self.expr(&i.cond)? {
+            Val::Flag(b, _) => take(self, b, None),
+            Val::Poison => Ok(()),
+            _ => {
+                self.err(
+                    i.cond.span(),
+                    "an `if` condition is a `#[variant] bool` parameter; for a choice per value use `select(cond, a, b)`",
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// A block of statements with no value (a statement `if`'s branch).
+    fn stmts_only(&mut self, b: &Block) -> Result<(), Refused> {
+        for s in &b.stmts {
+            if let Stmt::Expr(e, None) = s
+                && !matches!(e, Expr::If(_))
+            {
+                self.err(
+                    e.span(),
+                    "this `if` is a statement, so its blocks hold statements (`let`, `metric(…);`): end this with `;` or make the `if` the value of a `let`",
+                );
+                continue;
+            }
+            self.stmt(s)?;
         }
         Ok(())
     }

@@ -1,18 +1,26 @@
 //! The built-in losses, written with `#[chunked_loss]` like any user loss.
 
+mod cpo;
 mod dpo;
 mod flce;
 mod jsd;
+mod kto;
+mod orpo;
+mod simpo;
 
+pub use cpo::*;
 pub use dpo::*;
 pub use flce::*;
 pub use jsd::*;
+pub use kto::*;
+pub use orpo::*;
+pub use simpo::*;
 
 use crate::ChunkedLoss;
 
 /// Every built-in loss.
 pub fn builtin() -> Vec<&'static dyn ChunkedLoss> {
-    vec![&Dpo, &Flce, &Jsd]
+    vec![&Dpo, &Cpo, &Simpo, &Orpo, &Kto, &Flce, &Jsd]
 }
 
 /// The built-in loss called `name`.

@@ -107,3 +107,4 @@ pub mod ircommon;
 
 pub mod difftest;
 pub mod offset;
+pub mod preference;
