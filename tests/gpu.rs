@@ -72,10 +72,28 @@ fn gpu_stream_kernels_match_the_cpu_executor() {
                 })
                 .collect();
             let seq: Vec<f32> = (0..s).map(|_| normal(&mut rng, 5.0)).collect();
-            let mut set =
-                InputSet::new().tensor("target", TensorView::new(&target, &[s, t]).expect("t"));
-            if g.input_by_name("ref_logps").is_some() {
-                set = set.tensor("ref_logps", TensorView::new(&seq, &[s]).expect("seq"));
+            let row: Vec<f32> = (0..s * t).map(|_| normal(&mut rng, 1.0)).collect();
+            let seq_mask: Vec<bool> = (0..s).map(|i| i % 2 == 0).collect();
+            let row_mask: Vec<bool> = (0..s * t).map(|i| i % 3 != 1).collect();
+            let vocab: Vec<f32> = (0..v).map(|_| normal(&mut rng, 1.0)).collect();
+            let scalar = [0.3f32];
+            // Every side input of the specialisation, by kind.
+            let mut set = InputSet::new();
+            for input in &g.inputs {
+                use liger::ir::InputKind as K;
+                let n = input.name.as_str();
+                set = match input.kind {
+                    K::Target | K::Tokens => {
+                        set.tensor(n, TensorView::new(&target, &[s, t]).expect("t"))
+                    }
+                    K::SeqInput => set.tensor(n, TensorView::new(&seq, &[s]).expect("seq")),
+                    K::SeqMask => set.tensor(n, TensorView::new(&seq_mask, &[s]).expect("m")),
+                    K::RowInput => set.tensor(n, TensorView::new(&row, &[s, t]).expect("row")),
+                    K::RowMask => set.tensor(n, TensorView::new(&row_mask, &[s, t]).expect("m")),
+                    K::VocabInput => set.tensor(n, TensorView::new(&vocab, &[v]).expect("v")),
+                    K::ScalarInput => set.tensor(n, TensorView::new(&scalar[..], &[]).expect("k")),
+                    K::Logits | K::Frozen | K::Param => set,
+                };
             }
             let mut logits = BTreeMap::new();
             for (k, input) in g.inputs.iter().enumerate() {
@@ -244,7 +262,7 @@ fn gpu_second_process_hits_the_disk_cache_without_nvrtc() {
         first.join("\n"),
         second.join("\n")
     );
-    assert_eq!(first.len(), 3);
+    assert_eq!(first.len(), liger::losses::builtin().len());
     assert!(first.iter().all(|l| l.contains(" nvrtc ")), "{first:?}");
     assert!(
         second.iter().all(|l| l.contains(" disk ")),
@@ -1828,12 +1846,24 @@ fn gpu_preference_losses_match_the_cpu_executor() {
                 }
                 let d = common::preference::data(sh, 900 + k as u64, c);
                 let (xb, wb): (Vec<half::bf16>, Vec<half::bf16>) = (to_bf16(&d.x), to_bf16(&d.w));
-                let (x, w) = if bf16 {
-                    (liger::TensorData::BF16(&xb), liger::TensorData::BF16(&wb))
+                let (xrb, wrb): (Vec<half::bf16>, Vec<half::bf16>) =
+                    (to_bf16(&d.xr), to_bf16(&d.wr));
+                let (x, w, xr, wr) = if bf16 {
+                    (
+                        liger::TensorData::BF16(&xb),
+                        liger::TensorData::BF16(&wb),
+                        liger::TensorData::BF16(&xrb),
+                        liger::TensorData::BF16(&wrb),
+                    )
                 } else {
-                    (liger::TensorData::F32(&d.x), liger::TensorData::F32(&d.w))
+                    (
+                        liger::TensorData::F32(&d.x),
+                        liger::TensorData::F32(&d.w),
+                        liger::TensorData::F32(&d.xr),
+                        liger::TensorData::F32(&d.wr),
+                    )
                 };
-                let set = common::preference::inputs(c, sh, &d, &x, &w);
+                let set = common::preference::inputs_with_reference(c, sh, &d, &x, &w, xr, wr);
                 let params = c.params();
                 let base = RunOptions {
                     ignore_index: c.ignore,

@@ -189,6 +189,28 @@ pub fn inputs<'a>(
     x: &'a TensorData<'a>,
     w: &'a TensorData<'a>,
 ) -> InputSet<'a> {
+    inputs_with_reference(
+        c,
+        sh,
+        d,
+        x,
+        w,
+        TensorData::F32(&d.xr),
+        TensorData::F32(&d.wr),
+    )
+}
+
+/// [`inputs`] with the reference head's `x` and `W` given (the CUDA executor wants every head
+/// in one dtype).
+pub fn inputs_with_reference<'a>(
+    c: &Case,
+    sh: Shape,
+    d: &'a Data,
+    x: &'a TensorData<'a>,
+    w: &'a TensorData<'a>,
+    xr: TensorData<'a>,
+    wr: TensorData<'a>,
+) -> InputSet<'a> {
     let head = |x: TensorData<'a>, w: TensorData<'a>, b: &'a Option<Vec<f32>>| {
         let xv = TensorView::new(x, &[sh.s, sh.t, sh.h]).expect("x");
         let wv = TensorView::new(w, &[sh.v, sh.h]).expect("w");
@@ -203,10 +225,7 @@ pub fn inputs<'a>(
     );
     match c.reference {
         Ref::Head => {
-            set = set.head(
-                "reference",
-                head(TensorData::F32(&d.xr), TensorData::F32(&d.wr), &d.br),
-            );
+            set = set.head("reference", head(xr, wr, &d.br));
         }
         Ref::Logps => {
             set = set.tensor(
