@@ -30,7 +30,21 @@ fn losses_lists_every_builtin_as_json() {
         .iter()
         .filter_map(|l| l["name"].as_str())
         .collect();
-    assert_eq!(names, ["dpo", "cpo", "simpo", "orpo", "kto", "flce", "jsd"]);
+    assert_eq!(
+        names,
+        [
+            "dpo",
+            "cpo",
+            "simpo",
+            "orpo",
+            "kto",
+            "grpo",
+            "flce",
+            "jsd",
+            "kl_distill",
+            "cosine_distill"
+        ]
+    );
     let dpo = &v[0];
     let lt = dpo["params"]
         .as_array()

@@ -110,6 +110,8 @@ fn cache_commands_list_show_diff_and_clear() {
                 "cache",
                 "warm",
                 "flce",
+                "--variant",
+                "class_weight=absent",
                 "--arch",
                 "sm_80",
                 "--dtype",

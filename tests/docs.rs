@@ -57,7 +57,7 @@ fn the_schedule_table_is_the_losses() {
     }
     let mut t = String::from("| loss | where | specialisations | schedules |\n|---|---|---|---|\n");
     for (loss, from) in losses {
-        let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+        let mut rows: Vec<(String, Vec<&liger::SpecInfo>)> = Vec::new();
         for spec in loss.specializations().iter().filter(|s| s.ir.is_some()) {
             let p = liger::pipeline(loss, spec).expect("pipeline");
             let c = p
@@ -68,21 +68,19 @@ fn the_schedule_table_is_the_losses() {
                 .collect::<Vec<_>>()
                 .join(", ");
             match rows.iter_mut().find(|(k, _)| *k == c) {
-                Some((_, specs)) => specs.push(spec.describe()),
-                None => rows.push((c, vec![spec.describe()])),
+                Some((_, specs)) => specs.push(spec),
+                None => rows.push((c, vec![spec])),
             }
         }
-        for (c, specs) in rows {
-            let n = loss
-                .specializations()
-                .iter()
-                .filter(|s| s.ir.is_some())
-                .count();
-            let which = if specs.len() == n {
-                "all".to_string()
-            } else {
-                specs.join("; ")
-            };
+        let two = rows.len() == 2;
+        for (c, specs) in &rows {
+            let which = describe(loss, specs).unwrap_or_else(|| {
+                if two {
+                    format!("the other {}", specs.len())
+                } else {
+                    format!("{} specialisations", specs.len())
+                }
+            });
             t += &format!("| `{}` | {from} | {which} | {c} |\n", loss.name());
         }
     }
@@ -129,4 +127,46 @@ fn no_document_points_outside_the_repository() {
             }
         }
     }
+}
+
+/// The specialisations `specs` of `loss` in a few words: `all`, or the choices that set them
+/// apart (`loss_type ∈ {Grpo, Sapo}, importance_sampling_level = Sequence`) when they are
+/// exactly the product of those choices (`None` otherwise).
+fn describe(loss: &dyn ChunkedLoss, specs: &[&liger::SpecInfo]) -> Option<String> {
+    use std::collections::BTreeSet;
+    let all: Vec<&liger::SpecInfo> = loss
+        .specializations()
+        .iter()
+        .filter(|s| s.ir.is_some())
+        .collect();
+    if specs.len() == all.len() {
+        return Some("all".into());
+    }
+    let first = all.first()?;
+    let values = |set: &[&liger::SpecInfo], k: usize| -> BTreeSet<&str> {
+        set.iter().map(|s| s.choices[k].1).collect()
+    };
+    let mut terms = Vec::new();
+    for (k, (name, _)) in first.choices.iter().enumerate() {
+        let (mine, every) = (values(specs, k), values(&all, k));
+        if mine != every {
+            let list: Vec<&str> = mine.into_iter().collect();
+            terms.push(if list.len() == 1 {
+                format!("{name} = {}", list[0])
+            } else {
+                format!("{name} ∈ {{{}}}", list.join(", "))
+            });
+        }
+    }
+    // Exact only when every runnable specialisation with those choices is in `specs`.
+    let covered = all
+        .iter()
+        .filter(|s| {
+            s.choices
+                .iter()
+                .enumerate()
+                .all(|(k, (_, v))| specs.iter().any(|t| t.choices[k].1 == *v))
+        })
+        .count();
+    (covered == specs.len()).then(|| terms.join(", "))
 }

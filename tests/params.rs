@@ -189,7 +189,7 @@ fn losses_by_name() {
     let e = liger::losses::by_name("ipo").expect_err("unknown");
     assert!(
         e.to_string()
-            .contains("dpo, cpo, simpo, orpo, kto, flce, jsd"),
+            .contains("dpo, cpo, simpo, orpo, kto, grpo, flce, jsd, kl_distill, cosine_distill"),
         "{e}"
     );
 }

@@ -374,6 +374,7 @@ fn run_flce(seed: u64, ignore: i64, c: FlceCfg, bias: bool, params: FlceParams) 
     let inputs = FlceInputs {
         logits: head.head(),
         target: TensorView::new(&t, &[S, T]).expect("shape"),
+        class_weight: None,
     };
     let out = Flce
         .reference(&inputs, &params, ignore)

@@ -328,13 +328,7 @@ impl Schedule {
                 _ => node.args.iter().any(|a| head_dep[a.index()]),
             };
         }
-        let after = after_group(f);
         let level = |i: usize| f.nodes[i].ty.level;
-        let mut vocab_after = vec![false; n];
-        for (i, node) in f.nodes.iter().enumerate() {
-            vocab_after[i] = after[i]
-                && (level(i) == Level::Vocab || node.args.iter().any(|a| vocab_after[a.index()]));
-        }
         let everything = vec![true; n];
         let roots: Vec<ValueId> = f.outputs.iter().map(|o| o.value).collect();
         let used = cone(f, &roots, &everything);
@@ -362,12 +356,41 @@ impl Schedule {
             late[i] = reduces_vocab[i]
                 && (level(i) > Level::Row || node.args.iter().any(|a| late[a.index()]));
         }
+        // A head-free vocabulary reduction that needs a `pre_late` value (a gradient
+        // coefficient normalised by a class-weight sum, reducing `c_row · class_weight`) cannot
+        // run in the pre stream, which comes before `pre_late`: it runs in the chunk loop's
+        // streams like a head-dependent value, and so does everything computed from it.
+        let mut late_dep = vec![false; n];
+        let mut streamed = vec![false; n];
+        for (i, node) in f.nodes.iter().enumerate() {
+            let dep = node.args.iter().any(|a| late_dep[a.index()]);
+            late_dep[i] = late[i] || dep;
+            let moved = reduces_vocab[i] && !late[i] && dep;
+            streamed[i] = head_dep[i] || moved || node.args.iter().any(|a| streamed[a.index()]);
+        }
+        // Values after the group stage: coarser than a row and computed in the chunk loop, or
+        // computed from such a value (for a loss without moved reductions, the verifier's
+        // `after_group`).
+        let mut after = vec![false; n];
+        for (i, node) in f.nodes.iter().enumerate() {
+            after[i] = (streamed[i] && level(i) > Level::Row)
+                || node.args.iter().any(|a| after[a.index()]);
+        }
+        debug_assert!(
+            streamed != head_dep || after == after_group(f),
+            "without moved reductions the stage split is the verifier's"
+        );
+        let mut vocab_after = vec![false; n];
+        for (i, node) in f.nodes.iter().enumerate() {
+            vocab_after[i] = after[i]
+                && (level(i) == Level::Vocab || node.args.iter().any(|a| vocab_after[a.index()]));
+        }
         let pre =
-            ids(&|i| !head_dep[i] && level(i) != Level::Vocab && !is_input(i) && !reduces_vocab[i]);
-        let pre_stream = ids(&|i| reduces_vocab[i] && !late[i]);
-        let pre_late = ids(&|i| late[i]);
-        let free = ids(&|i| !head_dep[i] && level(i) == Level::Vocab && !is_input(i));
-        let stream = ids(&|i| head_dep[i] && !after[i] && level(i) <= Level::Row && !is_input(i));
+            ids(&|i| !streamed[i] && level(i) != Level::Vocab && !is_input(i) && !reduces_vocab[i]);
+        let pre_stream = ids(&|i| reduces_vocab[i] && !late[i] && !streamed[i]);
+        let pre_late = ids(&|i| late[i] && !streamed[i]);
+        let free = ids(&|i| !streamed[i] && level(i) == Level::Vocab && !is_input(i));
+        let stream = ids(&|i| streamed[i] && !after[i] && level(i) <= Level::Row && !is_input(i));
         let backward = ids(&|i| vocab_after[i]);
         let group = ids(&|i| after[i] && !vocab_after[i] && level(i) != Level::Vocab);
         let row_local = backward.is_empty();
@@ -450,11 +473,11 @@ impl Schedule {
                 if std::mem::replace(&mut seen[i], true) {
                     continue;
                 }
-                if head_dep[i] && level(i) > Level::Row {
+                if streamed[i] && level(i) > Level::Row {
                     lvl = lvl.max(level(i));
                 }
                 for a in &f.nodes[i].args {
-                    if head_dep[a.index()] && level(a.index()) != Level::Vocab {
+                    if streamed[a.index()] && level(a.index()) != Level::Vocab {
                         stack.push(a.index());
                     }
                 }

@@ -2,17 +2,23 @@
 
 use crate::prelude::*;
 
-/// Cross-entropy of an lm head with label smoothing, z-loss and logit softcapping.
+/// Cross-entropy of an lm head with label smoothing, z-loss, logit softcapping and optional
+/// class weights.
 ///
 /// Per valid row, with `z` the logits (softcapped to `softcap_value · tanh(z / softcap_value)`
 /// when `softcap` is on): `(1 − ε)(lse − z_y) + ε(lse − mean_v z) + s·lse²`, with
-/// `ε = label_smoothing` and `s = z_loss_scale`. `Mean` divides by the valid rows of the whole
-/// batch, `Sum` does not. Metrics: the z-loss term (same reduction) and the token accuracy
-/// (`argmax z == y`, over valid rows).
+/// `ε = label_smoothing` and `s = z_loss_scale`. With `class_weight` `w` (one per vocabulary
+/// entry, as PyTorch's `weight=`): `(1 − ε)·w_y(lse − z_y) + (ε/V)·Σ_v w_v(lse − z_v) + s·lse²`,
+/// and `Mean` divides the weighted terms by `Σ w_y` over the valid rows (the z-loss by the
+/// valid rows). `Mean` divides by the valid rows of the whole batch, `Sum` does not. Every
+/// difference is formed as `log_softmax`, so a large common offset of the logits cancels.
+/// Metrics: the z-loss term (same reduction) and the token accuracy (`argmax z == y`, over
+/// valid rows).
 #[chunked_loss]
 pub fn flce(
     logits: Logits,
     target: Target,
+    class_weight: Option<VocabInput>,
     #[default(0.0)]
     #[range(0.0..=1.0)]
     label_smoothing: f32,
@@ -34,19 +40,37 @@ pub fn flce(
     // else: a large common offset of the logits (a uniform bias) cancels exactly, where
     // `logsumexp(z) - at_target(z, target)` would round it into the lse first.
     let lse = logsumexp(z);
-    let nll = -logprob(z, target);
-    let smooth = -sum_vocab(log_softmax(z)) / vocab_size();
     let z_loss = z_loss_scale * lse * lse;
-    let per_row = (1.0 - label_smoothing) * nll + label_smoothing * smooth + z_loss;
     metric("accuracy", mean(select(argmax(z) == target, 1.0, 0.0)));
-    match reduction {
-        Reduction::Mean => {
-            metric("z_loss", mean(z_loss));
-            mean(per_row)
+    if let Some(w) = class_weight {
+        let wy = at_target(w, target);
+        let nll = -wy * logprob(z, target);
+        let smooth = -sum_vocab(w * log_softmax(z)) / vocab_size();
+        let weighted = (1.0 - label_smoothing) * nll + label_smoothing * smooth;
+        match reduction {
+            Reduction::Mean => {
+                metric("z_loss", mean(z_loss));
+                // A batch with no valid row gives 0, as the unweighted mean does.
+                sum(weighted) / max(sum(wy), 1e-30) + mean(z_loss)
+            }
+            Reduction::Sum => {
+                metric("z_loss", sum(z_loss));
+                sum(weighted) + sum(z_loss)
+            }
         }
-        Reduction::Sum => {
-            metric("z_loss", sum(z_loss));
-            sum(per_row)
+    } else {
+        let nll = -logprob(z, target);
+        let smooth = -sum_vocab(log_softmax(z)) / vocab_size();
+        let per_row = (1.0 - label_smoothing) * nll + label_smoothing * smooth + z_loss;
+        match reduction {
+            Reduction::Mean => {
+                metric("z_loss", mean(z_loss));
+                mean(per_row)
+            }
+            Reduction::Sum => {
+                metric("z_loss", sum(z_loss));
+                sum(per_row)
+            }
         }
     }
 }

@@ -1,16 +1,20 @@
 //! The built-in losses, written with `#[chunked_loss]` like any user loss.
 
 mod cpo;
+mod distill;
 mod dpo;
 mod flce;
+mod grpo;
 mod jsd;
 mod kto;
 mod orpo;
 mod simpo;
 
 pub use cpo::*;
+pub use distill::*;
 pub use dpo::*;
 pub use flce::*;
+pub use grpo::*;
 pub use jsd::*;
 pub use kto::*;
 pub use orpo::*;
@@ -20,7 +24,18 @@ use crate::ChunkedLoss;
 
 /// Every built-in loss.
 pub fn builtin() -> Vec<&'static dyn ChunkedLoss> {
-    vec![&Dpo, &Cpo, &Simpo, &Orpo, &Kto, &Flce, &Jsd]
+    vec![
+        &Dpo,
+        &Cpo,
+        &Simpo,
+        &Orpo,
+        &Kto,
+        &Grpo,
+        &Flce,
+        &Jsd,
+        &KlDistill,
+        &CosineDistill,
+    ]
 }
 
 /// The built-in loss called `name`.
