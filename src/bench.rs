@@ -2,13 +2,16 @@
 //! GEMM floor measured in the same run and the peak extra memory, as a table and JSON.
 //!
 //! Cases (bf16 inputs, fp32 `grad W`): DPO with a reference head, ORPO, KTO with a reference
-//! head, FLCE and JSD with a teacher head at S1 = 8 sequences x 1024 tokens, H = 4096,
-//! V = 128256; DPO at 1 pair x 4096, 8192 and 16384 tokens. Time = median over repetitions of the device time of the compute (inputs
-//! already on the device); floor = the same GEMMs with bf16 output through cuBLAS.
+//! head, GRPO (Dapo, no reference, on-policy), FLCE, and JSD and KL distillation with a
+//! teacher head at S1 = 8 sequences x 1024 tokens, H = 4096, V = 128256; DPO at 1 pair x
+//! 4096, 8192 and 16384 tokens. Time = median over repetitions of the device time of the
+//! compute (inputs already on the device); floor = the same GEMMs on the same input data with
+//! bf16 output through cuBLAS, measured in the same run, with its TFLOP/s.
 
 use half::bf16;
 
-use crate::losses::{Dpo, Flce, Jsd, Kto, Orpo};
+use crate::losses::{Dpo, Flce, Grpo, Jsd, KlDistill, Kto, Orpo};
+use crate::runtime::cuda::bench::FloorHead;
 use crate::{ChunkedLoss, Error, Head, InputSet, ParamSet, RunOptions, Runtime, TensorView};
 
 /// One row of the table.
@@ -22,6 +25,8 @@ pub struct BenchRow {
     pub ms: f64,
     /// GEMM floor ms.
     pub floor_ms: f64,
+    /// The floor's throughput, TFLOP/s.
+    pub floor_tflops: f64,
     /// Peak extra memory in bytes.
     pub peak_bytes: usize,
     /// Rows per chunk.
@@ -57,8 +62,10 @@ pub fn run(budget: usize, reps: usize, profile: bool, only: &str) -> Result<Vec<
         ("dpo S1 8x1024 ref head", &Dpo, 8, 1024),
         ("orpo S1 8x1024", &Orpo, 8, 1024),
         ("kto S1 8x1024 ref head", &Kto, 8, 1024),
+        ("grpo S1 8x1024 dapo no ref", &Grpo, 8, 1024),
         ("flce S1 8x1024", &Flce, 8, 1024),
         ("jsd S1 8x1024 teacher head", &Jsd, 8, 1024),
+        ("kl_distill S1 8x1024 teacher", &KlDistill, 8, 1024),
         ("dpo 1 pair x 4096", &Dpo, 2, 4096),
         ("dpo 1 pair x 8192", &Dpo, 2, 8192),
         ("dpo 1 pair x 16384", &Dpo, 2, 16384),
@@ -89,19 +96,36 @@ pub fn run(budget: usize, reps: usize, profile: bool, only: &str) -> Result<Vec<
         // KTO: every other sequence desirable, and a KL estimate.
         let preference: Vec<bool> = (0..s).map(|i| i % 2 == 0).collect();
         let kl = [0.25f32];
-        let (set, heads): (InputSet<'_>, Vec<(usize, bool)>) = match loss.name() {
+        // GRPO: sampled tokens (every id valid), a completion mask leaving out the first
+        // eighth of each sequence (the prompt), advantages of both signs.
+        let tokens: Vec<i64> = (0..s * t).map(|i| ((i * 7919) % v) as i64).collect();
+        let mask: Vec<bool> = (0..s * t).map(|i| i % t >= t / 8).collect();
+        let advantages: Vec<f32> = (0..s).map(|i| (i as f32 - 3.5) / 2.0).collect();
+        let policy = FloorHead {
+            x: &x,
+            w: &w,
+            h,
+            grad: true,
+        };
+        let frozen = FloorHead {
+            x: &xr,
+            w: &wr,
+            h,
+            grad: false,
+        };
+        let (set, heads): (InputSet<'_>, Vec<FloorHead<'_>>) = match loss.name() {
             "dpo" => (
                 InputSet::new()
                     .head("policy", head(&x, &w, d)?)
                     .head("reference", head(&xr, &wr, d)?)
                     .tensor("target", TensorView::new(&target, &[s, t])?),
-                vec![(h, true), (h, false)],
+                vec![policy, frozen],
             ),
             "orpo" => (
                 InputSet::new()
                     .head("policy", head(&x, &w, d)?)
                     .tensor("target", TensorView::new(&target, &[s, t])?),
-                vec![(h, true)],
+                vec![policy],
             ),
             "kto" => (
                 InputSet::new()
@@ -110,20 +134,28 @@ pub fn run(budget: usize, reps: usize, profile: bool, only: &str) -> Result<Vec<
                     .tensor("target", TensorView::new(&target, &[s, t])?)
                     .tensor("preference", TensorView::new(&preference[..], &[s])?)
                     .tensor("kl", TensorView::new(&kl[..], &[])?),
-                vec![(h, true), (h, false)],
+                vec![policy, frozen],
             ),
-            "jsd" => (
+            "grpo" => (
+                InputSet::new()
+                    .head("policy", head(&x, &w, d)?)
+                    .tensor("target", TensorView::new(&tokens, &[s, t])?)
+                    .tensor("mask", TensorView::new(&mask[..], &[s, t])?)
+                    .tensor("advantages", TensorView::new(&advantages[..], &[s])?),
+                vec![policy],
+            ),
+            "jsd" | "kl_distill" => (
                 InputSet::new()
                     .head("student", head(&x, &w, d)?)
                     .head("teacher", head(&xr, &wr, d)?)
                     .tensor("target", TensorView::new(&target, &[s, t])?),
-                vec![(h, true), (h, false)],
+                vec![policy, frozen],
             ),
             _ => (
                 InputSet::new()
                     .head("logits", head(&x, &w, d)?)
                     .tensor("target", TensorView::new(&target, &[s, t])?),
-                vec![(h, true)],
+                vec![policy],
             ),
         };
         let opts = RunOptions {
@@ -151,6 +183,7 @@ pub fn run(budget: usize, reps: usize, profile: bool, only: &str) -> Result<Vec<
         ms.sort_by(|a, b| a.total_cmp(b));
         let rep = last.ok_or_else(|| crate::runtime::Error::Internal("no timed run".into()))?;
         let floor = crate::runtime::cuda::bench::gemm_floor_ms(&gpu, s * t, v, &heads, reps)?;
+        let flops = crate::runtime::cuda::bench::floor_flops(s * t, v, &heads);
         let phases = if profile {
             let o = RunOptions {
                 profile: true,
@@ -165,6 +198,7 @@ pub fn run(budget: usize, reps: usize, profile: bool, only: &str) -> Result<Vec<
             schedule: rep.strategy.name().into(),
             ms: ms[ms.len() / 2],
             floor_ms: floor,
+            floor_tflops: flops / (floor * 1e-3) / 1e12,
             peak_bytes: peak,
             chunk_rows: rep.chunk_rows,
             profile: phases,
@@ -185,23 +219,25 @@ pub fn run(budget: usize, reps: usize, profile: bool, only: &str) -> Result<Vec<
 /// The table of `rows`.
 pub fn table(rows: &[BenchRow], budget: usize) -> String {
     let mut s = format!(
-        "budget {:.2} GiB\n{:<28} {:<10} {:>10} {:>10} {:>7} {:>10} {:>8}\n",
+        "budget {:.2} GiB\n{:<30} {:<10} {:>10} {:>10} {:>8} {:>7} {:>10} {:>8}\n",
         budget as f64 / (1u64 << 30) as f64,
         "case",
         "schedule",
         "ms",
         "floor ms",
+        "TFLOP/s",
         "ratio",
         "peak GiB",
         "chunk"
     );
     for r in rows {
         s += &format!(
-            "{:<28} {:<10} {:>10.2} {:>10.2} {:>7.2} {:>10.3} {:>8}\n",
+            "{:<30} {:<10} {:>10.2} {:>10.2} {:>8.0} {:>7.2} {:>10.3} {:>8}\n",
             r.case,
             r.schedule,
             r.ms,
             r.floor_ms,
+            r.floor_tflops,
             r.ms / r.floor_ms,
             r.peak_bytes as f64 / (1u64 << 30) as f64,
             r.chunk_rows
@@ -245,7 +281,7 @@ pub fn json(rows: &[BenchRow], budget: usize) -> serde_json::Value {
     serde_json::json!({
         "budget_bytes": budget,
         "rows": rows.iter().map(|r| serde_json::json!({
-            "case": r.case, "schedule": r.schedule, "median_ms": r.ms, "gemm_floor_ms": r.floor_ms,
+            "case": r.case, "schedule": r.schedule, "median_ms": r.ms, "gemm_floor_ms": r.floor_ms, "floor_tflops": r.floor_tflops,
             "ratio": r.ms / r.floor_ms, "peak_extra_bytes": r.peak_bytes, "within_budget": r.peak_bytes <= budget,
             "chunk_rows": r.chunk_rows,
             "profile": r.profile.iter().map(|p| serde_json::json!({

@@ -112,6 +112,8 @@ fn cache_commands_list_show_diff_and_clear() {
                 "flce",
                 "--variant",
                 "class_weight=absent",
+                "--variant",
+                "token_weight=absent",
                 "--arch",
                 "sm_80",
                 "--dtype",

@@ -1901,6 +1901,235 @@ fn gpu_preference_losses_match_the_cpu_executor() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// GRPO in every loss type and level, the distillation losses and FLCE with class weights
+/// on CUDA against the CPU executor, under every schedule.
+fn gpu_grpo_distillation_and_class_weights_match_the_cpu_executor() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    let rt = liger::Runtime::cuda(0).expect("cuda runtime");
+    let cpu = liger::Runtime::cpu();
+    let (s, t, h, v) = (6usize, 47usize, 32usize, 257usize);
+    let mut rng = fastrand::Rng::with_seed(4242);
+    let x: Vec<f32> = (0..s * t * h).map(|_| normal(&mut rng, 1.0)).collect();
+    let w: Vec<f32> = (0..v * h).map(|_| normal(&mut rng, 0.2)).collect();
+    let xr: Vec<f32> = (0..s * t * h).map(|_| normal(&mut rng, 1.0)).collect();
+    let wr: Vec<f32> = (0..v * h).map(|_| normal(&mut rng, 0.2)).collect();
+    let tokens: Vec<i64> = (0..s * t).map(|_| rng.usize(0..v) as i64).collect();
+    let target: Vec<i64> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| if i % 5 == 3 { -100 } else { k })
+        .collect();
+    let mask: Vec<bool> = (0..s * t).map(|i| i % t == 0 || i % 4 != 1).collect();
+    let adv: Vec<f32> = (0..s)
+        .map(|i| if i % 2 == 0 { 0.7 } else { -0.9 })
+        .collect();
+    let old: Vec<f32> = (0..s * t).map(|_| -4.0 + normal(&mut rng, 0.5)).collect();
+    let refl: Vec<f32> = (0..s * t).map(|_| -4.0 + normal(&mut rng, 0.5)).collect();
+    let isr: Vec<f32> = (0..s * t).map(|_| 0.6 + rng.f32()).collect();
+    let cw: Vec<f32> = (0..v).map(|_| 0.3 + rng.f32()).collect();
+    let head = |x: &'static [f32], w: &'static [f32]| {
+        liger::Head::new(
+            TensorView::new(x, &[s, t, h]).expect("x"),
+            TensorView::new(w, &[v, h]).expect("w"),
+        )
+    };
+    // Leaked so the input sets can borrow them for the whole test.
+    let leak = |x: Vec<f32>| -> &'static [f32] { Box::leak(x.into_boxed_slice()) };
+    let (x, w, xr, wr) = (leak(x), leak(w), leak(xr), leak(wr));
+    let (old, refl, isr, cw, adv) = (leak(old), leak(refl), leak(isr), leak(cw), leak(adv));
+    let tokens: &'static [i64] = Box::leak(tokens.into_boxed_slice());
+    let target: &'static [i64] = Box::leak(target.into_boxed_slice());
+    let mask: &'static [bool] = Box::leak(mask.into_boxed_slice());
+    let mut cases: Vec<(&'static dyn liger::ChunkedLoss, InputSet<'static>, ParamSet)> = Vec::new();
+    for lt in [
+        "Grpo", "Bnpo", "DrGrpo", "Dapo", "Cispo", "Sapo", "Luspo", "Vespo",
+    ] {
+        for level in ["Token", "Sequence"] {
+            let base = InputSet::new()
+                .head("policy", head(x, w))
+                .tensor("target", TensorView::new(tokens, &[s, t]).expect("t"))
+                .tensor("mask", TensorView::new(mask, &[s, t]).expect("m"))
+                .tensor("advantages", TensorView::new(adv, &[s]).expect("a"));
+            let params = ParamSet::new()
+                .variant("loss_type", lt)
+                .variant("importance_sampling_level", level)
+                .float("max_completion_length", 40.0)
+                .float("beta", 0.1);
+            cases.push((
+                &liger::losses::Grpo,
+                base.clone()
+                    .tensor("old_logps", TensorView::new(old, &[s, t]).expect("o"))
+                    .tensor("ref_logps", TensorView::new(refl, &[s, t]).expect("r"))
+                    .tensor("is_ratio", TensorView::new(isr, &[s, t]).expect("i")),
+                params.clone().float("delta", 1.5),
+            ));
+            cases.push((
+                &liger::losses::Grpo,
+                base.head("reference", head(xr, wr)),
+                params
+                    .variant("bias_correction_kl", "true")
+                    .float("temperature", 0.8),
+            ));
+        }
+    }
+    for direction in ["Forward", "Reverse"] {
+        cases.push((
+            &liger::losses::KlDistill,
+            InputSet::new()
+                .head("student", head(x, w))
+                .head("teacher", head(xr, wr))
+                .tensor("target", TensorView::new(target, &[s, t]).expect("t")),
+            ParamSet::new()
+                .variant("direction", direction)
+                .float("temperature", 1.5),
+        ));
+    }
+    cases.push((
+        &liger::losses::CosineDistill,
+        InputSet::new()
+            .head("student", head(x, w))
+            .head("teacher", head(xr, wr))
+            .tensor("target", TensorView::new(target, &[s, t]).expect("t")),
+        ParamSet::new().float("beta", 0.8),
+    ));
+    cases.push((
+        &liger::losses::Flce,
+        InputSet::new()
+            .head("logits", head(x, w))
+            .tensor("target", TensorView::new(target, &[s, t]).expect("t"))
+            .tensor("class_weight", TensorView::new(cw, &[v]).expect("cw")),
+        ParamSet::new()
+            .float("label_smoothing", 0.1)
+            .float("z_loss_scale", 1e-3),
+    ));
+    // Per-token losses with upstream weights (reduction None).
+    cases.push((
+        &liger::losses::Flce,
+        InputSet::new()
+            .head("logits", head(x, w))
+            .tensor("target", TensorView::new(target, &[s, t]).expect("t"))
+            .tensor("token_weight", TensorView::new(isr, &[s, t]).expect("tw")),
+        ParamSet::new()
+            .variant("reduction", "None")
+            .float("z_loss_scale", 1e-3),
+    ));
+    // A teacher with 11 more vocabulary rows (and a bias), used through its first V rows.
+    let extra = 11;
+    let wbig: Vec<f32> = wr
+        .iter()
+        .copied()
+        .chain((0..extra * h).map(|_| normal(&mut rng, 0.2)))
+        .collect();
+    let bbig: Vec<f32> = (0..v + extra).map(|_| normal(&mut rng, 0.5)).collect();
+    let (wbig, bbig) = (leak(wbig), leak(bbig));
+    cases.push((
+        &liger::losses::KlDistill,
+        InputSet::new()
+            .head("student", head(x, w))
+            .head(
+                "teacher",
+                liger::Head::with_bias(
+                    TensorView::new(xr, &[s, t, h]).expect("x"),
+                    TensorView::new(wbig, &[v + extra, h]).expect("w"),
+                    TensorView::new(bbig, &[v + extra]).expect("b"),
+                ),
+            )
+            .tensor("target", TensorView::new(target, &[s, t]).expect("t")),
+        ParamSet::new().float("temperature", 2.0),
+    ));
+    let mut failures = Vec::new();
+    let mut runs = 0;
+    for (loss, set, params) in &cases {
+        let prefix = RunOptions {
+            vocab_prefix: true,
+            ..RunOptions::default()
+        };
+        let want = liger::run(*loss, &cpu, set, params, &prefix).expect("cpu");
+        let names: Vec<&str> = set.names().collect();
+        let (p, _) = liger::pipeline_for(*loss, &names, params).expect("pipeline");
+        for strategy in p.schedule().candidates.clone() {
+            for budget in [(4 << 20) + (300 << 10), 64 << 20] {
+                let opts = RunOptions {
+                    chunk_memory: budget,
+                    schedule: Some(strategy),
+                    vocab_prefix: true,
+                    ..RunOptions::default()
+                };
+                let got = match liger::run(*loss, &rt, set, params, &opts) {
+                    Ok(o) => o,
+                    Err(liger::Error::Runtime(liger::runtime::Error::Budget { .. }))
+                        if budget < (8 << 20) =>
+                    {
+                        continue;
+                    }
+                    Err(e) => panic!("{} {params:?} {strategy}: {e}", loss.name()),
+                };
+                runs += 1;
+                let what = format!("{} {params:?} {strategy} budget {budget}", loss.name());
+                compare_outputs(&what, &got, &want, false, &mut failures);
+            }
+        }
+    }
+    eprintln!("{runs} runs on CUDA against the CPU executor");
+    assert!(runs >= 60, "{runs} runs");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // The larger teacher through the device API: refused without the option, and with it
+    // equal to the host API (which the loop above checked against the CPU).
+    let Some((rt, st)) = runtime_and_stream() else {
+        return;
+    };
+    use liger::runtime::cudarc::driver::CudaSlice;
+    let (xs, ws, wbs, bbs, ts) = ([s, t, h], [v, h], [v + extra, h], [v + extra], [s, t]);
+    let xd: CudaSlice<f32> = st.clone_htod(x).expect("x");
+    let wd: CudaSlice<f32> = st.clone_htod(w).expect("w");
+    let xrd: CudaSlice<f32> = st.clone_htod(xr).expect("xr");
+    let wbd: CudaSlice<f32> = st.clone_htod(wbig).expect("wbig");
+    let bbd: CudaSlice<f32> = st.clone_htod(bbig).expect("bbig");
+    let td: CudaSlice<i64> = st.clone_htod(target).expect("target");
+    let dev = liger::DeviceInputs::new()
+        .head(
+            "student",
+            liger::DeviceHead {
+                x: liger::DeviceTensor::new(&xd, &xs).expect("x"),
+                w: liger::DeviceTensor::new(&wd, &ws).expect("w"),
+                b: None,
+            },
+        )
+        .head(
+            "teacher",
+            liger::DeviceHead {
+                x: liger::DeviceTensor::new(&xrd, &xs).expect("x"),
+                w: liger::DeviceTensor::new(&wbd, &wbs).expect("w"),
+                b: Some(liger::DeviceTensor::new(&bbd, &bbs).expect("b")),
+            },
+        )
+        .tensor("target", liger::DeviceTensor::new(&td, &ts).expect("t"));
+    let params = ParamSet::new().float("temperature", 2.0);
+    let loss = &liger::losses::KlDistill;
+    let err = liger::run_device(loss, &rt, &dev, &params, &RunOptions::default(), &st)
+        .expect_err("a larger teacher without vocab_prefix");
+    assert!(err.to_string().contains("vocab_prefix"), "{err}");
+    let opts = RunOptions {
+        vocab_prefix: true,
+        ..RunOptions::default()
+    };
+    let got = liger::run_device(loss, &rt, &dev, &params, &opts, &st)
+        .expect("device")
+        .to_host()
+        .expect("result");
+    let (_, set, _) = cases.last().expect("the teacher case");
+    let host = liger::run(loss, &rt, set, &params, &opts).expect("host api");
+    assert_eq!(
+        got.loss.to_bits(),
+        host.loss.to_bits(),
+        "device vs host API"
+    );
+    assert_eq!(got.grads, host.grads, "device vs host API");
+}
+
 /// Why this machine cannot run the GPU tests (`None`: it can).
 fn gpu_unavailable() -> Option<String> {
     Gpu::new(0).err().map(|e| e.to_string())
@@ -1987,6 +2216,10 @@ fn main() -> std::process::ExitCode {
         trial(
             "gpu_preference_losses_match_the_cpu_executor",
             gpu_preference_losses_match_the_cpu_executor,
+        ),
+        trial(
+            "gpu_grpo_distillation_and_class_weights_match_the_cpu_executor",
+            gpu_grpo_distillation_and_class_weights_match_the_cpu_executor,
         ),
     ];
     let tests = tests

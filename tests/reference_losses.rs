@@ -375,6 +375,7 @@ fn run_flce(seed: u64, ignore: i64, c: FlceCfg, bias: bool, params: FlceParams) 
         logits: head.head(),
         target: TensorView::new(&t, &[S, T]).expect("shape"),
         class_weight: None,
+        token_weight: None,
     };
     let out = Flce
         .reference(&inputs, &params, ignore)

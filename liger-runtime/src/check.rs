@@ -17,14 +17,26 @@ pub(crate) fn shape_err(input: String, expected: String, got: &[usize]) -> Error
     }
 }
 
-/// Checks head `name`'s `x [S,T,H]` and `w [V,H]` shapes (and `b [V]` when given) against
-/// the batch's dims so far (the first head sets them); returns `(S, T, V, H)`.
+/// How a head's vocabulary rows relate to the loss's.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct VocabRule {
+    /// `RunOptions::vocab_prefix`: a frozen head with more rows is used through its first V.
+    pub prefix: bool,
+    /// Whether this head is trained (never cut to a prefix).
+    pub trainable: bool,
+}
+
+/// Checks head `name`'s `x [S,T,H]` and `w [V_head,H]` shapes (and `b [V_head]` when given)
+/// against the batch's dims so far (the first head sets them); returns `(S, T, V, H)`. A head
+/// with `V_head > V` passes only under [`VocabRule::prefix`] and only when frozen: the caller
+/// then reads its first `V` rows (and bias entries).
 pub(crate) fn head_shapes(
     name: &str,
     xs: &[usize],
     ws: &[usize],
     bs: Option<&[usize]>,
     dims: &mut Option<(usize, usize, usize)>,
+    rule: VocabRule,
 ) -> Result<(usize, usize, usize, usize), Error> {
     if xs.len() != 3 {
         return Err(shape_err(format!("{name}.x"), "[S,T,H]".into(), xs));
@@ -41,6 +53,29 @@ pub(crate) fn head_shapes(
         ));
     }
     let h = xs[2];
+    if ws.len() == 2 && ws[0] > v && ws[1] == h {
+        if !rule.prefix || rule.trainable {
+            return Err(Error::HeadVocab {
+                head: name.into(),
+                got: ws[0],
+                v,
+                trainable: rule.trainable,
+            });
+        }
+        if s == 0 || t == 0 || v == 0 || h == 0 {
+            return Err(Error::EmptyBatch {
+                what: format!("{name}: S={s}, T={t}, V={v}, H={h}"),
+            });
+        }
+        if let Some(bs) = bs.filter(|bs| *bs != [ws[0]]) {
+            return Err(shape_err(
+                format!("{name}.b"),
+                format!("[V] = [{}] (the head's own vocabulary)", ws[0]),
+                bs,
+            ));
+        }
+        return Ok((s, t, v, h));
+    }
     if ws != [v, h] {
         return Err(shape_err(
             format!("{name}.w"),

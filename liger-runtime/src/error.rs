@@ -60,6 +60,26 @@ pub enum Error {
         /// The shape given.
         got: Vec<usize>,
     },
+    /// A head whose weight has more vocabulary rows than the loss's vocabulary (set by its
+    /// first head), without the option that allows using its first rows.
+    #[error(
+        "head `{head}` has a vocabulary of {got} rows, the loss's vocabulary (its first head's) has {v}; {}",
+        if *.trainable {
+            "a trained head must have exactly that vocabulary (give its first rows yourself if that is meant)"
+        } else {
+            "set `RunOptions::vocab_prefix` to use its first rows (its tokens beyond them are dropped), or give heads of one vocabulary"
+        }
+    )]
+    HeadVocab {
+        /// The head.
+        head: String,
+        /// Its vocabulary rows.
+        got: usize,
+        /// The loss's vocabulary.
+        v: usize,
+        /// Whether the head is trained (a prefix is never taken of a trained head).
+        trainable: bool,
+    },
     /// A dtype the input cannot take.
     #[error("input `{input}` is {got}, expected {expected}")]
     InputDType {

@@ -257,14 +257,26 @@ pub(crate) fn load<'a>(
                 ));
             }
         };
-        let (_, _, _, h) = check::head_shapes(
+        let (_, _, v, h) = check::head_shapes(
             name,
             head.x.shape(),
             head.w.shape(),
             head.b.as_ref().map(TensorView::shape),
             &mut dims,
+            check::VocabRule {
+                prefix: opts.vocab_prefix,
+                trainable: hp.grad.is_some(),
+            },
         )?;
-        for (part, view) in [("x", &head.x), ("w", &head.w)] {
+        // A frozen head with a larger vocabulary (allowed by `vocab_prefix`) is read through
+        // its first `v` rows; the check above guarantees they exist.
+        let prefix = |t: &TensorView<'a>, what: &str| {
+            t.leading(v)
+                .ok_or_else(|| Error::Internal(format!("{name}.{what} has fewer than {v} rows")))
+        };
+        let w = prefix(&head.w, "w")?;
+        let head_b = head.b.as_ref().map(|b| prefix(b, "b")).transpose()?;
+        for (part, view) in [("x", &head.x), ("w", &w)] {
             if !view.dtype().is_float() {
                 return Err(Error::InputDType {
                     input: format!("{name}.{part}"),
@@ -274,7 +286,7 @@ pub(crate) fn load<'a>(
             }
             check_finite(&format!("{name}.{part}"), view.data())?;
         }
-        let b = match &head.b {
+        let b = match &head_b {
             Some(b) => {
                 check_finite(&format!("{name}.b"), b.data())?;
                 Some(to_f32(&format!("{name}.b"), b)?)
@@ -286,7 +298,7 @@ pub(crate) fn load<'a>(
             input: hp.input,
             node: hp.node,
             x: head.x.clone(),
-            w: head.w.clone(),
+            w,
             b,
             h,
             grad: hp.grad,

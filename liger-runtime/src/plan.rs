@@ -30,6 +30,12 @@ pub struct RunOptions {
     /// Time every phase of a CUDA run with device events ([`crate::Report::profile`]); off
     /// by default (the events cost a little).
     pub profile: bool,
+    /// A frozen head (a distillation teacher, a reference model) whose weight has more
+    /// vocabulary rows than the loss's vocabulary (set by the first head) is used through its
+    /// first `V` rows and bias entries (no copy) instead of being refused with
+    /// [`crate::Error::HeadVocab`]. Off by default: a vocabulary mismatch is usually a bug,
+    /// and nothing is ever padded or cut silently. A trained head is never cut.
+    pub vocab_prefix: bool,
 }
 
 impl Default for RunOptions {
@@ -40,6 +46,7 @@ impl Default for RunOptions {
             schedule: None,
             grad_dtypes: GradDTypes::default(),
             profile: false,
+            vocab_prefix: false,
         }
     }
 }

@@ -173,6 +173,28 @@ impl<'a> TensorView<'a> {
         self.data
     }
 
+    /// The first `n` entries along the first axis (a prefix of the data, no copy); `None`
+    /// for a 0-dimensional view or `n` beyond the first axis.
+    pub fn leading(&self, n: usize) -> Option<TensorView<'a>> {
+        let (&first, rest) = self.shape.split_first()?;
+        if n > first {
+            return None;
+        }
+        let len = n * rest.iter().product::<usize>();
+        let data = match self.data {
+            TensorData::F64(x) => TensorData::F64(&x[..len]),
+            TensorData::F32(x) => TensorData::F32(&x[..len]),
+            TensorData::F16(x) => TensorData::F16(&x[..len]),
+            TensorData::BF16(x) => TensorData::BF16(&x[..len]),
+            TensorData::I64(x) => TensorData::I64(&x[..len]),
+            TensorData::I32(x) => TensorData::I32(&x[..len]),
+            TensorData::Bool(x) => TensorData::Bool(&x[..len]),
+        };
+        let mut shape = self.shape.clone();
+        shape[0] = n;
+        Some(TensorView { data, shape })
+    }
+
     /// The elements as f64 (floats only).
     pub fn to_f64(&self, name: &str) -> Result<Vec<f64>, Error> {
         Ok(match self.data {

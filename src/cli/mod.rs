@@ -79,6 +79,10 @@ enum Command {
         /// Time every phase on the device (CUDA) and print the breakdown.
         #[arg(long)]
         profile: bool,
+        /// A frozen head (teacher, reference) with a larger vocabulary than the first head's
+        /// is used through its first rows, instead of being refused.
+        #[arg(long)]
+        vocab_prefix: bool,
     },
     /// Show the IR stages of a built-in loss or a `.lir` file.
     Ir {
@@ -254,6 +258,7 @@ pub fn main() -> ExitCode {
             ignore_index,
             grad_dtype,
             profile,
+            vocab_prefix,
         } => target::resolve(name.as_deref(), loss_file.as_deref(), func.as_deref()).and_then(
             |loss| {
                 run::run(
@@ -268,6 +273,7 @@ pub fn main() -> ExitCode {
                     ignore_index,
                     &grad_dtype,
                     profile,
+                    vocab_prefix,
                 )
             },
         ),
@@ -288,6 +294,17 @@ pub fn main() -> ExitCode {
         })) => {
             eprintln!(
                 "error: gradients returned in bf16/f16 keep an f32 working copy of {copies} bytes during the run, and with it the smallest chunk needs {needed} bytes, more than the budget of {budget}; raise --chunk-memory or use --grad-dtype f32"
+            );
+            ExitCode::from(1)
+        }
+        Err(Error::Runtime(crate::runtime::Error::HeadVocab {
+            head,
+            got,
+            v,
+            trainable: false,
+        })) => {
+            eprintln!(
+                "error: head `{head}` has a vocabulary of {got} rows, the loss's vocabulary (its first head's) has {v}; pass --vocab-prefix to use its first rows (its tokens beyond them are dropped), or give heads of one vocabulary"
             );
             ExitCode::from(1)
         }

@@ -127,6 +127,7 @@ pub(crate) fn run(
     ignore_index: i64,
     grad_dtype: &str,
     profile: bool,
+    vocab_prefix: bool,
 ) -> Result<(), Error> {
     let mut ps = ParamSet::new();
     for kv in params {
@@ -161,6 +162,7 @@ pub(crate) fn run(
         schedule: strategy,
         grad_dtypes: crate::GradDTypes::parse(grad_dtype)?,
         profile,
+        vocab_prefix,
     };
     if let Some(o) = out {
         check_output(o, inputs)?;

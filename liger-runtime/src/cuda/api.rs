@@ -385,6 +385,10 @@ pub fn run_device(
             head.w.shape(),
             head.b.as_ref().map(DeviceTensor::shape),
             &mut dims,
+            check::VocabRule {
+                prefix: opts.vocab_prefix,
+                trainable: hp.grad.is_some(),
+            },
         )?;
         let parts = [
             ("x", Some(&head.x)),
@@ -503,7 +507,9 @@ pub fn run_device(
             engine,
             st,
             &format!("{name}.w"),
-            (w, head.w.dtype(), head.w.len()),
+            // Only the first `v` rows are read (all of them unless `vocab_prefix` cut a
+            // frozen head's larger vocabulary).
+            (w, head.w.dtype(), v * h),
         )?;
         let b = match &head.b {
             Some(b) => {
