@@ -71,6 +71,7 @@ fn gpu_stream_kernels_match_the_cpu_executor() {
                     }
                 })
                 .collect();
+            let tokens: Vec<i64> = target.iter().map(|&k| k.max(0)).collect();
             let seq: Vec<f32> = (0..s).map(|_| normal(&mut rng, 5.0)).collect();
             let row: Vec<f32> = (0..s * t).map(|_| normal(&mut rng, 1.0)).collect();
             let seq_mask: Vec<bool> = (0..s).map(|i| i % 2 == 0).collect();
@@ -83,9 +84,9 @@ fn gpu_stream_kernels_match_the_cpu_executor() {
                 use liger::ir::InputKind as K;
                 let n = input.name.as_str();
                 set = match input.kind {
-                    K::Target | K::Tokens => {
-                        set.tensor(n, TensorView::new(&target, &[s, t]).expect("t"))
-                    }
+                    K::Target => set.tensor(n, TensorView::new(&target, &[s, t]).expect("t")),
+                    // Sampled tokens have no ignore value: every id is in range.
+                    K::Tokens => set.tensor(n, TensorView::new(&tokens, &[s, t]).expect("t")),
                     K::SeqInput => set.tensor(n, TensorView::new(&seq, &[s]).expect("seq")),
                     K::SeqMask => set.tensor(n, TensorView::new(&seq_mask, &[s]).expect("m")),
                     K::RowInput => set.tensor(n, TensorView::new(&row, &[s, t]).expect("row")),
@@ -340,7 +341,11 @@ fn compare_outputs(
     bf16: bool,
     failures: &mut Vec<String>,
 ) {
-    let close = |a: f32, b: f32| (a - b).abs() <= 1e-5 + 1e-4 * b.abs();
+    // fp32: |a − b| ≤ atol + 1e-4·|b| with atol 1e-5 of the tensor's scale (its largest
+    // magnitude, at least 1): a gradient element that cancels to far below the tensor's scale
+    // (SppoHard on summed log-probs: max |dW| 718, an element of 0.0126) is held to the
+    // rounding of the terms it is summed from, not to its own magnitude.
+    let close = |a: f32, b: f32, scale: f32| (a - b).abs() <= 1e-5 * scale + 1e-4 * b.abs();
     let mut pairs: Vec<(String, Vec<f32>, Vec<f32>)> =
         vec![("loss".into(), vec![gpu.loss], vec![cpu.loss])];
     for m in &cpu.metrics {
@@ -375,11 +380,14 @@ fn compare_outputs(
             if e > 1e-2 {
                 failures.push(format!("{what}: {name} relative error {e:.3e}"));
             }
-        } else if let Some((i, (x, y))) = a
+            continue;
+        }
+        let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+        if let Some((i, (x, y))) = a
             .iter()
             .zip(&b)
             .enumerate()
-            .find(|(_, (x, y))| !close(**x, **y))
+            .find(|(_, (x, y))| !close(**x, **y, scale))
         {
             failures.push(format!(
                 "{what}: {name}[{i}] = {x} on the GPU, {y} on the CPU"

@@ -24,7 +24,7 @@ pub(super) fn array_kernel(
     let mut s = String::new();
     let _ = writeln!(s, "{} {{", c_signature(kind, name));
     s += "    if (blockIdx.x != 0 || blockDim.x != LIGER_BLOCK) { return; }\n";
-    s += "    const int P = S / 2;\n    const int R = S * T;\n    __shared__ float sh[32];\n    (void)P; (void)R; (void)V;\n";
+    s += "    const int P = S / 2;\n    const int R = S * T;\n    __shared__ float sh[32];\n    __shared__ double shd[32];\n    (void)P; (void)R; (void)V; (void)sh; (void)shd;\n";
     let count = |l: Level| match l {
         Level::Row => "R",
         Level::Seq => "S",
@@ -91,28 +91,35 @@ pub(super) fn array_kernel(
                     s,
                     "    for (int q = threadIdx.x; q < S; q += LIGER_BLOCK) {{"
                 );
-                s += "        float sum = 0.0f; int cnt = 0;\n        for (int e = q * T; e < (q + 1) * T; ++e) {\n";
+                // Accumulated in f64 (as the CPU executor does), rounded once.
+                s += "        double sum = 0.0; int cnt = 0;\n        for (int e = q * T; e < (q + 1) * T; ++e) {\n";
                 let cond = m.map_or("true".to_string(), |m| read(*m, Level::Row, "e"));
                 let val = x.map_or("0.0f".to_string(), |x| read(x, Level::Row, "e"));
-                let _ = writeln!(s, "            if ({cond}) {{ sum += {val}; cnt += 1; }}");
+                let _ = writeln!(
+                    s,
+                    "            if ({cond}) {{ sum += (double)({val}); cnt += 1; }}"
+                );
                 s += "        }\n";
                 match red {
                     Some(SeqReduce::Sum) => {
                         if m.is_some() {
                             s += "        if (cnt == 0) { status[LIGER_STATUS_EMPTY_SUM] = 1; atomicMin(&status[LIGER_STATUS_EMPTY_SUM_INDEX], q); }\n";
                         }
-                        let _ = writeln!(s, "        {out}[q] = sum;");
+                        let _ = writeln!(s, "        {out}[q] = (float)sum;");
                     }
                     None => {
                         let _ = writeln!(s, "        {out}[q] = (float)cnt;");
                     }
                     Some(SeqReduce::MeanOrZero) => {
-                        let _ = writeln!(s, "        {out}[q] = sum / (float)(cnt > 1 ? cnt : 1);");
+                        let _ = writeln!(
+                            s,
+                            "        {out}[q] = (float)(sum / (double)(cnt > 1 ? cnt : 1));"
+                        );
                     }
                     Some(SeqReduce::Mean) => {
                         let _ = writeln!(
                             s,
-                            "        if (cnt == 0) {{ status[LIGER_STATUS_EMPTY_SEQ] = 1; atomicMin(&status[LIGER_STATUS_EMPTY_SEQ_INDEX], q); }}\n        {out}[q] = cnt > 0 ? sum / (float)cnt : 0.0f;"
+                            "        if (cnt == 0) {{ status[LIGER_STATUS_EMPTY_SEQ] = 1; atomicMin(&status[LIGER_STATUS_EMPTY_SEQ_INDEX], q); }}\n        {out}[q] = cnt > 0 ? (float)(sum / (double)cnt) : 0.0f;"
                         );
                     }
                 }
@@ -152,19 +159,19 @@ pub(super) fn array_kernel(
                 };
                 let _ = writeln!(
                     s,
-                    "    {{\n        float sum = 0.0f, cnt = 0.0f;\n        for (int e = threadIdx.x; e < {m}; e += LIGER_BLOCK) {{ if ({cond}) {{ sum += {val}; cnt += 1.0f; }} }}"
+                    "    {{\n        double sum = 0.0, cnt = 0.0;\n        for (int e = threadIdx.x; e < {m}; e += LIGER_BLOCK) {{ if ({cond}) {{ sum += (double)({val}); cnt += 1.0; }} }}"
                 );
-                s += "        sum = liger_block_sum(sum, sh);\n        cnt = liger_block_sum(cnt, sh);\n";
+                s += "        sum = liger_block_sum_d(sum, shd);\n        cnt = liger_block_sum_d(cnt, shd);\n";
                 let row_mean = node.op == Op::Mean && xl == Level::Row;
                 let res = if matches!(node.op, Op::Sum | Op::SumAll | Op::NumValid) {
-                    "sum"
+                    "(float)sum"
                 } else if row_mean {
-                    "(cnt > 0.0f ? sum / cnt : 0.0f)"
+                    "(cnt > 0.0 ? (float)(sum / cnt) : 0.0f)"
                 } else {
-                    "sum / cnt"
+                    "(float)(sum / cnt)"
                 };
                 if row_mean {
-                    s += "        if (threadIdx.x == 0 && cnt == 0.0f) { status[LIGER_STATUS_MEAN_NO_ROWS] = 1; }\n";
+                    s += "        if (threadIdx.x == 0 && cnt == 0.0) { status[LIGER_STATUS_MEAN_NO_ROWS] = 1; }\n";
                 }
                 let _ = writeln!(
                     s,

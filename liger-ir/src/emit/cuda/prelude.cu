@@ -40,6 +40,20 @@ __device__ __forceinline__ float liger_block_sum(float x, float* sh) {
     __syncthreads();
     return sh[0];
 }
+// The same in f64: the one-block array kernels accumulate their O(rows) sums in double, as
+// the CPU executor does, so a batch or sequence total of many rows keeps f32's precision.
+__device__ __forceinline__ double liger_block_sum_d(double x, double* sh) {
+    for (int o = 16; o > 0; o >>= 1) { x += __shfl_xor_sync(0xffffffffu, x, o); }
+    const int w = threadIdx.x >> 5, l = threadIdx.x & 31;
+    __syncthreads();
+    if (l == 0) { sh[w] = x; }
+    __syncthreads();
+    x = (threadIdx.x < (LIGER_BLOCK >> 5)) ? sh[threadIdx.x] : 0.0;
+    if (w == 0) { for (int o = 16; o > 0; o >>= 1) { x += __shfl_xor_sync(0xffffffffu, x, o); } }
+    if (threadIdx.x == 0) { sh[0] = x; }
+    __syncthreads();
+    return sh[0];
+}
 __device__ __forceinline__ float liger_block_max(float x, float* sh) {
     for (int o = 16; o > 0; o >>= 1) { x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o)); }
     const int w = threadIdx.x >> 5, l = threadIdx.x & 31;
