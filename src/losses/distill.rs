@@ -10,6 +10,11 @@ use crate::prelude::*;
 /// `Reverse` is `KL(P_s ‖ P_t) = Σ_v e^s (s − t)`. The hard term is the cross-entropy of the
 /// untempered student logits; no `τ²` rescaling (as the peers). Ignored rows contribute
 /// nothing. Metrics: the two unweighted terms.
+///
+/// The teacher's vocabulary must be the student's: a teacher `W` with more rows is refused
+/// (`HeadVocab`) unless `RunOptions::vocab_prefix` (`--vocab-prefix`) is set, which uses its
+/// first `V_student` rows and bias entries (no copy); this holds for every frozen head of
+/// every loss.
 #[chunked_loss]
 pub fn kl_distill(
     student: Logits,
