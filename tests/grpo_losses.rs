@@ -574,8 +574,29 @@ fn inputs<'a>(c: &Case, sh: Shape, d: &'a Data) -> InputSet<'a> {
 }
 
 fn run_case(c: &Case, sh: Shape, d: &Data, closed: bool, every_schedule: bool) -> usize {
+    run_with(
+        c,
+        sh,
+        d,
+        closed,
+        every_schedule,
+        inputs(c, sh, d),
+        (1e-5, 1e-4),
+    )
+}
+
+/// `run_case` on the input set `set` (the data of `d`, in whatever dtype), gradients compared
+/// at `(atol, rtol)`.
+fn run_with(
+    c: &Case,
+    sh: Shape,
+    d: &Data,
+    closed: bool,
+    every_schedule: bool,
+    set: InputSet<'_>,
+    (atol, rtol): (f64, f64),
+) -> usize {
     let (loss, kl, clip, dx, dw, db) = expected(c, sh, d, closed);
-    let set = inputs(c, sh, d);
     let params = c.params();
     let names: Vec<&str> = set.names().collect();
     let (p, _) =
@@ -621,10 +642,10 @@ fn run_case(c: &Case, sh: Shape, d: &Data, closed: bool, every_schedule: bool) -
             1e-6,
         );
         let g = out.grad("policy").expect("grad");
-        check(&format!("{what} dx"), &g.x.to_f32(), &dx, 1e-5, 1e-4);
-        check(&format!("{what} dW"), &g.w.to_f32(), &dw, 1e-5, 1e-4);
+        check(&format!("{what} dx"), &g.x.to_f32(), &dx, atol, rtol);
+        check(&format!("{what} dW"), &g.w.to_f32(), &dw, atol, rtol);
         if let (Some(gb), Some(wb)) = (&g.b, &db) {
-            check(&format!("{what} db"), &gb.to_f32(), wb, 1e-5, 1e-4);
+            check(&format!("{what} db"), &gb.to_f32(), wb, atol, rtol);
         }
     }
     runs
@@ -661,10 +682,16 @@ fn cases() -> Vec<Case> {
                 reference: Ref::Head,
                 is_ratio: false,
                 bias_correction: true,
-                beta: 0.04,
-                eps_low: 0.2,
-                eps_high: if lt == "Cispo" { 5.0 } else { 0.2 },
-                temperature: 0.8,
+                // The peers' second combination (β, ε_low, ε_high, τ) = (0, 0.1, 0.1, 2) at
+                // the sequence level: a zero KL weight still computes `kl_mean`.
+                beta: if sequence { 0.0 } else { 0.04 },
+                eps_low: if sequence { 0.1 } else { 0.2 },
+                eps_high: match (lt, sequence) {
+                    ("Cispo", _) => 5.0,
+                    (_, true) => 0.1,
+                    _ => 0.2,
+                },
+                temperature: if sequence { 2.0 } else { 0.8 },
                 delta: 0.0,
                 num_items: 97.0,
                 max_len: 40.0,
@@ -691,6 +718,47 @@ fn every_loss_type_and_level_against_closed_form_gradients_at_16x128x64x512() {
         let d = data(LARGE, c, 150 + k as u64);
         run_case(c, LARGE, &d, true, false);
     }
+}
+
+/// bf16 hidden states and weights (policy and reference heads): the naive formulas on the
+/// rounded inputs, at the fp32 tolerances (the peers allow 1e-1/5e-1 in bf16; the f32
+/// computation on bf16 inputs has no reason to be looser than on f32 inputs).
+#[test]
+fn bf16_inputs_against_the_naive_formulas_on_the_rounded_inputs() {
+    use half::bf16;
+    let round = |x: &mut Vec<f32>| {
+        for v in x.iter_mut() {
+            *v = bf16::from_f32(*v).to_f32();
+        }
+    };
+    let to = |x: &[f32]| -> Vec<bf16> { x.iter().map(|&v| bf16::from_f32(v)).collect() };
+    let mut runs = 0;
+    for (k, c) in cases().iter().enumerate().filter(|(k, _)| k % 3 == 0) {
+        let mut d = data(SMALL, c, 250 + k as u64);
+        for a in [&mut d.x, &mut d.w, &mut d.xr, &mut d.wr] {
+            round(a);
+        }
+        let (xb, wb, xrb, wrb) = (to(&d.x), to(&d.w), to(&d.xr), to(&d.wr));
+        let sh = SMALL;
+        fn head<'a>(x: &'a [bf16], w: &'a [bf16], sh: Shape) -> (TensorView<'a>, TensorView<'a>) {
+            (
+                TensorView::new(x, &[sh.s, sh.t, sh.h]).expect("x"),
+                TensorView::new(w, &[sh.v, sh.h]).expect("w"),
+            )
+        }
+        let (x, w) = head(&xb, &wb, sh);
+        let policy = match &d.b {
+            Some(b) => Head::with_bias(x, w, TensorView::new(&b[..], &[sh.v]).expect("b")),
+            None => Head::new(x, w),
+        };
+        let mut set = inputs(c, sh, &d).head("policy", policy);
+        if matches!(c.reference, Ref::Head) {
+            let (x, w) = head(&xrb, &wrb, sh);
+            set = set.head("reference", Head::new(x, w));
+        }
+        runs += run_with(c, sh, &d, false, false, set, (1e-5, 1e-4));
+    }
+    assert!(runs >= 10, "{runs}");
 }
 
 /// A sequence with no completion token and a batch with none at all: the clamped
