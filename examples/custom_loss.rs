@@ -106,7 +106,13 @@ fn main() -> Result<(), liger::Error> {
         };
         let out = FocalDpo.run(&Runtime::cpu(), &inputs, &p, &RunOptions::default())?;
         let g = out.grad("policy").map_or(0.0, |g| {
-            g.w.to_f32().iter().map(|x| x * x).sum::<f32>().sqrt()
+            g.w.as_ref()
+                .expect("gradient")
+                .to_f32()
+                .iter()
+                .map(|x| x * x)
+                .sum::<f32>()
+                .sqrt()
         });
         println!("  gamma {gamma}: loss {:.6}, |dW| {g:.4e}", out.loss);
     }

@@ -67,14 +67,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // More work could be queued on `stream` here, reading out.loss() or the gradients.
     out.check()?; // the one synchronisation, when we choose it
     let g = out.grad("logits").ok_or("gradients")?;
+    let (gx, gw) = (g.x.as_ref().ok_or("grad x")?, g.w.as_ref().ok_or("grad W")?);
     println!(
         "FLCE on the device: queued in {:.2} ms, {} on the GPU; grad x {} [{}], grad W {} [{}]",
         queued.as_secs_f64() * 1e3,
         out.report().strategy,
-        g.x.dtype(),
-        g.x.len(),
-        g.w.dtype(),
-        g.w.len()
+        gx.dtype(),
+        gx.len(),
+        gw.dtype(),
+        gw.len()
     );
 
     // The same batch through the CPU executor.
@@ -97,8 +98,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let den: f64 = b.iter().map(|q| f64::from(*q).powi(2)).sum();
         (num / den.max(1e-30)).sqrt()
     };
-    let (hx, cx) = (host.grads[0].x.to_f32(), cpu.grads[0].x.to_f32());
-    let (hw, cw) = (host.grads[0].w.to_f32(), cpu.grads[0].w.to_f32());
+    let (hx, cx) = (
+        host.grads[0].x.as_ref().expect("gradient").to_f32(),
+        cpu.grads[0].x.as_ref().expect("gradient").to_f32(),
+    );
+    let (hw, cw) = (
+        host.grads[0].w.as_ref().expect("gradient").to_f32(),
+        cpu.grads[0].w.as_ref().expect("gradient").to_f32(),
+    );
     println!(
         "loss {:.6} (CPU {:.6}); relative L2 difference: grad x {:.2e}, grad W {:.2e}",
         host.loss,

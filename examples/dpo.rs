@@ -80,7 +80,10 @@ fn main() -> Result<(), liger::Error> {
         "  f64 reference   {:.6} (relative difference {rel:.2e})",
         reference.loss
     );
-    let gx = &out.grad("policy").map(|g| g.x.to_f32()).unwrap_or_default();
+    let gx = &out
+        .grad("policy")
+        .map(|g| g.x.as_ref().expect("gradient").to_f32())
+        .unwrap_or_default();
     let rx = &reference
         .grad("policy")
         .map(|g| g.x.clone())

@@ -3,7 +3,8 @@
 //!
 //! Cases (bf16 inputs, fp32 `grad W`): DPO with a reference head, ORPO, KTO with a reference
 //! head, GRPO (Dapo, no reference, on-policy), FLCE, and JSD and KL distillation with a
-//! teacher head at S1 = 8 sequences x 1024 tokens, H = 4096, V = 128256; DPO at 1 pair x
+//! teacher head at S1 (FLCE and DPO also with a frozen lm-head weight: `grad W` not asked
+//! for, the floor without its GEMM) = 8 sequences x 1024 tokens, H = 4096, V = 128256; DPO at 1 pair x
 //! 4096, 8192 and 16384 tokens. Time = median over repetitions of the device time of the
 //! compute (inputs already on the device); floor = the same GEMMs on the same input data with
 //! bf16 output through cuBLAS, measured in the same run, with its TFLOP/s.
@@ -64,6 +65,8 @@ pub fn run(budget: usize, reps: usize, profile: bool, only: &str) -> Result<Vec<
         ("kto S1 8x1024 ref head", &Kto, 8, 1024),
         ("grpo S1 8x1024 dapo no ref", &Grpo, 8, 1024),
         ("flce S1 8x1024", &Flce, 8, 1024),
+        ("flce S1 8x1024 frozen W", &Flce, 8, 1024),
+        ("dpo S1 8x1024 ref head frozen W", &Dpo, 8, 1024),
         ("jsd S1 8x1024 teacher head", &Jsd, 8, 1024),
         ("kl_distill S1 8x1024 teacher", &KlDistill, 8, 1024),
         ("dpo 1 pair x 4096", &Dpo, 2, 4096),
@@ -101,17 +104,21 @@ pub fn run(budget: usize, reps: usize, profile: bool, only: &str) -> Result<Vec<
         let tokens: Vec<i64> = (0..s * t).map(|i| ((i * 7919) % v) as i64).collect();
         let mask: Vec<bool> = (0..s * t).map(|i| i % t >= t / 8).collect();
         let advantages: Vec<f32> = (0..s).map(|i| (i as f32 - 3.5) / 2.0).collect();
+        // "frozen W": the lm-head weight is not trained (LoRA), only `dx` is asked for.
+        let frozen_w = name.ends_with("frozen W");
         let policy = FloorHead {
             x: &x,
             w: &w,
             h,
-            grad: true,
+            dx: true,
+            dw: !frozen_w,
         };
         let frozen = FloorHead {
             x: &xr,
             w: &wr,
             h,
-            grad: false,
+            dx: false,
+            dw: false,
         };
         let (set, heads): (InputSet<'_>, Vec<FloorHead<'_>>) = match loss.name() {
             "dpo" => (
@@ -160,6 +167,11 @@ pub fn run(budget: usize, reps: usize, profile: bool, only: &str) -> Result<Vec<
         };
         let opts = RunOptions {
             chunk_memory: budget,
+            grads: if frozen_w {
+                crate::Wanted::parse("x,b")?
+            } else {
+                crate::Wanted::ALL
+            },
             ..RunOptions::default()
         };
         let params = ParamSet::new();

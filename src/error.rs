@@ -121,6 +121,9 @@ pub enum Error {
         /// Which inputs are used in its place (` (it uses `x` instead: …)`), or empty.
         instead: String,
     },
+    /// A benchmark that cannot be measured or drawn.
+    #[error("bench: {0}")]
+    Bench(String),
     /// A file that cannot be read or written, or that is malformed.
     #[error("{path}: {why}")]
     File {

@@ -40,6 +40,8 @@ mod dynamic;
 mod error;
 #[cfg(feature = "io")]
 pub mod io;
+#[cfg(feature = "cli")]
+pub mod sweep;
 #[doc = include_str!("../docs/language.md")]
 pub mod language {}
 pub mod loss;
@@ -58,7 +60,7 @@ pub use liger_runtime as runtime;
 pub use liger_runtime::{
     DType, DeviceGrad, DeviceHead, DeviceHeadGrads, DeviceInput, DeviceInputs, DeviceOutput,
     DeviceTensor, GradBuf, GradDTypes, Head, HeadGrads, InputSet, InputValue, LossOutput,
-    MetricOutput, Pipeline, Report, RunOptions, Runtime, Strategy, TensorData, TensorView,
+    MetricOutput, Pipeline, Report, RunOptions, Runtime, Strategy, TensorData, TensorView, Wanted,
 };
 pub use loss::{ChunkedLoss, DefaultValue, ParamInfo, ParamKind, ParamRange, SpecInfo};
 pub use params::{ParamSet, ResolvedParams};

@@ -690,8 +690,16 @@ fn every_builtin_runs_from_safetensors() {
         assert!(want.loss.is_finite(), "{name}: {}", want.loss);
         assert!(!want.grads.is_empty(), "{name}: no gradient");
         for g in &want.grads {
-            assert_eq!(f32s(&format!("grad.{}.x", g.head)), g.x.to_f32(), "{name}");
-            assert_eq!(f32s(&format!("grad.{}.w", g.head)), g.w.to_f32(), "{name}");
+            assert_eq!(
+                f32s(&format!("grad.{}.x", g.head)),
+                g.x.as_ref().expect("gradient").to_f32(),
+                "{name}"
+            );
+            assert_eq!(
+                f32s(&format!("grad.{}.w", g.head)),
+                g.w.as_ref().expect("gradient").to_f32(),
+                "{name}"
+            );
         }
         for p in chosen.iter().filter(|p| p.kind == K::Frozen) {
             assert!(
@@ -704,4 +712,42 @@ fn every_builtin_runs_from_safetensors() {
             assert_eq!(f32s(&format!("metric.{}", m.name)), m.values, "{name}");
         }
     }
+}
+
+/// `--grads x` (a frozen lm-head weight) writes only `dx`, bitwise the full run's; `--grads
+/// none` writes no gradient; a bad list names the bad entry.
+#[test]
+fn run_writes_only_the_gradients_asked_for() {
+    let input = tmp("grads_in.safetensors");
+    dpo_file(&input);
+    let mut outs = Vec::new();
+    for spec in ["x,w,b", "x", "none"] {
+        let output = tmp(&format!("grads_out_{}.safetensors", spec.replace(',', "")));
+        let st = liger()
+            .args([
+                "run", "dpo", "--inputs", &input, "--out", &output, "--grads", spec,
+            ])
+            .output()
+            .expect("runs");
+        assert!(
+            st.status.success(),
+            "{spec}: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        outs.push(liger::io::read(&output).expect("reads"));
+    }
+    let (all, x_only, none) = (&outs[0], &outs[1], &outs[2]);
+    assert!(all.contains_key("grad.policy.w") && all.contains_key("grad.policy.b"));
+    assert_eq!(x_only["grad.policy.x"].data, all["grad.policy.x"].data);
+    assert!(!x_only.contains_key("grad.policy.w") && !x_only.contains_key("grad.policy.b"));
+    assert!(
+        !none.keys().any(|k| k.starts_with("grad.")),
+        "{:?}",
+        none.keys()
+    );
+    assert_eq!(none["loss"].data, all["loss"].data);
+    fails_with(
+        &["run", "dpo", "--inputs", &input, "--grads", "x,dw"],
+        "`dw` is not a gradient",
+    );
 }

@@ -140,7 +140,10 @@ fn compare(what: &str, out: &liger::LossOutput, want: &liger::reference::Output,
         let g = out
             .grad(&gw.head)
             .unwrap_or_else(|| panic!("{what}: grad {}", gw.head));
-        let mut tensors = vec![("x", g.x.to_f32(), &gw.x), ("w", g.w.to_f32(), &gw.w)];
+        let mut tensors = vec![
+            ("x", g.x.as_ref().expect("gradient").to_f32(), &gw.x),
+            ("w", g.w.as_ref().expect("gradient").to_f32(), &gw.w),
+        ];
         if let (Some(a), Some(b)) = (&g.b, &gw.b) {
             tensors.push(("b", a.to_f32(), b));
         } else {
@@ -422,4 +425,122 @@ fn a_uniform_bias_of_1e7_cancels_exactly_under_every_schedule() {
             }
         }
     }
+}
+
+/// `RunOptions::grads`: every subset of {x, W, b} under every schedule gives the full run's
+/// loss and metrics, the asked-for gradients bitwise, `None` for the others, fewer GEMM FLOPs
+/// in the report, and no f32 working copy (budget) for a gradient not asked for.
+#[test]
+fn gradients_not_asked_for_are_not_computed() {
+    let shape = Shape {
+        s: 4,
+        t: 23,
+        h: 19,
+        v: 61,
+    };
+    let rt = Runtime::cpu();
+    let mut runs = 0;
+    for (ci, case) in cases().iter().enumerate() {
+        let d = data(case, &shape, 300 + ci as u64, true, -100);
+        let set = inputs(case, &shape, &d, &[], &[], false);
+        for strategy in schedules(case, &set) {
+            let base = RunOptions {
+                schedule: Some(strategy),
+                chunk_memory: (4 << 20) + (120 << 10),
+                ..RunOptions::default()
+            };
+            let full = liger::run(case.loss, &rt, &set, &case.params, &base).expect("full");
+            for mask in 0..8u8 {
+                let wanted = liger::Wanted {
+                    x: mask & 1 != 0,
+                    w: mask & 2 != 0,
+                    b: mask & 4 != 0,
+                };
+                let opts = RunOptions {
+                    grads: wanted,
+                    ..base
+                };
+                let what = format!("{} {strategy} {wanted:?}", case.loss.name());
+                let out = liger::run(case.loss, &rt, &set, &case.params, &opts)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                runs += 1;
+                assert_eq!(out.loss.to_bits(), full.loss.to_bits(), "{what}");
+                assert_eq!(out.metrics, full.metrics, "{what}");
+                assert_eq!(out.grads.len(), full.grads.len(), "{what}");
+                for (g, f) in out.grads.iter().zip(&full.grads) {
+                    for (part, on, got, all) in [
+                        ("x", wanted.x, &g.x, &f.x),
+                        ("w", wanted.w, &g.w, &f.w),
+                        ("b", wanted.b, &g.b, &f.b),
+                    ] {
+                        if on {
+                            assert_eq!(got, all, "{what}: {part} differs from the full run");
+                        } else {
+                            assert!(got.is_none(), "{what}: {part} was not asked for");
+                        }
+                    }
+                }
+                let gemms = u8::from(wanted.x) + u8::from(wanted.w);
+                if gemms < 2 {
+                    assert!(
+                        out.report.gemm_flops < full.report.gemm_flops,
+                        "{what}: {} vs {} FLOPs",
+                        out.report.gemm_flops,
+                        full.report.gemm_flops
+                    );
+                }
+            }
+        }
+    }
+    assert!(runs >= 96, "{runs}");
+    // bf16 gradients keep an f32 working copy only of the ones asked for: a budget that fits
+    // with W frozen but not with every copy.
+    let case = &cases()[2];
+    let big = Shape {
+        s: 2,
+        t: 8,
+        h: 64,
+        v: 4099,
+    };
+    let d = data(case, &big, 7, false, -100);
+    let set = inputs(case, &big, &d, &[], &[], false);
+    let bf = RunOptions {
+        grad_dtypes: liger::GradDTypes::all(liger::DType::BF16),
+        chunk_memory: (4 << 20) + (600 << 10),
+        ..RunOptions::default()
+    };
+    let err = liger::run(case.loss, &rt, &set, &case.params, &bf).expect_err("copies");
+    assert!(
+        matches!(
+            err,
+            liger::Error::Runtime(liger::runtime::Error::GradBudget { .. })
+        ),
+        "{err}"
+    );
+    let frozen = RunOptions {
+        grads: liger::Wanted::parse("x").expect("x"),
+        ..bf
+    };
+    let out = liger::run(case.loss, &rt, &set, &case.params, &frozen).expect("W frozen");
+    assert!(out.grads[0].w.is_none() && out.grads[0].x.is_some());
+}
+
+#[test]
+fn gradient_selections_parse_or_say_why() {
+    use liger::Wanted;
+    assert_eq!(Wanted::parse("x,w,b").expect("all"), Wanted::ALL);
+    assert_eq!(Wanted::parse("none").expect("none"), Wanted::NONE);
+    assert_eq!(
+        Wanted::parse(" x ").expect("x"),
+        Wanted {
+            x: true,
+            w: false,
+            b: false
+        }
+    );
+    let err = Wanted::parse("x,W").expect_err("W").to_string();
+    assert!(
+        err.contains("`W` is not a gradient") && err.contains("x, w, b"),
+        "{err}"
+    );
 }

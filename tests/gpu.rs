@@ -360,8 +360,16 @@ fn compare_outputs(
             failures.push(format!("{what}: no gradient of {}", c.head));
             continue;
         };
-        pairs.push((format!("d{}.x", c.head), g.x.to_f32(), c.x.to_f32()));
-        pairs.push((format!("d{}.w", c.head), g.w.to_f32(), c.w.to_f32()));
+        pairs.push((
+            format!("d{}.x", c.head),
+            g.x.as_ref().expect("gradient").to_f32(),
+            c.x.as_ref().expect("gradient").to_f32(),
+        ));
+        pairs.push((
+            format!("d{}.w", c.head),
+            g.w.as_ref().expect("gradient").to_f32(),
+            c.w.as_ref().expect("gradient").to_f32(),
+        ));
         if let (Some(a), Some(b)) = (&g.b, &c.b) {
             pairs.push((format!("d{}.b", c.head), a.to_f32(), b.to_f32()));
         }
@@ -488,9 +496,11 @@ fn gpu_executor_matches_the_cpu_executor_and_is_deterministic() {
                                 let mut b = vec![o.loss.to_bits()];
                                 for g in &o.grads {
                                     b.extend(
-                                        g.x.to_f32()
+                                        g.x.as_ref()
+                                            .expect("gradient")
+                                            .to_f32()
                                             .iter()
-                                            .chain(&g.w.to_f32())
+                                            .chain(&g.w.as_ref().expect("gradient").to_f32())
                                             .map(|x| x.to_bits()),
                                     );
                                 }
@@ -631,12 +641,9 @@ fn gpu_dpo_16k_tokens_stays_within_a_2gib_budget() {
         "peak extra memory {peak} B exceeds the budget {budget} B"
     );
     assert!(out.loss.is_finite());
-    assert_eq!(out.grads[0].w.len(), v * h);
-    assert_eq!(
-        out.grads[0].w.dtype(),
-        liger::DType::F32,
-        "grad W is returned in fp32"
-    );
+    let gw = out.grads[0].w.as_ref().expect("grad W");
+    assert_eq!(gw.len(), v * h);
+    assert_eq!(gw.dtype(), liger::DType::F32, "grad W is returned in fp32");
 }
 
 /// A CUDA runtime and a stream of our own on it (None, after saying why, without a GPU).
@@ -933,8 +940,8 @@ fn gpu_device_api_matches_the_host_api_and_the_cpu_with_gradient_dtypes() {
                         .iter()
                         .map(|g| liger::HeadGrads {
                             head: g.head.clone(),
-                            x: liger::GradBuf::F32(g.x.to_f32()),
-                            w: liger::GradBuf::F32(g.w.to_f32()),
+                            x: g.x.as_ref().map(|x| liger::GradBuf::F32(x.to_f32())),
+                            w: g.w.as_ref().map(|w| liger::GradBuf::F32(w.to_f32())),
                             b: g.b.as_ref().map(|b| liger::GradBuf::F32(b.to_f32())),
                         })
                         .collect(),
@@ -951,23 +958,23 @@ fn gpu_device_api_matches_the_host_api_and_the_cpu_with_gradient_dtypes() {
                     ));
                 }
                 for (g, hg) in got.grads.iter().zip(&host.grads) {
-                    let same = g.x == liger::GradBuf::from_f32(hg.x.to_f32(), gd.x)
-                        && g.w == liger::GradBuf::from_f32(hg.w.to_f32(), gd.w)
-                        && g.b
-                            == hg
-                                .b
-                                .as_ref()
-                                .map(|b| liger::GradBuf::from_f32(b.to_f32(), gd.b));
+                    let round = |h: &Option<liger::GradBuf>, d| {
+                        h.as_ref().map(|h| liger::GradBuf::from_f32(h.to_f32(), d))
+                    };
+                    let same = g.x == round(&hg.x, gd.x)
+                        && g.w == round(&hg.w, gd.w)
+                        && g.b == round(&hg.b, gd.b);
                     if !same {
                         failures.push(format!(
                             "{what}: {} gradients differ from the host API",
                             g.head
                         ));
                     }
-                    if g.x.dtype() != gd.x || g.w.dtype() != gd.w {
+                    let dt = |g: &Option<liger::GradBuf>| g.as_ref().map(liger::GradBuf::dtype);
+                    if dt(&g.x) != Some(gd.x) || dt(&g.w) != Some(gd.w) {
                         failures.push(format!(
                             "{what}: gradient dtypes {:?}",
-                            (g.x.dtype(), g.w.dtype())
+                            (dt(&g.x), dt(&g.w))
                         ));
                     }
                 }
@@ -2138,6 +2145,142 @@ fn gpu_grpo_distillation_and_class_weights_match_the_cpu_executor() {
     assert_eq!(got.grads, host.grads, "device vs host API");
 }
 
+/// `RunOptions::grads` on CUDA: a subset of {x, W, b} gives the full run's loss, metrics and
+/// asked-for gradients bitwise, `None` for the rest, under every schedule (host and device
+/// APIs).
+fn gpu_gradients_not_asked_for_are_not_computed() {
+    let Some((rt, st)) = runtime_and_stream() else {
+        return;
+    };
+    use liger::runtime::cudarc::driver::CudaSlice;
+    let (s, t, h, v) = (4usize, 37usize, 32usize, 517usize);
+    let mut rng = fastrand::Rng::with_seed(77);
+    let mut f = |n: usize, sd: f32| -> Vec<f32> { (0..n).map(|_| normal(&mut rng, sd)).collect() };
+    let (x, w, b, xr, wr) = (
+        f(s * t * h, 1.0),
+        f(v * h, 0.2),
+        f(v, 0.5),
+        f(s * t * h, 1.0),
+        f(v * h, 0.2),
+    );
+    let target: Vec<i64> = (0..s * t)
+        .map(|i| {
+            if i % 7 == 3 {
+                -100
+            } else {
+                ((i * 31) % v) as i64
+            }
+        })
+        .collect();
+    let head = |x: &'static [f32], w: &'static [f32], b: Option<&'static [f32]>| {
+        let (xv, wv) = (
+            TensorView::new(x, &[s, t, h]).expect("x"),
+            TensorView::new(w, &[v, h]).expect("w"),
+        );
+        match b {
+            Some(b) => liger::Head::with_bias(xv, wv, TensorView::new(b, &[v]).expect("b")),
+            None => liger::Head::new(xv, wv),
+        }
+    };
+    let leak = |x: Vec<f32>| -> &'static [f32] { Box::leak(x.into_boxed_slice()) };
+    let (x, w, b, xr, wr) = (leak(x), leak(w), leak(b), leak(xr), leak(wr));
+    let target: &'static [i64] = Box::leak(target.into_boxed_slice());
+    let tv = || TensorView::new(target, &[s, t]).expect("t");
+    let cases: Vec<(&'static dyn liger::ChunkedLoss, InputSet<'static>)> = vec![
+        (
+            &liger::losses::Flce,
+            InputSet::new()
+                .head("logits", head(x, w, Some(b)))
+                .tensor("target", tv()),
+        ),
+        (
+            &liger::losses::Dpo,
+            InputSet::new()
+                .head("policy", head(x, w, Some(b)))
+                .head("reference", head(xr, wr, None))
+                .tensor("target", tv()),
+        ),
+        (
+            &liger::losses::Jsd,
+            InputSet::new()
+                .head("student", head(x, w, None))
+                .head("teacher", head(xr, wr, None))
+                .tensor("target", tv()),
+        ),
+    ];
+    let params = ParamSet::new();
+    let mut runs = 0;
+    for (loss, set) in &cases {
+        let names: Vec<&str> = set.names().collect();
+        let (p, _) = liger::pipeline_for(*loss, &names, &params).expect("pipeline");
+        for strategy in p.schedule().candidates.clone() {
+            let base = RunOptions {
+                schedule: Some(strategy),
+                chunk_memory: (4 << 20) + (300 << 10),
+                ..RunOptions::default()
+            };
+            let full = liger::run(*loss, &rt, set, &params, &base).expect("full");
+            for spec in ["x", "w", "x,b", "none"] {
+                let wanted = liger::Wanted::parse(spec).expect("spec");
+                let opts = RunOptions {
+                    grads: wanted,
+                    ..base
+                };
+                let what = format!("{} {strategy} grads {spec}", loss.name());
+                let out = liger::run(*loss, &rt, set, &params, &opts)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                runs += 1;
+                assert_eq!(out.loss.to_bits(), full.loss.to_bits(), "{what}");
+                assert_eq!(out.metrics, full.metrics, "{what}");
+                for (g, fg) in out.grads.iter().zip(&full.grads) {
+                    for (part, on, got, all) in [
+                        ("x", wanted.x, &g.x, &fg.x),
+                        ("w", wanted.w, &g.w, &fg.w),
+                        ("b", wanted.b, &g.b, &fg.b),
+                    ] {
+                        if on {
+                            assert_eq!(got, all, "{what}: {part}");
+                        } else {
+                            assert!(got.is_none(), "{what}: {part} not asked for");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(runs >= 24, "{runs}");
+    // The device API with a frozen W: dx only, equal to the host API's.
+    let xd: CudaSlice<f32> = st.clone_htod(x).expect("x");
+    let wd: CudaSlice<f32> = st.clone_htod(w).expect("w");
+    let td: CudaSlice<i64> = st.clone_htod(target).expect("t");
+    let (xs, ws, ts) = ([s, t, h], [v, h], [s, t]);
+    let dev = liger::DeviceInputs::new()
+        .head(
+            "logits",
+            liger::DeviceHead {
+                x: liger::DeviceTensor::new(&xd, &xs).expect("x"),
+                w: liger::DeviceTensor::new(&wd, &ws).expect("w"),
+                b: None,
+            },
+        )
+        .tensor("target", liger::DeviceTensor::new(&td, &ts).expect("t"));
+    let opts = RunOptions {
+        grads: liger::Wanted::parse("x").expect("x"),
+        ..RunOptions::default()
+    };
+    let out =
+        liger::run_device(&liger::losses::Flce, &rt, &dev, &params, &opts, &st).expect("device");
+    let g = &out.grads()[0];
+    assert!(g.x.is_some() && g.w.is_none() && g.b.is_none());
+    let got = out.to_host().expect("host");
+    let set = InputSet::new()
+        .head("logits", head(x, w, None))
+        .tensor("target", tv());
+    let host = liger::run(&liger::losses::Flce, &rt, &set, &params, &opts).expect("host api");
+    assert_eq!(got.grads, host.grads);
+    assert_eq!(got.loss.to_bits(), host.loss.to_bits());
+}
+
 /// Why this machine cannot run the GPU tests (`None`: it can).
 fn gpu_unavailable() -> Option<String> {
     Gpu::new(0).err().map(|e| e.to_string())
@@ -2228,6 +2371,10 @@ fn main() -> std::process::ExitCode {
         trial(
             "gpu_grpo_distillation_and_class_weights_match_the_cpu_executor",
             gpu_grpo_distillation_and_class_weights_match_the_cpu_executor,
+        ),
+        trial(
+            "gpu_gradients_not_asked_for_are_not_computed",
+            gpu_gradients_not_asked_for_are_not_computed,
         ),
     ];
     let tests = tests

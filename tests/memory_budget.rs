@@ -76,7 +76,13 @@ fn measure<T>(f: impl FnOnce() -> T) -> (T, usize) {
 fn output_bytes(out: &liger::LossOutput) -> usize {
     out.grads
         .iter()
-        .map(|g| 4 * (g.x.len() + g.w.len() + g.b.as_ref().map_or(0, liger::GradBuf::len)))
+        .map(|g| {
+            4 * [&g.x, &g.w, &g.b]
+                .into_iter()
+                .flatten()
+                .map(liger::GradBuf::len)
+                .sum::<usize>()
+        })
         .sum()
 }
 

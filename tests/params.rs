@@ -90,7 +90,12 @@ fn enum_from_str_is_case_insensitive_and_typed() {
         "orpo".parse::<DpoType>(),
         Err(Error::BadVariant { .. })
     ));
-    assert_eq!(Reduction::ALL, &[Reduction::Mean, Reduction::Sum]);
+    assert_eq!(
+        Reduction::ALL,
+        &[Reduction::Mean, Reduction::Sum, Reduction::None]
+    );
+    // `None` is an arm like any other (not Rust's `Option::None`), in any case.
+    assert_eq!("none".parse::<Reduction>().ok(), Some(Reduction::None));
 }
 
 #[test]

@@ -110,6 +110,10 @@ pub struct Dims {
     pub vocab: usize,
     /// Hidden size of each head, in [`Schedule::heads`] order (one per head).
     pub hidden: Vec<usize>,
+    /// Whether a trained head's `dx` GEMM runs (its gradient is asked for).
+    pub dx: bool,
+    /// Whether a trained head's `dW` GEMM runs.
+    pub dw: bool,
 }
 
 impl Dims {
@@ -552,7 +556,7 @@ impl Schedule {
             let hid = d.hidden.get(k).copied().unwrap_or(0) as f64;
             flops += 2.0 * r * v * hid;
             if h.grad.is_some() {
-                flops += 4.0 * r * v * hid;
+                flops += 2.0 * r * v * hid * f64::from(u8::from(d.dx) + u8::from(d.dw));
             }
             if s == Strategy::TwoPass && h.in_backward {
                 flops += 2.0 * r * v * hid;

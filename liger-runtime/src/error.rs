@@ -60,6 +60,14 @@ pub enum Error {
         /// The shape given.
         got: Vec<usize>,
     },
+    /// A gradient selection that cannot be parsed.
+    #[error("bad gradient selection `{spec}`: {why}")]
+    BadGrads {
+        /// The text given.
+        spec: String,
+        /// What is wrong.
+        why: String,
+    },
     /// A head whose weight has more vocabulary rows than the loss's vocabulary (set by its
     /// first head), without the option that allows using its first rows.
     #[error(

@@ -38,7 +38,7 @@ pub use host::Arr;
 pub use inputs::{InputSet, InputValue};
 pub use liger_ir::{Pipeline, Strategy};
 pub use output::{GradBuf, HeadGrads, LossOutput, MetricOutput, PhaseTime, Report};
-pub use plan::{Footprint, GradDTypes, MemoryModel, Plan, RunOptions};
+pub use plan::{Footprint, GradDTypes, MemoryModel, Plan, RunOptions, Wanted};
 pub use tensor::{DType, Head, TensorData, TensorView};
 
 use std::collections::BTreeMap;

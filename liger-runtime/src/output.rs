@@ -84,11 +84,11 @@ impl GradBuf {
 pub struct HeadGrads {
     /// The head's name.
     pub head: String,
-    /// `dL/dx`, `[S,T,H]`.
-    pub x: GradBuf,
-    /// `dL/dW`, `[V,H]`, accumulated in f32 across chunks.
-    pub w: GradBuf,
-    /// `dL/db`, `[V]`, when the head has a bias.
+    /// `dL/dx`, `[S,T,H]` (`None` when not asked for, [`crate::RunOptions::grads`]).
+    pub x: Option<GradBuf>,
+    /// `dL/dW`, `[V,H]`, accumulated in f32 across chunks (`None` when not asked for).
+    pub w: Option<GradBuf>,
+    /// `dL/db`, `[V]`, when the head has a bias and it was asked for.
     pub b: Option<GradBuf>,
 }
 
@@ -178,7 +178,11 @@ impl LossOutput {
             }
         }
         for g in &self.grads {
-            for (part, buf) in [("x", Some(&g.x)), ("w", Some(&g.w)), ("b", g.b.as_ref())] {
+            for (part, buf) in [
+                ("x", g.x.as_ref()),
+                ("w", g.w.as_ref()),
+                ("b", g.b.as_ref()),
+            ] {
                 let Some(buf) = buf else { continue };
                 if let Some((i, v)) = buf.first_non_finite() {
                     return bad(format!("grad {}.{part}", g.head), i, v);

@@ -36,6 +36,68 @@ pub struct RunOptions {
     /// [`crate::Error::HeadVocab`]. Off by default: a vocabulary mismatch is usually a bug,
     /// and nothing is ever padded or cut silently. A trained head is never cut.
     pub vocab_prefix: bool,
+    /// Which gradients of the trained heads to compute and return (all by default). A
+    /// gradient not asked for costs nothing: no GEMM, no accumulator, no working copy (a
+    /// frozen lm-head weight under LoRA needs only `x`; an evaluation pass needs none).
+    pub grads: Wanted,
+}
+
+/// Which gradients of each trained head a run computes: `x` (`dL/dx`), `w` (`dL/dW`) and `b`
+/// (`dL/db`, for a head with a bias). A gradient left out is `None` in the output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wanted {
+    /// `dL/dx`.
+    pub x: bool,
+    /// `dL/dW`.
+    pub w: bool,
+    /// `dL/db`.
+    pub b: bool,
+}
+
+impl Default for Wanted {
+    fn default() -> Self {
+        Wanted::ALL
+    }
+}
+
+impl Wanted {
+    /// Every gradient.
+    pub const ALL: Wanted = Wanted {
+        x: true,
+        w: true,
+        b: true,
+    };
+    /// No gradient: loss and metrics only.
+    pub const NONE: Wanted = Wanted {
+        x: false,
+        w: false,
+        b: false,
+    };
+
+    /// Parses a comma-separated list of `x`, `w`, `b` (`x` for a frozen lm-head weight,
+    /// `x,w,b` for all), or `none`.
+    pub fn parse(spec: &str) -> Result<Self, Error> {
+        let mut out = Wanted::NONE;
+        if spec.trim() == "none" {
+            return Ok(out);
+        }
+        for part in spec.split(',') {
+            match part.trim() {
+                "x" => out.x = true,
+                "w" => out.w = true,
+                "b" => out.b = true,
+                other => {
+                    return Err(Error::BadGrads {
+                        spec: spec.into(),
+                        why: format!(
+                            "`{other}` is not a gradient: give a comma-separated list of x, w, b, or none"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl Default for RunOptions {
@@ -47,6 +109,7 @@ impl Default for RunOptions {
             grad_dtypes: GradDTypes::default(),
             profile: false,
             vocab_prefix: false,
+            grads: Wanted::ALL,
         }
     }
 }
@@ -134,10 +197,19 @@ impl GradDTypes {
     }
 
     /// Bytes of f32 working copies these choices add for a head of `rows` x `h` with `v`
-    /// vocabulary entries (and a bias when `bias`).
-    pub fn working_bytes(&self, rows: usize, h: usize, v: usize, bias: bool) -> usize {
-        let f = |d: DType, n: usize| if d == DType::F32 { 0 } else { n * 4 };
-        f(self.x, rows * h) + f(self.w, v * h) + if bias { f(self.b, v) } else { 0 }
+    /// vocabulary entries (and a bias when `bias`), counting only the gradients `wanted`.
+    pub fn working_bytes(
+        &self,
+        rows: usize,
+        h: usize,
+        v: usize,
+        bias: bool,
+        wanted: Wanted,
+    ) -> usize {
+        let f = |on: bool, d: DType, n: usize| {
+            if !on || d == DType::F32 { 0 } else { n * 4 }
+        };
+        f(wanted.x, self.x, rows * h) + f(wanted.w, self.w, v * h) + f(wanted.b && bias, self.b, v)
     }
 }
 

@@ -23,3 +23,49 @@ pub(crate) fn bench(
     }
     Ok(())
 }
+
+/// `liger bench --sweep`: every case over `budgets`, the SVG and (with `json`) the points.
+pub(crate) fn sweep(
+    budgets: &str,
+    reps: usize,
+    json: Option<&str>,
+    peers: &str,
+    svg: &str,
+    only: &str,
+) -> Result<(), Error> {
+    use crate::sweep::{SweepPoint, parse_peers};
+    let file = |path: &str, e: std::io::Error| Error::File {
+        path: path.into(),
+        why: e.to_string(),
+    };
+    // The peers' file is read first: a bad file fails before any GPU time is spent.
+    let text = std::fs::read_to_string(peers).map_err(|e| file(peers, e))?;
+    let peers = parse_peers(&text, peers)?;
+    let budgets = budgets
+        .split(',')
+        .map(|b| crate::runtime::plan::parse_bytes(b.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut points = Vec::new();
+    for &budget in &budgets {
+        match crate::bench::run(budget, reps, false, only) {
+            Ok(rows) => {
+                out(&crate::bench::table(&rows, budget));
+                points.extend(rows.iter().map(|r| SweepPoint::from_row(r, budget)));
+            }
+            // A budget too small for a case ends that budget's column, not the sweep.
+            Err(Error::Runtime(crate::runtime::Error::Budget { needed, .. })) => {
+                eprintln!("budget {budget} B: skipped, a case needs {needed} B");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let picture = crate::sweep::svg(&points, &peers)?;
+    std::fs::write(svg, picture).map_err(|e| file(svg, e))?;
+    out(&format!("wrote {svg} ({} points)\n", points.len()));
+    if let Some(path) = json {
+        let text =
+            serde_json::to_string_pretty(&crate::sweep::json(&points, &peers)).unwrap_or_default();
+        std::fs::write(path, text).map_err(|e| file(path, e))?;
+    }
+    Ok(())
+}

@@ -83,6 +83,10 @@ enum Command {
         /// is used through its first rows, instead of being refused.
         #[arg(long)]
         vocab_prefix: bool,
+        /// The gradients of the trained heads to compute and write: a comma-separated list of
+        /// `x`, `w`, `b` (`x` with a frozen lm-head weight), or `none` (loss and metrics only).
+        #[arg(long, default_value = "x,w,b")]
+        grads: String,
     },
     /// Show the IR stages of a built-in loss or a `.lir` file.
     Ir {
@@ -107,6 +111,19 @@ enum Command {
         /// Only the cases whose name contains this text.
         #[arg(long, default_value = "")]
         only: String,
+        /// Run every case over `--budgets` and draw time (a ratio to the floor) against peak
+        /// memory, one curve per case, with the peers' points of `--peers`.
+        #[arg(long)]
+        sweep: bool,
+        /// The budgets of a sweep.
+        #[arg(long, default_value = "256MiB,512MiB,1GiB,2GiB,4GiB")]
+        budgets: String,
+        /// The peers' points of a sweep (JSON: `{"points": [{"peer", "case", "ms", "peak_gib"}]}`).
+        #[arg(long, default_value = "bench/peers-h200.json")]
+        peers: String,
+        /// Where a sweep writes its SVG.
+        #[arg(long, default_value = "sweep.svg")]
+        svg: String,
     },
     /// Inspect and manage the kernel cache.
     Cache {
@@ -243,7 +260,17 @@ pub fn main() -> ExitCode {
             json,
             profile,
             only,
-        } => bench::bench(&budget, reps, json.as_deref(), profile, &only),
+            sweep,
+            budgets,
+            peers,
+            svg,
+        } => {
+            if sweep {
+                bench::sweep(&budgets, reps, json.as_deref(), &peers, &svg, &only)
+            } else {
+                bench::bench(&budget, reps, json.as_deref(), profile, &only)
+            }
+        }
         Command::Run {
             name,
             loss_file,
@@ -259,6 +286,7 @@ pub fn main() -> ExitCode {
             grad_dtype,
             profile,
             vocab_prefix,
+            grads,
         } => target::resolve(name.as_deref(), loss_file.as_deref(), func.as_deref()).and_then(
             |loss| {
                 run::run(
@@ -274,6 +302,7 @@ pub fn main() -> ExitCode {
                     &grad_dtype,
                     profile,
                     vocab_prefix,
+                    &grads,
                 )
             },
         ),

@@ -128,6 +128,7 @@ pub(crate) fn run(
     grad_dtype: &str,
     profile: bool,
     vocab_prefix: bool,
+    grads: &str,
 ) -> Result<(), Error> {
     let mut ps = ParamSet::new();
     for kv in params {
@@ -163,6 +164,7 @@ pub(crate) fn run(
         grad_dtypes: crate::GradDTypes::parse(grad_dtype)?,
         profile,
         vocab_prefix,
+        grads: crate::Wanted::parse(grads)?,
     };
     if let Some(o) = out {
         check_output(o, inputs)?;
@@ -242,14 +244,11 @@ pub(crate) fn run(
         .sqrt()
     };
     for g in &r.grads {
-        print!(
-            "  grad {:<10} |dx| {:.6e}  |dW| {:.6e}",
-            g.head,
-            norm(&g.x),
-            norm(&g.w)
-        );
-        if let Some(b) = &g.b {
-            print!("  |db| {:.6e}", norm(b));
+        print!("  grad {:<10}", g.head);
+        for (part, buf) in [("dx", &g.x), ("dW", &g.w), ("db", &g.b)] {
+            if let Some(b) = buf {
+                print!("  |{part}| {:.6e}", norm(b));
+            }
         }
         println!();
     }
@@ -272,9 +271,9 @@ pub(crate) fn run(
         mib(r
             .grads
             .iter()
-            .map(|g| g.x.len() * g.x.dtype().size()
-                + g.w.len() * g.w.dtype().size()
-                + g.b.as_ref().map_or(0, |b| b.len() * b.dtype().size()))
+            .flat_map(|g| [&g.x, &g.w, &g.b])
+            .flatten()
+            .map(|b| b.len() * b.dtype().size())
             .sum()),
         mib(file.copied_bytes()),
         peak_rss().map_or("?".into(), mib)
@@ -330,8 +329,12 @@ pub(crate) fn run(
                 shape_of(format!("{}.x", g.head)),
                 shape_of(format!("{}.w", g.head)),
             );
-            outs.insert(format!("grad.{}.x", g.head), owned(xs, g.x));
-            outs.insert(format!("grad.{}.w", g.head), owned(ws, g.w));
+            if let Some(x) = g.x {
+                outs.insert(format!("grad.{}.x", g.head), owned(xs, x));
+            }
+            if let Some(w) = g.w {
+                outs.insert(format!("grad.{}.w", g.head), owned(ws, w));
+            }
             if let Some(b) = g.b {
                 outs.insert(format!("grad.{}.b", g.head), owned(vec![b.len()], b));
             }

@@ -76,7 +76,10 @@ pub fn check_uniform_bias(
         ));
     }
     let g = out.grad("logits").ok_or("no gradient of logits")?;
-    for (what, got, want) in [("dx", g.x.to_f32(), &dx), ("dW", g.w.to_f32(), &dw)] {
+    for (what, got, want) in [
+        ("dx", g.x.as_ref().expect("gradient").to_f32(), &dx),
+        ("dW", g.w.as_ref().expect("gradient").to_f32(), &dw),
+    ] {
         for (i, (a, e)) in got.iter().zip(want.iter()).enumerate() {
             if !ok(f64::from(*a), *e) {
                 return Err(format!(

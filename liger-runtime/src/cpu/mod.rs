@@ -38,8 +38,9 @@ struct CpuHead<'a> {
     w: Cow<'a, [f32]>,
     /// The chunk's `x` rows in f32 (gradient heads).
     xs: Vec<f32>,
-    dx: Vec<f32>,
-    dw: Vec<f32>,
+    /// The f32 accumulators of the gradients asked for (`RunOptions::grads`).
+    dx: Option<Vec<f32>>,
+    dw: Option<Vec<f32>>,
     db: Option<Vec<f32>>,
 }
 
@@ -140,7 +141,7 @@ impl Backend for Cpu<'_, '_> {
         let (c, v) = (self.rows.len(), self.v);
         for h in &mut self.heads {
             let wanted = heads.contains(&h.host.input);
-            if !wanted && h.host.grad.is_none() {
+            if !wanted && h.dw.is_none() {
                 continue;
             }
             let xc = host::gather_rows(&h.host.x, self.rows.iter().copied(), h.host.h);
@@ -149,7 +150,8 @@ impl Backend for Cpu<'_, '_> {
                 gemm::logits(&xc, &h.w, h.host.b.as_deref(), c, h.host.h, v, &mut z);
                 self.bufs.insert(h.host.node, VBuf::F(z));
             }
-            if h.host.grad.is_some() {
+            // The chunk's x rows for the dW GEMM (only when dW is asked for).
+            if h.dw.is_some() {
                 h.xs = xc;
             }
         }
@@ -190,12 +192,16 @@ impl Backend for Cpu<'_, '_> {
                 )));
             };
             let hh = h.host.h;
-            let mut dxc = vec![0f32; c * hh];
-            gemm::grad_x(dz, &h.w, c, hh, v, &mut dxc);
-            for (i, &row) in self.rows.iter().enumerate() {
-                h.dx[row * hh..(row + 1) * hh].copy_from_slice(&dxc[i * hh..(i + 1) * hh]);
+            if let Some(dx) = h.dx.as_mut() {
+                let mut dxc = vec![0f32; c * hh];
+                gemm::grad_x(dz, &h.w, c, hh, v, &mut dxc);
+                for (i, &row) in self.rows.iter().enumerate() {
+                    dx[row * hh..(row + 1) * hh].copy_from_slice(&dxc[i * hh..(i + 1) * hh]);
+                }
             }
-            gemm::grad_w(dz, &h.xs, c, hh, v, &mut h.dw);
+            if let Some(dw) = h.dw.as_mut() {
+                gemm::grad_w(dz, &h.xs, c, hh, v, dw);
+            }
             if let Some(db) = h.db.as_mut() {
                 for row in dz.chunks(v) {
                     for (a, b) in db.iter_mut().zip(row) {
@@ -214,10 +220,11 @@ impl Backend for Cpu<'_, '_> {
             let u = &self.units[fi][unit_offset * v..(unit_offset + c) * v];
             let h = &mut self.heads[k];
             let hh = h.host.h;
+            let Some(dx) = h.dx.as_mut() else { continue };
             let mut dxc = vec![0f32; c * hh];
             gemm::grad_x(u, &h.w, c, hh, v, &mut dxc);
             for (i, &row) in self.rows.iter().enumerate() {
-                h.dx[row * hh..(row + 1) * hh].copy_from_slice(&dxc[i * hh..(i + 1) * hh]);
+                dx[row * hh..(row + 1) * hh].copy_from_slice(&dxc[i * hh..(i + 1) * hh]);
             }
         }
         Ok(())
@@ -241,18 +248,22 @@ impl Backend for Cpu<'_, '_> {
             }
             let h = &mut self.heads[k];
             let hh = h.host.h;
-            for (i, &row) in rows.iter().enumerate() {
-                for x in &mut h.dx[row * hh..(row + 1) * hh] {
-                    *x *= coef[i];
+            if let Some(dx) = h.dx.as_mut() {
+                for (i, &row) in rows.iter().enumerate() {
+                    for x in &mut dx[row * hh..(row + 1) * hh] {
+                        *x *= coef[i];
+                    }
                 }
             }
-            let mut xs = host::gather_rows(&h.host.x, rows.iter().copied(), hh);
-            for (i, c) in coef.iter().enumerate() {
-                for x in &mut xs[i * hh..(i + 1) * hh] {
-                    *x *= c;
+            if let Some(dw) = h.dw.as_mut() {
+                let mut xs = host::gather_rows(&h.host.x, rows.iter().copied(), hh);
+                for (i, c) in coef.iter().enumerate() {
+                    for x in &mut xs[i * hh..(i + 1) * hh] {
+                        *x *= c;
+                    }
                 }
+                gemm::grad_w(&units, &xs, gr, hh, v, dw);
             }
-            gemm::grad_w(&units, &xs, gr, hh, v, &mut h.dw);
             if let Some(db) = h.db.as_mut() {
                 for (i, row) in units.chunks(v).enumerate() {
                     for (a, b) in db.iter_mut().zip(row) {
@@ -292,18 +303,11 @@ pub fn run(
         };
         converted += hh.b.as_ref().map_or(0, |b| b.len() * 4);
         let grad = hh.grad.is_some();
+        let want = opts.grads;
         heads.push(CpuHead {
-            dx: if grad {
-                vec![0.0; r * hh.h]
-            } else {
-                Vec::new()
-            },
-            dw: if grad {
-                vec![0.0; v * hh.h]
-            } else {
-                Vec::new()
-            },
-            db: (grad && hh.b.is_some()).then(|| vec![0.0; v]),
+            dx: (grad && want.x).then(|| vec![0.0; r * hh.h]),
+            dw: (grad && want.w).then(|| vec![0.0; v * hh.h]),
+            db: (grad && want.b && hh.b.is_some()).then(|| vec![0.0; v]),
             xs: Vec::new(),
             w,
             host: hh,
@@ -314,6 +318,8 @@ pub fn run(
         seq_len: t,
         vocab: v,
         hidden: heads.iter().map(|h| h.host.h).collect(),
+        dx: opts.grads.x,
+        dw: opts.grads.w,
     };
     let mem = CpuMemory {
         sched,
@@ -327,7 +333,7 @@ pub fn run(
             .filter(|h| h.host.grad.is_some())
             .map(|h| {
                 opts.grad_dtypes
-                    .working_bytes(r, h.host.h, v, h.host.b.is_some())
+                    .working_bytes(r, h.host.h, v, h.host.b.is_some(), opts.grads)
             })
             .sum(),
     };
@@ -396,8 +402,8 @@ pub fn run(
         .filter(|h| h.host.grad.is_some())
         .map(|h| HeadGrads {
             head: h.host.name,
-            x: GradBuf::from_f32(h.dx, opts.grad_dtypes.x),
-            w: GradBuf::from_f32(h.dw, opts.grad_dtypes.w),
+            x: h.dx.map(|x| GradBuf::from_f32(x, opts.grad_dtypes.x)),
+            w: h.dw.map(|w| GradBuf::from_f32(w, opts.grad_dtypes.w)),
             b: h.db.map(|b| GradBuf::from_f32(b, opts.grad_dtypes.b)),
         })
         .collect();

@@ -125,18 +125,31 @@ impl DeviceGrad {
 pub struct DeviceHeadGrads {
     /// The head's name.
     pub head: String,
-    /// `dL/dx`, `[S,T,H]`.
-    pub x: DeviceGrad,
-    /// `dL/dW`, `[V,H]` (accumulated in f32 across chunks).
-    pub w: DeviceGrad,
-    /// `dL/db`, `[V]`, when the head has a bias.
+    /// `dL/dx`, `[S,T,H]` (`None` when not asked for, `RunOptions::grads`).
+    pub x: Option<DeviceGrad>,
+    /// `dL/dW`, `[V,H]` (accumulated in f32 across chunks; `None` when not asked for).
+    pub w: Option<DeviceGrad>,
+    /// `dL/db`, `[V]`, when the head has a bias and it was asked for.
     pub b: Option<DeviceGrad>,
 }
 
 impl DeviceHeadGrads {
-    /// The gradient buffers as `(x, w, b)`.
-    pub fn parts(&self) -> (&DeviceGrad, &DeviceGrad, Option<&DeviceGrad>) {
-        (&self.x, &self.w, self.b.as_ref())
+    /// The gradient buffers as `(x, w, b)`, each when computed.
+    pub fn parts(
+        &self,
+    ) -> (
+        Option<&DeviceGrad>,
+        Option<&DeviceGrad>,
+        Option<&DeviceGrad>,
+    ) {
+        (self.x.as_ref(), self.w.as_ref(), self.b.as_ref())
+    }
+
+    /// Every buffer computed, with its part's name.
+    fn buffers_mut(&mut self) -> impl Iterator<Item = &mut DeviceGrad> {
+        [self.x.as_mut(), self.w.as_mut(), self.b.as_mut()]
+            .into_iter()
+            .flatten()
     }
 }
 
@@ -221,14 +234,12 @@ impl Ran {
         }
         let mut grads = Vec::new();
         for d in &self.grads {
+            let host = |g: &Option<DeviceGrad>| g.as_ref().map(|g| g.to_host(st)).transpose();
             grads.push(HeadGrads {
                 head: d.head.clone(),
-                x: d.x.to_host(st)?,
-                w: d.w.to_host(st)?,
-                b: match &d.b {
-                    Some(b) => Some(b.to_host(st)?),
-                    None => None,
-                },
+                x: host(&d.x)?,
+                w: host(&d.w)?,
+                b: host(&d.b)?,
             });
         }
         Ok((loss, metrics, grads))
@@ -538,35 +549,39 @@ impl Backend for Cuda<'_> {
     fn grads(&mut self, _rows: &Rows) -> Result<(), Error> {
         let v = self.dims.2;
         for d in &self.dev {
-            let (Some(dz), Some(dx), Some(dw)) = (&d.dz, &d.dx, &d.dw) else {
-                continue;
-            };
+            // A gradient head whose dlogits exist; each GEMM runs only for a gradient asked
+            // for (`RunOptions::grads`: its accumulator exists).
+            let Some(dz) = &d.dz else { continue };
             let h = d.head;
             let mut off = 0;
             for &(r0, len) in &self.segs {
                 let dzp = dptr(dz, self.st) + (off * v * self.esz) as u64;
-                let dxp = dptr(dx, self.st) + (r0 * h.h * 4) as u64;
-                let xp = h.x + (r0 * h.h * self.esz) as u64;
-                self.prof.time("dx GEMM", || {
-                    self.gemm
-                        .run(false, false, h.h, len, v, h.w, h.h, dzp, v, 0.0, dxp, h.h)
-                })?;
-                self.prof.time("dW GEMM", || {
-                    self.gemm.run(
-                        false,
-                        true,
-                        h.h,
-                        v,
-                        len,
-                        xp,
-                        h.h,
-                        dzp,
-                        v,
-                        1.0,
-                        dptr(dw, self.st),
-                        h.h,
-                    )
-                })?;
+                if let Some(dx) = &d.dx {
+                    let dxp = dptr(dx, self.st) + (r0 * h.h * 4) as u64;
+                    self.prof.time("dx GEMM", || {
+                        self.gemm
+                            .run(false, false, h.h, len, v, h.w, h.h, dzp, v, 0.0, dxp, h.h)
+                    })?;
+                }
+                if let Some(dw) = &d.dw {
+                    let xp = h.x + (r0 * h.h * self.esz) as u64;
+                    self.prof.time("dW GEMM", || {
+                        self.gemm.run(
+                            false,
+                            true,
+                            h.h,
+                            v,
+                            len,
+                            xp,
+                            h.h,
+                            dzp,
+                            v,
+                            1.0,
+                            dptr(dw, self.st),
+                            h.h,
+                        )
+                    })?;
+                }
                 off += len;
             }
             if let Some(db) = &d.db {
@@ -777,6 +792,8 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
         seq_len: t,
         vocab: v,
         hidden: heads.iter().map(|h| h.h).collect(),
+        dx: opts.grads.x,
+        dw: opts.grads.w,
     };
     let group_rows = sched.group_rows(r, t);
     let mem = CudaMemory {
@@ -791,7 +808,10 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
         grad_copies: heads
             .iter()
             .filter(|h| h.grad)
-            .map(|h| opts.grad_dtypes.working_bytes(r, h.h, v, h.b.is_some()))
+            .map(|h| {
+                opts.grad_dtypes
+                    .working_bytes(r, h.h, v, h.b.is_some(), opts.grads)
+            })
             .sum(),
     };
     let pl = plan(p, &dims, opts.chunk_memory, opts.schedule, &mem)?;
@@ -854,17 +874,17 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
             } else {
                 None
             },
-            dx: if grad {
+            dx: if grad && opts.grads.x {
                 Some(st.alloc_zeros(r * h.h).map_err(&alloc)?)
             } else {
                 None
             },
-            dw: if grad {
+            dw: if grad && opts.grads.w {
                 Some(st.alloc_zeros(v * h.h).map_err(&alloc)?)
             } else {
                 None
             },
-            db: if grad && h.b.is_some() {
+            db: if grad && opts.grads.b && h.b.is_some() {
                 Some(st.alloc_zeros(v).map_err(&alloc)?)
             } else {
                 None
@@ -979,26 +999,19 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
         b: bdt,
     } = opts.grad_dtypes;
     let mut grads_out = Vec::new();
-    for d in dev {
-        if let (Some(dx), Some(dw)) = (d.dx, d.dw) {
-            grads_out.push(DeviceHeadGrads {
-                head: d.head.name.clone(),
-                x: cast(dx, xdt)?,
-                w: cast(dw, wdt)?,
-                b: match d.db {
-                    Some(b) => Some(cast(b, bdt)?),
-                    None => None,
-                },
-            });
-        }
+    for d in dev.into_iter().filter(|d| d.head.grad) {
+        grads_out.push(DeviceHeadGrads {
+            head: d.head.name.clone(),
+            x: d.dx.map(|x| cast(x, xdt)).transpose()?,
+            w: d.dw.map(|w| cast(w, wdt)).transpose()?,
+            b: d.db.map(|b| cast(b, bdt)).transpose()?,
+        });
     }
     let t1 = event(st)?;
     // Returned buffers: their last write is all the work queued above (so a consumer on
     // another stream waits for it, through cudarc's event tracking).
     for gr in &mut grads_out {
-        gr.x.mark_written(st);
-        gr.w.mark_written(st);
-        if let Some(b) = &mut gr.b {
+        for b in gr.buffers_mut() {
             b.mark_written(st);
         }
     }
@@ -1015,7 +1028,11 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
             }
         }
         for gr in &grads_out {
-            for (part, buf) in [("x", Some(&gr.x)), ("w", Some(&gr.w)), ("b", gr.b.as_ref())] {
+            for (part, buf) in [
+                ("x", gr.x.as_ref()),
+                ("w", gr.w.as_ref()),
+                ("b", gr.b.as_ref()),
+            ] {
                 let Some(buf) = buf else { continue };
                 let ptr = match buf {
                     DeviceGrad::F32(x) => dptr(x, st),
@@ -1056,7 +1073,12 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
         + grads_out
             .iter()
             .map(|g| {
-                g.x.num_bytes() + g.w.num_bytes() + g.b.as_ref().map_or(0, DeviceGrad::num_bytes)
+                let (x, w, b) = g.parts();
+                [x, w, b]
+                    .into_iter()
+                    .flatten()
+                    .map(DeviceGrad::num_bytes)
+                    .sum::<usize>()
             })
             .sum::<usize>();
     let report = Report {
@@ -1127,6 +1149,8 @@ mod tests {
             seq_len: t,
             vocab: v,
             hidden: m.hidden.clone(),
+            dx: true,
+            dw: true,
         };
         crate::plan::plan(&p, &dims, budget, None, m)
     }

@@ -1,5 +1,5 @@
 //! The GEMM floor (`docs/architecture.md`, "Measuring"): the same GEMMs a loss needs (logits for every
-//! head, then `dx` and `dW` for heads with gradients), bf16 inputs and bf16 output through
+//! head, then `dx` and `dW` for heads whose gradients are asked for), bf16 inputs and bf16 output through
 //! cuBLAS, one after another, timed with device events. The GEMMs read the loss's own input
 //! data, never zero-filled buffers (tensor cores run 12-15% faster on zeros).
 
@@ -14,7 +14,7 @@ use crate::cuda::gemm::Gemm;
 
 /// One head of a floor measurement: its hidden states `[rows, h]` and weight `[vocab, h]`
 /// as the loss gets them (the floor runs on the same data: tensor cores run faster on
-/// zero-filled buffers, so a floor on zeros reads too low), and whether it has gradients.
+/// zero-filled buffers, so a floor on zeros reads too low), and which gradient GEMMs run.
 #[derive(Clone, Copy, Debug)]
 pub struct FloorHead<'a> {
     /// Hidden states, `rows · h` values.
@@ -23,16 +23,19 @@ pub struct FloorHead<'a> {
     pub w: &'a [bf16],
     /// Hidden size.
     pub h: usize,
-    /// Whether `dx` and `dW` GEMMs run for it.
-    pub grad: bool,
+    /// Whether its `dx` GEMM runs.
+    pub dx: bool,
+    /// Whether its `dW` GEMM runs.
+    pub dw: bool,
 }
 
-/// The floor's FLOPs: `2·rows·vocab·h` per GEMM, one GEMM per head plus two per gradient head.
+/// The floor's FLOPs: `2·rows·vocab·h` per GEMM: every head's logits GEMM, plus its `dx` and
+/// `dW` GEMMs when they run.
 pub fn floor_flops(rows: usize, vocab: usize, heads: &[FloorHead<'_>]) -> f64 {
     heads
         .iter()
         .map(|hd| {
-            let gemms = if hd.grad { 3.0 } else { 1.0 };
+            let gemms = 1.0 + f64::from(u8::from(hd.dx) + u8::from(hd.dw));
             gemms * 2.0 * rows as f64 * vocab as f64 * hd.h as f64
         })
         .sum()
@@ -71,7 +74,7 @@ pub fn gemm_floor_ms(
     };
     let data = heads
         .iter()
-        .map(|hd| Ok((upload(hd.x)?, upload(hd.w)?, hd.h, hd.grad)))
+        .map(|hd| Ok((upload(hd.x)?, upload(hd.w)?, hd.h, hd.dx, hd.dw)))
         .collect::<Result<Vec<_>, Error>>()?;
     let z = alloc(rows * vocab)?;
     let dx = alloc(rows * hmax)?;
@@ -90,10 +93,10 @@ pub fn gemm_floor_ms(
         g.run(ta, tb, m, n, k, a, lda, b, ldb, 0.0, c, ldc)
     };
     let once = || -> Result<(), Error> {
-        for (x, w, h, grad) in &data {
-            let (h, grad) = (*h, *grad);
+        for (x, w, h, with_dx, with_dw) in &data {
+            let h = *h;
             gemm(true, false, vocab, rows, h, p(w), h, p(x), h, p(&z), vocab)?;
-            if grad {
+            if *with_dx {
                 gemm(
                     false,
                     false,
@@ -107,6 +110,8 @@ pub fn gemm_floor_ms(
                     p(&dx),
                     h,
                 )?;
+            }
+            if *with_dw {
                 gemm(
                     false,
                     true,
