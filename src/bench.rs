@@ -4,7 +4,8 @@
 //! Cases (bf16 inputs, fp32 `grad W`): DPO with a reference head, ORPO, KTO with a reference
 //! head, GRPO (Dapo, no reference, on-policy), FLCE, and JSD and KL distillation with a
 //! teacher head at S1 (FLCE and DPO also with a frozen lm-head weight: `grad W` not asked
-//! for, the floor without its GEMM) = 8 sequences x 1024 tokens, H = 4096, V = 128256; DPO at 1 pair x
+//! for, the floor without its GEMM; and with 12.5% or 50% of each sequence masked as a
+//! prompt, those rows skipped, against the floor of the valid rows) = 8 sequences x 1024 tokens, H = 4096, V = 128256; DPO at 1 pair x
 //! 4096, 8192 and 16384 tokens. Time = median over repetitions of the device time of the
 //! compute (inputs already on the device); floor = the same GEMMs on the same input data with
 //! bf16 output through cuBLAS, measured in the same run, with its TFLOP/s.
@@ -66,6 +67,9 @@ pub fn run(budget: usize, reps: usize, profile: bool, only: &str) -> Result<Vec<
         ("grpo S1 8x1024 dapo no ref", &Grpo, 8, 1024),
         ("flce S1 8x1024", &Flce, 8, 1024),
         ("flce S1 8x1024 frozen W", &Flce, 8, 1024),
+        ("flce S1 8x1024 12.5% masked", &Flce, 8, 1024),
+        ("flce S1 8x1024 50% masked", &Flce, 8, 1024),
+        ("dpo S1 8x1024 ref head 50% masked", &Dpo, 8, 1024),
         ("dpo S1 8x1024 ref head frozen W", &Dpo, 8, 1024),
         ("jsd S1 8x1024 teacher head", &Jsd, 8, 1024),
         ("kl_distill S1 8x1024 teacher", &KlDistill, 8, 1024),
@@ -76,9 +80,19 @@ pub fn run(budget: usize, reps: usize, profile: bool, only: &str) -> Result<Vec<
     for (name, loss, s, t) in cases.into_iter().filter(|c| c.0.contains(only)) {
         let x = rand_bf16(s * t * h, 1.0, 3);
         let xr = rand_bf16(s * t * h, 1.0, 4);
+        // Every case ignores the first eighth of each sequence (a prompt); the "masked"
+        // cases ignore the fraction they name and skip those rows (`skip_dead_rows`), with
+        // the floor of the valid rows only; the others run every row, against the floor of
+        // every row (as the peers do).
+        let masked = name.ends_with("masked");
+        let prompt = if name.contains("50% masked") {
+            t / 2
+        } else {
+            t / 8
+        };
         let target: Vec<i64> = (0..s * t)
             .map(|i| {
-                if i % t < t / 8 {
+                if i % t < prompt {
                     -100
                 } else {
                     ((i * 7919) % v) as i64
@@ -172,6 +186,7 @@ pub fn run(budget: usize, reps: usize, profile: bool, only: &str) -> Result<Vec<
             } else {
                 crate::Wanted::ALL
             },
+            skip_dead_rows: masked,
             ..RunOptions::default()
         };
         let params = ParamSet::new();
@@ -194,8 +209,17 @@ pub fn run(budget: usize, reps: usize, profile: bool, only: &str) -> Result<Vec<
         }
         ms.sort_by(|a, b| a.total_cmp(b));
         let rep = last.ok_or_else(|| crate::runtime::Error::Internal("no timed run".into()))?;
-        let floor = crate::runtime::cuda::bench::gemm_floor_ms(&gpu, s * t, v, &heads, reps)?;
-        let flops = crate::runtime::cuda::bench::floor_flops(s * t, v, &heads);
+        // The floor over the rows that ran (every row unless masked rows were skipped).
+        let ran_rows = s * t - rep.skipped_rows;
+        let heads: Vec<FloorHead<'_>> = heads
+            .into_iter()
+            .map(|hd| FloorHead {
+                x: &hd.x[..ran_rows * h],
+                ..hd
+            })
+            .collect();
+        let floor = crate::runtime::cuda::bench::gemm_floor_ms(&gpu, ran_rows, v, &heads, reps)?;
+        let flops = crate::runtime::cuda::bench::floor_flops(ran_rows, v, &heads);
         let phases = if profile {
             let o = RunOptions {
                 profile: true,

@@ -544,3 +544,156 @@ fn gradient_selections_parse_or_say_why() {
         "{err}"
     );
 }
+
+/// Which built-ins let rows go, as the IR says: every loss whose logit-derived row values are
+/// reduced only under `valid(target)` or a `RowMask` input; not cosine distillation (its soft
+/// term runs over every row) nor FLCE with `reduction: None` (per-token losses out).
+#[test]
+fn the_ir_says_which_rows_carry_nothing() {
+    for loss in liger::losses::builtin() {
+        let spec = &loss.specializations()[0];
+        let p = liger::pipeline(loss, spec).expect("pipeline");
+        let g = p.grad();
+        let masks: Vec<String> = p
+            .schedule()
+            .skippable
+            .as_ref()
+            .map(|s| {
+                s.masks
+                    .iter()
+                    .map(|m| match g.node(*m).op {
+                        liger::ir::Op::Input(k) => g.inputs[k.index()].name.clone(),
+                        _ => "?".into(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let want: &[&str] = match loss.name() {
+            "cosine_distill" => &[],
+            "grpo" => &["mask"],
+            // The first specialisation has the NLL target too.
+            "orpo" => &["target", "nll_target"],
+            _ => &["target"],
+        };
+        assert_eq!(masks, want, "{}", loss.name());
+    }
+    let none = liger::losses::Flce
+        .specializations()
+        .iter()
+        .find(|s| s.choices.contains(&("reduction", "None")))
+        .expect("a None specialisation");
+    let p = liger::pipeline(&liger::losses::Flce, none).expect("pipeline");
+    assert!(
+        p.schedule().skippable.is_none(),
+        "row metrics keep every row"
+    );
+}
+
+/// Skipping the rows that carry nothing gives the every-row results (up to the order of
+/// sums) under every schedule and budget, fewer chunks, and the count of skipped rows.
+#[test]
+fn skipped_rows_give_the_every_row_results() {
+    let shape = Shape {
+        s: 6,
+        t: 47,
+        h: 31,
+        v: 123,
+    };
+    let rt = Runtime::cpu();
+    let mut runs = 0;
+    for (ci, case) in cases().iter().enumerate() {
+        for ignore in [-100i64, 42] {
+            let mut d = data(case, &shape, 500 + ci as u64, ci % 2 == 0, ignore);
+            // Prompts: the first 3 to 30 rows of each sequence ignored (besides the data's
+            // scattered ignored rows), as post-training batches are.
+            for q in 0..shape.s {
+                let k = 3 + (q * 11 + ci * 5) % 28;
+                d.t[q * shape.t..q * shape.t + k].fill(ignore);
+            }
+            // Rows in dead runs of at least MIN_DEAD_RUN rows are skipped; shorter runs run.
+            let mut dead = 0;
+            let mut run = 0;
+            for (r, &t) in d.t.iter().enumerate() {
+                if t == ignore {
+                    run += 1;
+                }
+                if t != ignore || r + 1 == d.t.len() {
+                    if run >= liger::runtime::MIN_DEAD_RUN {
+                        dead += run;
+                    }
+                    run = 0;
+                }
+            }
+            assert!(dead >= 40, "the data has prompt-like runs: {dead}");
+            let set = inputs(case, &shape, &d, &[], &[], false);
+            for strategy in schedules(case, &set) {
+                for budget in [400 << 10, 64 << 20] {
+                    let base = RunOptions {
+                        ignore_index: ignore,
+                        chunk_memory: budget + (4 << 20),
+                        schedule: Some(strategy),
+                        ..RunOptions::default()
+                    };
+                    let every = RunOptions {
+                        skip_dead_rows: false,
+                        ..base
+                    };
+                    let what = format!(
+                        "{} {strategy} ignore {ignore} budget {budget}",
+                        case.loss.name()
+                    );
+                    let (a, b) = match (
+                        liger::run(case.loss, &rt, &set, &case.params, &base),
+                        liger::run(case.loss, &rt, &set, &case.params, &every),
+                    ) {
+                        (Ok(a), Ok(b)) => (a, b),
+                        (Err(liger::Error::Runtime(liger::runtime::Error::Budget { .. })), _) => {
+                            continue;
+                        }
+                        (a, b) => panic!("{what}: {:?} / {:?}", a.err(), b.err()),
+                    };
+                    runs += 1;
+                    assert_eq!(a.report.skipped_rows, dead, "{what}");
+                    assert_eq!(b.report.skipped_rows, 0, "{what}");
+                    if strategy != Strategy::Deferred {
+                        assert!(a.report.chunks <= b.report.chunks, "{what}");
+                    }
+                    let near = |x: f32, y: f32| (x - y).abs() <= 1e-6 + 1e-5 * y.abs();
+                    assert!(near(a.loss, b.loss), "{what}: {} vs {}", a.loss, b.loss);
+                    for (m, n) in a.metrics.iter().zip(&b.metrics) {
+                        for (x, y) in m.values.iter().zip(&n.values) {
+                            assert!(near(*x, *y), "{what}: {} {x} vs {y}", m.name);
+                        }
+                    }
+                    for (g, h) in a.grads.iter().zip(&b.grads) {
+                        for (part, x, y) in
+                            [("x", &g.x, &h.x), ("w", &g.w, &h.w), ("b", &g.b, &h.b)]
+                        {
+                            let (Some(x), Some(y)) = (x, y) else { continue };
+                            let (x, y) = (x.to_f32(), y.to_f32());
+                            let scale = y.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+                            for (i, (p, q)) in x.iter().zip(&y).enumerate() {
+                                assert!(
+                                    (p - q).abs() <= 1e-5 * scale + 1e-5 * q.abs(),
+                                    "{what}: d{}.{part}[{i}] {p} vs {q}",
+                                    g.head
+                                );
+                            }
+                        }
+                        // Every ignored row's dx is exactly zero, skipped or computed.
+                        if let Some(dx) = &g.x {
+                            let hh = dx.len() / (shape.s * shape.t);
+                            let dx = dx.to_f32();
+                            for (r, &t) in d.t.iter().enumerate() {
+                                if t == ignore {
+                                    assert!(dx[r * hh..(r + 1) * hh].iter().all(|&v| v == 0.0));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(runs >= 30, "{runs}");
+}

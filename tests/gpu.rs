@@ -2281,6 +2281,95 @@ fn gpu_gradients_not_asked_for_are_not_computed() {
     assert_eq!(got.loss.to_bits(), host.loss.to_bits());
 }
 
+/// Rows that carry nothing (prompt-like runs of ignored targets) are skipped on CUDA through
+/// the host API: the every-row results within rounding, under every schedule, for DPO with a
+/// reference head and FLCE.
+fn gpu_skipped_rows_match_every_row() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    let rt = liger::Runtime::cuda(0).expect("cuda runtime");
+    let (s, t, h, v) = (4usize, 200usize, 64usize, 1031usize);
+    let mut rng = fastrand::Rng::with_seed(91);
+    let mut f = |n: usize, sd: f32| -> Vec<f32> { (0..n).map(|_| normal(&mut rng, sd)).collect() };
+    let (x, w, xr, wr) = (
+        f(s * t * h, 1.0),
+        f(v * h, 0.2),
+        f(s * t * h, 1.0),
+        f(v * h, 0.2),
+    );
+    // A prompt of 40 to 100 rows per sequence, and a few scattered ignored rows.
+    let target: Vec<i64> = (0..s * t)
+        .map(|i| {
+            let (q, j) = (i / t, i % t);
+            if j < 40 + 20 * q || j % 17 == 5 {
+                -100
+            } else {
+                ((i * 7) % v) as i64
+            }
+        })
+        .collect();
+    fn head<'a>(
+        x: &'a [f32],
+        w: &'a [f32],
+        (s, t, h, v): (usize, usize, usize, usize),
+    ) -> liger::Head<'a> {
+        liger::Head::new(
+            TensorView::new(x, &[s, t, h]).expect("x"),
+            TensorView::new(w, &[v, h]).expect("w"),
+        )
+    }
+    let dims = (s, t, h, v);
+    let tv = TensorView::new(&target[..], &[s, t]).expect("t");
+    let sets: Vec<(&dyn liger::ChunkedLoss, InputSet<'_>)> = vec![
+        (
+            &liger::losses::Dpo,
+            InputSet::new()
+                .head("policy", head(&x, &w, dims))
+                .head("reference", head(&xr, &wr, dims))
+                .tensor("target", tv.clone()),
+        ),
+        (
+            &liger::losses::Flce,
+            InputSet::new()
+                .head("logits", head(&x, &w, dims))
+                .tensor("target", tv.clone()),
+        ),
+    ];
+    let params = ParamSet::new();
+    let mut failures = Vec::new();
+    let mut runs = 0;
+    for (loss, set) in &sets {
+        let names: Vec<&str> = set.names().collect();
+        let (p, _) = liger::pipeline_for(*loss, &names, &params).expect("pipeline");
+        for strategy in p.schedule().candidates.clone() {
+            let opts = RunOptions {
+                schedule: Some(strategy),
+                chunk_memory: (4 << 20) + (500 << 10),
+                ..RunOptions::default()
+            };
+            let every = RunOptions {
+                skip_dead_rows: false,
+                ..opts
+            };
+            let a = liger::run(*loss, &rt, set, &params, &opts).expect("skipping");
+            let b = liger::run(*loss, &rt, set, &params, &every).expect("every row");
+            runs += 1;
+            assert!(a.report.skipped_rows >= 4 * 40, "{}", a.report.skipped_rows);
+            assert_eq!(b.report.skipped_rows, 0);
+            compare_outputs(
+                &format!("{} {strategy} skipped vs every row", loss.name()),
+                &a,
+                &b,
+                false,
+                &mut failures,
+            );
+        }
+    }
+    assert!(runs >= 4, "{runs}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// Why this machine cannot run the GPU tests (`None`: it can).
 fn gpu_unavailable() -> Option<String> {
     Gpu::new(0).err().map(|e| e.to_string())
@@ -2375,6 +2464,10 @@ fn main() -> std::process::ExitCode {
         trial(
             "gpu_gradients_not_asked_for_are_not_computed",
             gpu_gradients_not_asked_for_are_not_computed,
+        ),
+        trial(
+            "gpu_skipped_rows_match_every_row",
+            gpu_skipped_rows_match_every_row,
         ),
     ];
     let tests = tests

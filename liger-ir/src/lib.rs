@@ -30,6 +30,7 @@ pub mod interp;
 pub mod op;
 pub mod passes;
 pub mod pipeline;
+pub mod rowskip;
 pub mod scalar;
 pub mod schedule;
 pub mod stream;

@@ -174,6 +174,8 @@ pub struct Schedule {
     pub row_values: usize,
     /// Most vocab buffers alive at once in the pre stream (0 without one).
     pub pre_live: usize,
+    /// The rows the chunk loop may leave out ([`crate::rowskip`]), when the loss allows it.
+    pub skippable: Option<crate::rowskip::SkippableRows>,
 }
 
 fn cone(f: &LossFn, roots: &[ValueId], within: &[bool]) -> Vec<bool> {
@@ -520,6 +522,7 @@ impl Schedule {
             live: Vec::new(),
             row_values,
             pre_live: 0,
+            skippable: crate::rowskip::skippable_rows(f),
         };
         if let Some(pp) = sched.pre_stream_plan(f) {
             sched.pre_live = live_vocab(f, &pp.program, &[]);

@@ -63,8 +63,10 @@ fn diagnostics_scale_linearly_with_the_file() {
     );
     let ratio = tl.as_secs_f64() / ts.as_secs_f64().max(1e-9);
     println!("10k lines: {ts:?} ({ns} diagnostics); 100k lines: {tl:?} ({nl}); ratio {ratio:.1}");
+    // Linear is 10x, quadratic 100x; the bound leaves room for a loaded machine (19x was
+    // seen with a build running beside the test on two cores).
     assert!(
-        ratio <= 15.0,
+        ratio <= 35.0,
         "100k lines cost {ratio:.1}x 10k lines ({tl:?} vs {ts:?}): diagnostics are not linear"
     );
 }

@@ -69,6 +69,58 @@ fn contiguous(rows: usize, chunk: usize) -> Vec<[(usize, usize); 1]> {
         .collect()
 }
 
+/// The runs of live rows within segments `segs` (all of them without a live mask).
+fn live_runs(segs: &Rows, live: Option<&[bool]>) -> Vec<(usize, usize)> {
+    let Some(live) = live else {
+        return segs.to_vec();
+    };
+    let mut out = Vec::new();
+    for &(a, l) in segs {
+        let mut r = a;
+        while r < a + l {
+            if !live[r] {
+                r += 1;
+                continue;
+            }
+            let start = r;
+            while r < a + l && live[r] {
+                r += 1;
+            }
+            out.push((start, r - start));
+        }
+    }
+    out
+}
+
+/// Chunks of at most `chunk` rows over the live rows of `0..rows`, each its segments in
+/// order (one segment per chunk when every row is live).
+fn row_chunks(rows: usize, chunk: usize, live: Option<&[bool]>) -> Vec<Vec<(usize, usize)>> {
+    if live.is_none() {
+        return contiguous(rows, chunk).iter().map(|c| c.to_vec()).collect();
+    }
+    let chunk = chunk.max(1);
+    let mut out: Vec<Vec<(usize, usize)>> = Vec::new();
+    let mut cur: Vec<(usize, usize)> = Vec::new();
+    let mut filled = 0;
+    for (mut a, mut l) in live_runs(&[(0, rows)], live) {
+        while l > 0 {
+            let take = l.min(chunk - filled);
+            cur.push((a, take));
+            filled += take;
+            a += take;
+            l -= take;
+            if filled == chunk {
+                out.push(std::mem::take(&mut cur));
+                filled = 0;
+            }
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
 /// Splits segments into pieces of at most `chunk` rows (a piece never spans two segments).
 fn pieces(segs: &Rows, chunk: usize) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
@@ -86,7 +138,9 @@ fn pieces(segs: &Rows, chunk: usize) -> Vec<(usize, usize)> {
 /// Runs strategy `plan.strategy` over a batch of `groups` (each group's row segments, in
 /// order; one group of every row when the loss is row-local) with the pre stream `pre` (from
 /// `Schedule::pre_stream_plan`) and the stream kernels `streams` (from `Schedule::streams`),
-/// on `b`.
+/// on `b`. With `live` (one flag per row, from `Schedule::skippable`), the chunk loop runs
+/// the live rows only: chunks are packed from runs of live rows, and a group with no live row
+/// is left out (the pre stream still runs over every row).
 pub(crate) fn drive(
     b: &mut dyn Backend,
     plan: &Plan,
@@ -94,7 +148,21 @@ pub(crate) fn drive(
     streams: &[StreamPlan],
     groups: &[Vec<(usize, usize)>],
     rows: usize,
+    live: Option<&[bool]>,
 ) -> Result<Driven, Error> {
+    if live.is_some_and(|l| l.len() != rows) {
+        return Err(Error::Internal(format!(
+            "a live-row mask of {} flags for {rows} rows",
+            live.map_or(0, <[bool]>::len)
+        )));
+    }
+    // Each group's live segments; groups with none are left out.
+    let live_groups: Vec<Vec<(usize, usize)>> = groups
+        .iter()
+        .map(|g| live_runs(g, live))
+        .filter(|g| !g.is_empty())
+        .collect();
+    let groups = &live_groups[..];
     let stream = |k: StreamKind| -> Result<&StreamPlan, Error> {
         streams.iter().find(|s| s.kind == k).ok_or_else(|| {
             Error::Internal(format!(
@@ -116,7 +184,7 @@ pub(crate) fn drive(
     match plan.strategy {
         Strategy::Fused => {
             let fused = stream(StreamKind::Fused)?;
-            let chunks = contiguous(rows, chunk);
+            let chunks = row_chunks(rows, chunk, live);
             crate::progress::start(chunks.len());
             for c in &chunks {
                 b.logits(&heads_of(fused), c)?;
@@ -128,7 +196,7 @@ pub(crate) fn drive(
         }
         Strategy::TwoPass => {
             let (fwd, bwd) = (stream(StreamKind::Forward)?, stream(StreamKind::Backward)?);
-            let chunks = contiguous(rows, chunk);
+            let chunks = row_chunks(rows, chunk, live);
             crate::progress::start(2 * chunks.len());
             for c in &chunks {
                 b.logits(&heads_of(fwd), c)?;
@@ -147,20 +215,27 @@ pub(crate) fn drive(
         }
         Strategy::GroupAligned => {
             let (fwd, bwd) = (stream(StreamKind::Forward)?, stream(StreamKind::Backward)?);
-            let group_rows = groups
-                .iter()
-                .map(|g| g.iter().map(|s| s.1).sum::<usize>())
-                .max()
-                .unwrap_or(1)
-                .max(1);
-            let per = (chunk / group_rows).max(1);
             let mut heads = heads_of(fwd);
             heads.extend(heads_of(bwd));
             heads.sort();
             heads.dedup();
-            crate::progress::start(groups.len().div_ceil(per));
-            for gs in groups.chunks(per) {
-                let segs: Vec<(usize, usize)> = gs.iter().flatten().copied().collect();
+            // Whole groups, packed while their (live) rows fit a chunk; a group never exceeds
+            // a chunk (the planner picks group-aligned only then).
+            let mut packs: Vec<Vec<(usize, usize)>> = Vec::new();
+            let mut filled = 0;
+            for g in groups {
+                let n: usize = g.iter().map(|s| s.1).sum();
+                if packs.is_empty() || filled + n > chunk {
+                    packs.push(Vec::new());
+                    filled = 0;
+                }
+                if let Some(last) = packs.last_mut() {
+                    last.extend(g.iter().copied());
+                }
+                filled += n;
+            }
+            crate::progress::start(packs.len());
+            for segs in packs {
                 b.logits(&heads, &segs)?;
                 b.stream(fwd, &segs, 0)?;
                 b.array(ArrayStage::GroupNeeded)?;
@@ -206,5 +281,25 @@ mod tests {
         );
         assert_eq!(contiguous(5, 2).len(), 3);
         assert_eq!(contiguous(5, 2)[2], [(4, 1)]);
+    }
+
+    #[test]
+    fn live_rows_pack_into_chunks_of_runs() {
+        let live = [
+            true, true, false, false, true, true, true, false, true, true,
+        ];
+        assert_eq!(
+            live_runs(&[(0, 10)], Some(&live)),
+            vec![(0, 2), (4, 3), (8, 2)]
+        );
+        assert_eq!(live_runs(&[(3, 4)], Some(&live)), vec![(4, 3)]);
+        assert_eq!(
+            row_chunks(10, 3, Some(&live)),
+            vec![vec![(0, 2), (4, 1)], vec![(5, 2), (8, 1)], vec![(9, 1)]]
+        );
+        assert_eq!(
+            row_chunks(10, 4, None),
+            vec![vec![(0, 4)], vec![(4, 4)], vec![(8, 2)]]
+        );
     }
 }

@@ -319,3 +319,61 @@ pub(crate) fn load<'a>(
         values,
     })
 }
+
+/// The rows the chunk loop runs when the loss lets dead rows go ([`liger_ir::rowskip`]): a
+/// row is live unless every skippable mask is false at it (a `Target`'s ignored rows, a
+/// `RowMask`'s false rows) in a run of at least [`MIN_DEAD_RUN`] such rows. `None` (every row
+/// runs) when the loss keeps every row, when
+/// `RunOptions::skip_dead_rows` is off, or when no row is dead.
+pub(crate) fn live_rows(
+    sched: &Schedule,
+    values: &BTreeMap<ValueId, Arr>,
+    rows: usize,
+    opts: &RunOptions,
+) -> Result<Option<Vec<bool>>, Error> {
+    let Some(sk) = sched.skippable.as_ref().filter(|_| opts.skip_dead_rows) else {
+        return Ok(None);
+    };
+    let mut live = vec![false; rows];
+    for m in &sk.masks {
+        let on: Vec<bool> = match values.get(m) {
+            Some(Arr::I(ix)) => ix.iter().map(Option::is_some).collect(),
+            Some(Arr::B(b)) => b.clone(),
+            // An optional mask input not given: its rows cannot be told apart, keep all.
+            None => return Ok(None),
+            Some(Arr::F(_)) => {
+                return Err(Error::Internal("a skippable-row mask holds floats".into()));
+            }
+        };
+        if on.len() != rows {
+            return Err(Error::Internal(format!(
+                "a skippable-row mask of {} rows for {rows}",
+                on.len()
+            )));
+        }
+        for (l, o) in live.iter_mut().zip(on) {
+            *l |= o;
+        }
+    }
+    // A short dead run costs more as a break between GEMMs (a launch, a smaller GEMM) than
+    // its rows cost to compute: only runs of `MIN_DEAD_RUN` rows or more are left out.
+    let mut r = 0;
+    while r < rows {
+        if live[r] {
+            r += 1;
+            continue;
+        }
+        let start = r;
+        while r < rows && !live[r] {
+            r += 1;
+        }
+        if r - start < MIN_DEAD_RUN {
+            live[start..r].fill(true);
+        }
+    }
+    Ok((!live.iter().all(|&l| l)).then_some(live))
+}
+
+/// The shortest run of dead rows the chunk loop leaves out (shorter runs are computed: their
+/// results are the same, masked out).
+pub const MIN_DEAD_RUN: usize = 16;

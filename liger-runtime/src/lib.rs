@@ -22,6 +22,7 @@ pub mod cuda;
 mod driver;
 pub mod error;
 mod host;
+pub use host::MIN_DEAD_RUN;
 pub mod inputs;
 pub mod output;
 pub mod plan;

@@ -116,6 +116,9 @@ pub struct Report {
     pub chunk_rows: usize,
     /// Chunks run (both passes counted for two passes).
     pub chunks: usize,
+    /// Rows left out of the chunk loop because they carry nothing
+    /// (`RunOptions::skip_dead_rows`).
+    pub skipped_rows: usize,
     /// The memory budget (bytes).
     pub budget: usize,
     /// The planner's estimate of working memory (bytes).

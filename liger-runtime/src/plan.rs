@@ -40,6 +40,15 @@ pub struct RunOptions {
     /// gradient not asked for costs nothing: no GEMM, no accumulator, no working copy (a
     /// frozen lm-head weight under LoRA needs only `x`; an evaluation pass needs none).
     pub grads: Wanted,
+    /// Leave the rows that carry nothing out of the chunk loop (on by default): when the loss
+    /// reduces every logit-derived row value under masks read from its inputs (the default
+    /// `valid(target)` mask, a `RowMask`), a run of at least [`crate::MIN_DEAD_RUN`] rows
+    /// where those masks are all false (an ignored prompt) gets no logits, no stream kernel
+    /// and no GEMM, and its `dx` rows are 0.
+    /// Results equal the full run's up to the order of floating-point sums. The host paths
+    /// (CPU, and CUDA through host tensors) skip; the device API, whose masks stay on the
+    /// device, runs every row.
+    pub skip_dead_rows: bool,
 }
 
 /// Which gradients of each trained head a run computes: `x` (`dL/dx`), `w` (`dL/dW`) and `b`
@@ -110,6 +119,7 @@ impl Default for RunOptions {
             profile: false,
             vocab_prefix: false,
             grads: Wanted::ALL,
+            skip_dead_rows: true,
         }
     }
 }

@@ -87,6 +87,10 @@ enum Command {
         /// `x`, `w`, `b` (`x` with a frozen lm-head weight), or `none` (loss and metrics only).
         #[arg(long, default_value = "x,w,b")]
         grads: String,
+        /// Run every row, also those that carry nothing (ignored tokens of a loss whose every
+        /// reduction is masked), which are skipped by default.
+        #[arg(long)]
+        all_rows: bool,
     },
     /// Show the IR stages of a built-in loss or a `.lir` file.
     Ir {
@@ -287,6 +291,7 @@ pub fn main() -> ExitCode {
             profile,
             vocab_prefix,
             grads,
+            all_rows,
         } => target::resolve(name.as_deref(), loss_file.as_deref(), func.as_deref()).and_then(
             |loss| {
                 run::run(
@@ -303,6 +308,7 @@ pub fn main() -> ExitCode {
                     profile,
                     vocab_prefix,
                     &grads,
+                    all_rows,
                 )
             },
         ),

@@ -129,6 +129,7 @@ pub(crate) fn run(
     profile: bool,
     vocab_prefix: bool,
     grads: &str,
+    all_rows: bool,
 ) -> Result<(), Error> {
     let mut ps = ParamSet::new();
     for kv in params {
@@ -165,6 +166,7 @@ pub(crate) fn run(
         profile,
         vocab_prefix,
         grads: crate::Wanted::parse(grads)?,
+        skip_dead_rows: !all_rows,
     };
     if let Some(o) = out {
         check_output(o, inputs)?;
@@ -265,6 +267,12 @@ pub(crate) fn run(
         mib(rep.budget),
         rep.seconds,
     );
+    if rep.skipped_rows > 0 {
+        println!(
+            "  {} rows skipped: they carry nothing (ignored tokens; --all-rows runs them)",
+            rep.skipped_rows
+        );
+    }
     println!(
         "  host heap peak {} (returned gradients {}, inputs copied out of the file {}); peak RSS {} (file pages included)",
         mib(heap_peak),

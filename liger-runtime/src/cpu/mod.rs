@@ -339,6 +339,10 @@ pub fn run(
     };
     let pl = plan(p, &dims, opts.chunk_memory, opts.schedule, &mem)?;
 
+    let live = host::live_rows(sched, &loaded.values, r, opts)?;
+    let skipped_rows = live
+        .as_ref()
+        .map_or(0, |l| l.iter().filter(|&&x| !x).count());
     let mut ev = Eval::new(g, s, t, v);
     for (node, arr) in loaded.values {
         ev.load(node, arr);
@@ -357,7 +361,25 @@ pub fn run(
     let streams = sched.streams(g, pl.strategy);
     let groups = sched.groups(s, t);
     let pre = sched.pre_stream_plan(g);
-    let driven = driver::drive(&mut cpu, &pl, pre.as_ref(), &streams, &groups, r)?;
+    // Every row value a stream computes exists for the whole batch before the chunk loop:
+    // rows the loop skips (and a batch whose every row is skipped) keep zeros there, which
+    // only masked reductions read, with those rows masked out.
+    for plan in &streams {
+        for &id in &plan.program {
+            if g.ty(id).level != liger_ir::Level::Vocab {
+                cpu.ev.ensure_row_array(id);
+            }
+        }
+    }
+    let driven = driver::drive(
+        &mut cpu,
+        &pl,
+        pre.as_ref(),
+        &streams,
+        &groups,
+        r,
+        live.as_deref(),
+    )?;
 
     let Cpu { mut ev, heads, .. } = cpu;
     let value = |ev: &Eval<'_>, id: ValueId| -> Vec<f32> {
@@ -388,6 +410,7 @@ pub fn run(
         forced: pl.forced,
         chunk_rows: pl.chunk_rows,
         chunks: driven.chunks,
+        skipped_rows,
         budget: opts.chunk_memory,
         estimate: pl.estimate,
         gemm_flops: pl.cost.gemm_flops,

@@ -554,6 +554,8 @@ pub fn run_device(
             side,
             checker: Some(checker),
             opts,
+            // The masks stay on the device: every row runs (no hidden synchronisation).
+            live: None,
         },
     )?;
     drop(guards);

@@ -282,6 +282,8 @@ pub(crate) struct Job<'a> {
     pub checker: Option<Checker>,
     /// The options.
     pub opts: &'a RunOptions,
+    /// The rows the chunk loop runs (`None`: every row), from the host's masks.
+    pub live: Option<Vec<bool>>,
 }
 
 /// How the CUDA executor counts working memory: per chunk row the fp32 logits of every head,
@@ -777,6 +779,7 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
         side,
         mut checker,
         opts,
+        live,
     } = job;
     opts.grad_dtypes.check()?;
     let (g, sched) = (p.grad(), p.schedule());
@@ -976,7 +979,15 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
             scratch: Vec::new(),
         };
         let pre = sched.pre_stream_plan(g);
-        let driven = driver::drive(&mut cuda, &pl, pre.as_ref(), &streams, &groups, r)?;
+        let driven = driver::drive(
+            &mut cuda,
+            &pl,
+            pre.as_ref(),
+            &streams,
+            &groups,
+            r,
+            live.as_deref(),
+        )?;
         dev = std::mem::take(&mut cuda.dev);
         driven
     };
@@ -1087,6 +1098,9 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
         forced: pl.forced,
         chunk_rows: chunk,
         chunks: driven.chunks,
+        skipped_rows: live
+            .as_ref()
+            .map_or(0, |l| l.iter().filter(|&&x| !x).count()),
         budget: opts.chunk_memory,
         estimate: pl.estimate,
         gemm_flops: pl.cost.gemm_flops,

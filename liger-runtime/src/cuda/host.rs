@@ -46,6 +46,12 @@ pub fn run(
     opts.grad_dtypes.check()?;
     let g = p.grad();
     let loaded = crate::host::load(g, p.schedule(), inputs, hyper, opts)?;
+    let live = crate::host::live_rows(
+        p.schedule(),
+        &loaded.values,
+        loaded.dims.0 * loaded.dims.1,
+        opts,
+    )?;
     // GEMM dtype: every head's x and W share one float dtype.
     let hd = loaded
         .heads
@@ -113,6 +119,7 @@ pub fn run(
             side: Vec::new(),
             checker: None,
             opts,
+            live,
         },
     )?;
     let device_ms = f64::from(
