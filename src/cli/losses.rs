@@ -62,8 +62,16 @@ pub(crate) fn losses(json: bool, file: Option<&str>) -> Result<(), Error> {
             l.name(),
             l.specializations().len()
         );
+        // The name column is as wide as the loss's longest parameter name.
+        let w = l
+            .params()
+            .iter()
+            .map(|p| p.name.len())
+            .max()
+            .unwrap_or(0)
+            .max("parameter".len());
         s += &format!(
-            "  {:<18} {:<16} {:<10} {:<10} choices / domain\n",
+            "  {:<w$} {:<16} {:<10} {:<10} choices / domain\n",
             "parameter", "kind", "optional", "default"
         );
         for p in l.params() {
@@ -74,7 +82,7 @@ pub(crate) fn losses(json: bool, file: Option<&str>) -> Result<(), Error> {
                 .collect::<Vec<_>>()
                 .join("; ");
             s += &format!(
-                "  {:<18} {:<16} {:<10} {:<10} {}\n",
+                "  {:<w$} {:<16} {:<10} {:<10} {}\n",
                 p.name,
                 p.kind.name(),
                 if p.optional { "yes" } else { "" },
