@@ -123,3 +123,67 @@ pub fn skippable_rows(f: &LossFn) -> Option<SkippableRows> {
     }
     (!masks.is_empty()).then_some(SkippableRows { masks })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn masks(body: &str) -> Option<Vec<String>> {
+        let text = format!(
+            "; liger-ir v1\nloss t {{\n  input logits: logits\n  input target: target\n  input keep: row_mask\n{body}\n}}\n"
+        );
+        let f = crate::parse(&text).unwrap_or_else(|d| panic!("{d:?}\n{text}"));
+        skippable_rows(&f).map(|s| {
+            s.masks
+                .iter()
+                .map(|m| match f.node(*m).op {
+                    Op::Input(k) => f.inputs[k.index()].name.clone(),
+                    _ => "?".into(),
+                })
+                .collect()
+        })
+    }
+
+    #[test]
+    fn masked_reductions_let_rows_go_and_anything_else_keeps_them() {
+        let lp = "  lp: f32[row] = logprob logits, target\n  m: bool[row] = valid target\n";
+        // A mean under valid(target): its invalid rows carry nothing.
+        assert_eq!(
+            masks(&format!("{lp}  l: f32[batch] = mean lp, m\n  loss = l")),
+            Some(vec!["target".into()])
+        );
+        // Two masks: a row goes only where both are false.
+        assert_eq!(
+            masks(&format!(
+                "{lp}  a: f32[batch] = sum lp, m\n  b: f32[batch] = sum lp, keep\n  l: f32[batch] = add a, b\n  loss = l"
+            )),
+            Some(vec!["target".into(), "keep".into()])
+        );
+        // Unmasked: every row counts.
+        assert_eq!(
+            masks(&format!("{lp}  l: f32[batch] = sum_all lp\n  loss = l")),
+            None
+        );
+        // A row metric of a logit-derived value needs every row.
+        assert_eq!(
+            masks(&format!(
+                "{lp}  l: f32[batch] = mean lp, m\n  loss = l\n  metric \"per_token\" = lp"
+            )),
+            None
+        );
+        // A mask computed from other values is not read from an input.
+        assert_eq!(
+            masks(&format!(
+                "{lp}  z: f32[batch] = const 0.0\n  pos: bool[row] = gt lp, z\n  l: f32[batch] = sum lp, pos\n  loss = l"
+            )),
+            None
+        );
+        // A head-independent row value reduced without a mask does not matter.
+        assert_eq!(
+            masks(&format!(
+                "{lp}  c: f32[batch] = num_valid m\n  l0: f32[batch] = sum lp, m\n  l: f32[batch] = div l0, c\n  loss = l"
+            )),
+            Some(vec!["target".into()])
+        );
+    }
+}

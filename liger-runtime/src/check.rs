@@ -189,3 +189,78 @@ pub(crate) fn names_and_pairs<'n>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(prefix: bool, trainable: bool) -> VocabRule {
+        VocabRule { prefix, trainable }
+    }
+
+    #[test]
+    fn a_larger_vocabulary_passes_only_for_a_frozen_head_with_the_prefix_option() {
+        let first = |dims: &mut Option<(usize, usize, usize)>| {
+            head_shapes(
+                "student",
+                &[2, 3, 4],
+                &[10, 4],
+                None,
+                dims,
+                rule(false, true),
+            )
+        };
+        let mut dims = None;
+        assert_eq!(first(&mut dims).ok(), Some((2, 3, 10, 4)));
+        // A frozen teacher with 12 rows (and its own 12-entry bias).
+        let teacher = |dims: &mut Option<(usize, usize, usize)>, r: VocabRule, b: &[usize]| {
+            head_shapes("teacher", &[2, 3, 6], &[12, 6], Some(b), dims, r)
+        };
+        assert!(matches!(
+            teacher(&mut dims, rule(false, false), &[12]),
+            Err(Error::HeadVocab {
+                got: 12,
+                v: 10,
+                trainable: false,
+                ..
+            })
+        ));
+        assert_eq!(
+            teacher(&mut dims, rule(true, false), &[12]).ok(),
+            Some((2, 3, 10, 6))
+        );
+        // Its bias must have its own vocabulary's length.
+        assert!(matches!(
+            teacher(&mut dims, rule(true, false), &[10]),
+            Err(Error::Shape { .. })
+        ));
+        // A trained head is never cut, option or not.
+        assert!(matches!(
+            teacher(&mut dims, rule(true, true), &[12]),
+            Err(Error::HeadVocab {
+                trainable: true,
+                ..
+            })
+        ));
+        // A smaller vocabulary is a shape error either way.
+        assert!(matches!(
+            head_shapes(
+                "teacher",
+                &[2, 3, 6],
+                &[9, 6],
+                None,
+                &mut dims,
+                rule(true, false)
+            ),
+            Err(Error::Shape { .. })
+        ));
+        let msg = teacher(&mut dims, rule(true, true), &[12])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            msg.contains("a trained head must have exactly that vocabulary"),
+            "{msg}"
+        );
+    }
+}
