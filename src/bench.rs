@@ -33,6 +33,8 @@ pub struct BenchRow {
     pub peak_bytes: usize,
     /// Rows per chunk.
     pub chunk_rows: usize,
+    /// Rows left out as carrying nothing (the masked cases; the floor is over the others).
+    pub skipped_rows: usize,
     /// Device time per phase of one extra profiled run (when asked for).
     pub profile: Vec<crate::runtime::PhaseTime>,
 }
@@ -247,6 +249,7 @@ pub fn run(budget: usize, reps: usize, profile: bool, only: &str) -> Result<Vec<
             floor_tflops: flops / (floor * 1e-3) / 1e12,
             peak_bytes: peak,
             chunk_rows: rep.chunk_rows,
+            skipped_rows: rep.skipped_rows,
             profile: phases,
         };
         eprintln!(
@@ -329,7 +332,7 @@ pub fn json(rows: &[BenchRow], budget: usize) -> serde_json::Value {
         "rows": rows.iter().map(|r| serde_json::json!({
             "case": r.case, "schedule": r.schedule, "median_ms": r.ms, "gemm_floor_ms": r.floor_ms, "floor_tflops": r.floor_tflops,
             "ratio": r.ms / r.floor_ms, "peak_extra_bytes": r.peak_bytes, "within_budget": r.peak_bytes <= budget,
-            "chunk_rows": r.chunk_rows,
+            "chunk_rows": r.chunk_rows, "skipped_rows": r.skipped_rows,
             "profile": r.profile.iter().map(|p| serde_json::json!({
                 "phase": p.phase, "ms": p.ms, "launches": p.launches,
             })).collect::<Vec<_>>(),
