@@ -55,7 +55,9 @@ fn the_schedule_table_is_the_losses() {
     for (l, f) in &files {
         losses.push((l, format!("`{f}`")));
     }
-    let mut t = String::from("| loss | where | specialisations | schedules |\n|---|---|---|---|\n");
+    let mut t = String::from(
+        "| loss | where | specialisations | schedules | rows left out |\n|---|---|---|---|---|\n",
+    );
     for (loss, from) in losses {
         let mut rows: Vec<(String, Vec<&liger::SpecInfo>)> = Vec::new();
         for spec in loss.specializations().iter().filter(|s| s.ir.is_some()) {
@@ -67,6 +69,31 @@ fn the_schedule_table_is_the_losses() {
                 .map(|s| s.name().to_string())
                 .collect::<Vec<_>>()
                 .join(", ");
+            // Which rows the chunk loop may leave out (liger-ir's rowskip).
+            let g = p.grad();
+            let skip = p
+                .schedule()
+                .skippable
+                .as_ref()
+                .map_or("none".to_string(), |sk| {
+                    sk.masks
+                        .iter()
+                        .map(|m| match g.node(*m).op {
+                            liger::ir::Op::Input(k) => {
+                                let input = &g.inputs[k.index()];
+                                match input.kind {
+                                    liger::ir::InputKind::Target => {
+                                        format!("`{}` ignored", input.name)
+                                    }
+                                    _ => format!("`{}` false", input.name),
+                                }
+                            }
+                            _ => "?".to_string(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                });
+            let c = format!("{c} | {skip}");
             match rows.iter_mut().find(|(k, _)| *k == c) {
                 Some((_, specs)) => specs.push(spec),
                 None => rows.push((c, vec![spec])),
