@@ -96,6 +96,55 @@ pub fn parse_peers(text: &str, path: &str) -> Result<Vec<Peer>, Error> {
         .collect()
 }
 
+/// Reads the points of an earlier sweep's JSON ([`json`]'s `points`), so that a sweep can be
+/// measured in several calls (a device call has a time limit) and drawn once; `path` names
+/// the file in errors.
+pub fn parse_points(text: &str, path: &str) -> Result<Vec<SweepPoint>, Error> {
+    let bad = |why: String| Error::File {
+        path: path.into(),
+        why,
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let points = v
+        .get("points")
+        .and_then(serde_json::Value::as_array)
+        .ok_or_else(|| bad("no `points` array".into()))?;
+    points
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let f = |k: &str| {
+                p.get(k)
+                    .and_then(serde_json::Value::as_f64)
+                    .filter(|x| x.is_finite() && *x >= 0.0)
+                    .ok_or_else(|| bad(format!("point {i} has no non-negative number `{k}`")))
+            };
+            let n = |k: &str| {
+                p.get(k)
+                    .and_then(serde_json::Value::as_u64)
+                    .and_then(|x| usize::try_from(x).ok())
+                    .ok_or_else(|| bad(format!("point {i} has no byte count `{k}`")))
+            };
+            let floor_ms = f("gemm_floor_ms")?;
+            if floor_ms <= 0.0 {
+                return Err(bad(format!("point {i} has a floor of {floor_ms} ms")));
+            }
+            Ok(SweepPoint {
+                case: p
+                    .get("case")
+                    .and_then(serde_json::Value::as_str)
+                    .ok_or_else(|| bad(format!("point {i} has no string `case`")))?
+                    .to_string(),
+                budget: n("budget_bytes")?,
+                ms: f("median_ms")?,
+                floor_ms,
+                peak_bytes: n("peak_extra_bytes")?,
+            })
+        })
+        .collect()
+}
+
 /// The floor of each case: the median of its points' floors.
 fn floors(points: &[SweepPoint]) -> BTreeMap<&str, f64> {
     let mut by: BTreeMap<&str, Vec<f64>> = BTreeMap::new();

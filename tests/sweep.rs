@@ -1,7 +1,7 @@
 //! `liger bench --sweep`'s picture and peers' file, without a GPU: the SVG drawn from measured
 //! points (one curve per case, the peers' points against the same floor) and the file's errors.
 
-use liger::sweep::{Peer, SweepPoint, json, parse_peers, svg};
+use liger::sweep::{Peer, SweepPoint, json, parse_peers, parse_points, svg};
 
 fn point(case: &str, budget_mib: usize, ms: f64, floor: f64, peak_mib: usize) -> SweepPoint {
     SweepPoint {
@@ -102,4 +102,76 @@ fn the_repositorys_peer_file_parses() {
             .iter()
             .any(|p| p.peer.starts_with("Liger Kernel") && p.case == "flce S1 8x1024")
     );
+}
+
+/// A sweep measured in parts is drawn once: `--add` reads earlier `--json` files, and an empty
+/// `--budgets` measures nothing (no GPU needed).
+#[test]
+fn earlier_sweeps_are_drawn_with_add() {
+    let dir = std::env::temp_dir().join(format!("liger-sweep-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let part = |name: &str, pts: &[SweepPoint]| {
+        let path = dir.join(name);
+        let text = serde_json::to_string(&json(pts, &[])).expect("json");
+        // What `--json` writes reads back as the same points.
+        assert_eq!(parse_points(&text, "x").expect("parses"), pts);
+        std::fs::write(&path, text).expect("writes");
+        path.to_string_lossy().into_owned()
+    };
+    let a = part("a.json", &[point("flce S1 8x1024", 512, 50.1, 37.2, 480)]);
+    let b = part(
+        "b.json",
+        &[
+            point("flce S1 8x1024", 2048, 39.8, 37.1, 1990),
+            point("jsd S1 8x1024 teacher head", 2048, 69.2, 49.4, 1995),
+        ],
+    );
+    let out = dir.join("sweep.svg");
+    let peers = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/peers-h200.json");
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_liger"))
+        .args([
+            "bench",
+            "--sweep",
+            "--budgets",
+            "",
+            "--peers",
+            peers,
+            "--add",
+            &a,
+            "--add",
+            &b,
+        ])
+        .arg("--svg")
+        .arg(&out)
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&st.stdout);
+    assert!(
+        st.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    assert!(stdout.contains("(3 points)"), "{stdout}");
+    let picture = std::fs::read_to_string(&out).expect("the svg");
+    assert_eq!(picture.matches("<circle").count(), 3);
+    assert!(picture.contains("Liger Kernel 0.8.5: flce S1 8x1024"));
+    // A bad points file is named.
+    std::fs::write(dir.join("bad.json"), "{\"points\": [{\"case\": 1}]}").expect("writes");
+    let bad = dir.join("bad.json").to_string_lossy().into_owned();
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_liger"))
+        .args([
+            "bench",
+            "--sweep",
+            "--budgets",
+            "",
+            "--peers",
+            peers,
+            "--add",
+            &bad,
+        ])
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(!st.status.success() && err.contains("bad.json"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -128,6 +128,10 @@ enum Command {
         /// Where a sweep writes its SVG.
         #[arg(long, default_value = "sweep.svg")]
         svg: String,
+        /// Points of earlier sweeps (their `--json` files) drawn with this one's (repeatable):
+        /// a sweep too long for one call is measured in parts and drawn once.
+        #[arg(long = "add", value_name = "JSON")]
+        add: Vec<String>,
     },
     /// Inspect and manage the kernel cache.
     Cache {
@@ -268,9 +272,10 @@ pub fn main() -> ExitCode {
             budgets,
             peers,
             svg,
+            add,
         } => {
             if sweep {
-                bench::sweep(&budgets, reps, json.as_deref(), &peers, &svg, &only)
+                bench::sweep(&budgets, reps, json.as_deref(), &peers, &svg, &only, &add)
             } else {
                 bench::bench(&budget, reps, json.as_deref(), profile, &only)
             }
