@@ -267,8 +267,10 @@ pub fn run(budget: usize, reps: usize, profile: bool, only: &str) -> Result<Vec<
 
 /// The table of `rows`.
 pub fn table(rows: &[BenchRow], budget: usize) -> String {
+    // The case column is as wide as the longest case name.
+    let w = rows.iter().map(|r| r.case.len()).max().unwrap_or(0).max(4);
     let mut s = format!(
-        "budget {:.2} GiB\n{:<30} {:<10} {:>10} {:>10} {:>8} {:>7} {:>10} {:>8}\n",
+        "budget {:.2} GiB\n{:<w$} {:<10} {:>10} {:>10} {:>8} {:>7} {:>10} {:>8}\n",
         budget as f64 / (1u64 << 30) as f64,
         "case",
         "schedule",
@@ -281,7 +283,7 @@ pub fn table(rows: &[BenchRow], budget: usize) -> String {
     );
     for r in rows {
         s += &format!(
-            "{:<30} {:<10} {:>10.2} {:>10.2} {:>8.0} {:>7.2} {:>10.3} {:>8}\n",
+            "{:<w$} {:<10} {:>10.2} {:>10.2} {:>8.0} {:>7.2} {:>10.3} {:>8}\n",
             r.case,
             r.schedule,
             r.ms,
@@ -338,4 +340,37 @@ pub fn json(rows: &[BenchRow], budget: usize) -> serde_json::Value {
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_columns_line_up_for_long_case_names() {
+        let row = |case: &str| BenchRow {
+            case: case.into(),
+            schedule: "fused".into(),
+            ms: 40.0,
+            floor_ms: 37.0,
+            floor_tflops: 690.0,
+            peak_bytes: 1 << 30,
+            chunk_rows: 4096,
+            skipped_rows: 0,
+            profile: Vec::new(),
+        };
+        let t = table(
+            &[
+                row("flce S1 8x1024"),
+                row("dpo S1 8x1024 ref head 50% masked"),
+            ],
+            2 << 30,
+        );
+        let lines: Vec<&str> = t.lines().skip(1).take(3).collect();
+        let at: Vec<Option<usize>> = lines
+            .iter()
+            .map(|l| l.find("schedule").or_else(|| l.find("fused")))
+            .collect();
+        assert!(at.iter().all(|a| *a == at[0] && a.is_some()), "{t}");
+    }
 }
