@@ -57,20 +57,28 @@ pub struct Peer {
     pub peak_gib: f64,
 }
 
+fn file_error(path: &str, why: String) -> Error {
+    Error::File {
+        path: path.into(),
+        why,
+    }
+}
+
+/// The `points` array of a JSON file (the peers' file and a sweep's `--json` share the shape).
+fn points_array(text: &str, path: &str) -> Result<Vec<serde_json::Value>, Error> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| file_error(path, format!("not JSON: {e}")))?;
+    match v.get("points") {
+        Some(serde_json::Value::Array(points)) => Ok(points.clone()),
+        _ => Err(file_error(path, "no `points` array".into())),
+    }
+}
+
 /// Reads the peers' file: `{"points": [{"peer", "case", "ms", "peak_gib"}, …]}` (other keys
 /// are notes and ignored); `path` names the file in errors.
 pub fn parse_peers(text: &str, path: &str) -> Result<Vec<Peer>, Error> {
-    let bad = |why: String| Error::File {
-        path: path.into(),
-        why,
-    };
-    let v: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
-    let points = v
-        .get("points")
-        .and_then(serde_json::Value::as_array)
-        .ok_or_else(|| bad("no `points` array".into()))?;
-    points
+    let bad = |why: String| file_error(path, why);
+    points_array(text, path)?
         .iter()
         .enumerate()
         .map(|(i, p)| {
@@ -100,17 +108,8 @@ pub fn parse_peers(text: &str, path: &str) -> Result<Vec<Peer>, Error> {
 /// measured in several calls (a device call has a time limit) and drawn once; `path` names
 /// the file in errors.
 pub fn parse_points(text: &str, path: &str) -> Result<Vec<SweepPoint>, Error> {
-    let bad = |why: String| Error::File {
-        path: path.into(),
-        why,
-    };
-    let v: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
-    let points = v
-        .get("points")
-        .and_then(serde_json::Value::as_array)
-        .ok_or_else(|| bad("no `points` array".into()))?;
-    points
+    let bad = |why: String| file_error(path, why);
+    points_array(text, path)?
         .iter()
         .enumerate()
         .map(|(i, p)| {

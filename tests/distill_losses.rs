@@ -240,6 +240,32 @@ fn case(l: Loss) -> (&'static dyn ChunkedLoss, ParamSet) {
     }
 }
 
+/// FLCE's inputs: the head, the targets, and the class and token weights of `d` when asked.
+fn flce_set<'a>(
+    head: Head<'a>,
+    target: TensorView<'a>,
+    d: &'a Data,
+    (cw, tw): (bool, bool),
+    (s, t, v): (usize, usize, usize),
+) -> InputSet<'a> {
+    let mut set = InputSet::new()
+        .head("logits", head)
+        .tensor("target", target);
+    if cw {
+        set = set.tensor(
+            "class_weight",
+            TensorView::new(&d.class_weight[..], &[v]).expect("cw"),
+        );
+    }
+    if tw {
+        set = set.tensor(
+            "token_weight",
+            TensorView::new(&d.token_weight[..], &[s, t]).expect("tw"),
+        );
+    }
+    set
+}
+
 fn run(l: Loss, seed: u64, bias: bool, ignore: i64) -> usize {
     let d = data(seed, bias, ignore);
     let (loss, params) = case(l);
@@ -259,24 +285,7 @@ fn run(l: Loss, seed: u64, bias: bool, ignore: i64) -> usize {
     };
     let target = TensorView::new(&d.target[..], &[S, T]).expect("t");
     let set = match l {
-        Loss::Flce { cw, tw, .. } => {
-            let mut set = InputSet::new()
-                .head("logits", first)
-                .tensor("target", target);
-            if cw {
-                set = set.tensor(
-                    "class_weight",
-                    TensorView::new(&d.class_weight[..], &[V]).expect("cw"),
-                );
-            }
-            if tw {
-                set = set.tensor(
-                    "token_weight",
-                    TensorView::new(&d.token_weight[..], &[S, T]).expect("tw"),
-                );
-            }
-            set
-        }
+        Loss::Flce { cw, tw, .. } => flce_set(first, target, &d, (cw, tw), (S, T, V)),
         _ => InputSet::new()
             .head("student", first)
             .head("teacher", head(&d.xt, &d.wt, 2 * H))
@@ -823,24 +832,7 @@ fn closed_form_gradients_at_16x128x64x512() {
             let tview = TensorView::new(&target[..], &[S2, T2]).expect("t");
             let (loss, params) = case(l);
             let set = match l {
-                Loss::Flce { cw, tw, .. } => {
-                    let mut s = InputSet::new()
-                        .head("logits", student)
-                        .tensor("target", tview);
-                    if cw {
-                        s = s.tensor(
-                            "class_weight",
-                            TensorView::new(&d.class_weight[..], &[V2]).expect("cw"),
-                        );
-                    }
-                    if tw {
-                        s = s.tensor(
-                            "token_weight",
-                            TensorView::new(&d.token_weight[..], &[S2, T2]).expect("tw"),
-                        );
-                    }
-                    s
-                }
+                Loss::Flce { cw, tw, .. } => flce_set(student, tview, &d, (cw, tw), (S2, T2, V2)),
                 _ => InputSet::new()
                     .head("student", student)
                     .head(
