@@ -2216,8 +2216,11 @@ fn gpu_gradients_not_asked_for_are_not_computed() {
         for strategy in p.schedule().candidates.clone() {
             let base = RunOptions {
                 schedule: Some(strategy),
-                chunk_memory: (4 << 20) + (300 << 10),
                 ..RunOptions::default()
+            };
+            let base = RunOptions {
+                chunk_memory: least_budget(*loss, &rt, set, &params, &base) + (300 << 10),
+                ..base
             };
             let full = liger::run(*loss, &rt, set, &params, &base).expect("full");
             for spec in ["x", "w", "x,b", "none"] {
@@ -2283,91 +2286,134 @@ fn gpu_gradients_not_asked_for_are_not_computed() {
 
 /// Rows that carry nothing (prompt-like runs of ignored targets) are skipped on CUDA through
 /// the host API: the every-row results within rounding, under every schedule, for DPO with a
-/// reference head and FLCE.
+/// reference head and FLCE; in f32 with an even H (rows gathered in 4-byte words) and in bf16
+/// with an odd H (2-byte words).
 fn gpu_skipped_rows_match_every_row() {
     if gpu_or_skip().is_none() {
         return;
     }
     let rt = liger::Runtime::cuda(0).expect("cuda runtime");
-    let (s, t, h, v) = (4usize, 200usize, 64usize, 1031usize);
-    let mut rng = fastrand::Rng::with_seed(91);
-    let mut f = |n: usize, sd: f32| -> Vec<f32> { (0..n).map(|_| normal(&mut rng, sd)).collect() };
-    let (x, w, xr, wr) = (
-        f(s * t * h, 1.0),
-        f(v * h, 0.2),
-        f(s * t * h, 1.0),
-        f(v * h, 0.2),
-    );
-    // A prompt of 40 to 100 rows per sequence, and a few scattered ignored rows.
-    let target: Vec<i64> = (0..s * t)
-        .map(|i| {
-            let (q, j) = (i / t, i % t);
-            if j < 40 + 20 * q || j % 17 == 5 {
-                -100
-            } else {
-                ((i * 7) % v) as i64
-            }
-        })
-        .collect();
-    fn head<'a>(
-        x: &'a [f32],
-        w: &'a [f32],
-        (s, t, h, v): (usize, usize, usize, usize),
-    ) -> liger::Head<'a> {
-        liger::Head::new(
-            TensorView::new(x, &[s, t, h]).expect("x"),
-            TensorView::new(w, &[v, h]).expect("w"),
-        )
-    }
-    let dims = (s, t, h, v);
-    let tv = TensorView::new(&target[..], &[s, t]).expect("t");
-    let sets: Vec<(&dyn liger::ChunkedLoss, InputSet<'_>)> = vec![
-        (
-            &liger::losses::Dpo,
-            InputSet::new()
-                .head("policy", head(&x, &w, dims))
-                .head("reference", head(&xr, &wr, dims))
-                .tensor("target", tv.clone()),
-        ),
-        (
-            &liger::losses::Flce,
-            InputSet::new()
-                .head("logits", head(&x, &w, dims))
-                .tensor("target", tv.clone()),
-        ),
-    ];
-    let params = ParamSet::new();
     let mut failures = Vec::new();
     let mut runs = 0;
-    for (loss, set) in &sets {
-        let names: Vec<&str> = set.names().collect();
-        let (p, _) = liger::pipeline_for(*loss, &names, &params).expect("pipeline");
-        for strategy in p.schedule().candidates.clone() {
-            let opts = RunOptions {
-                schedule: Some(strategy),
-                chunk_memory: (4 << 20) + (500 << 10),
-                ..RunOptions::default()
-            };
-            let every = RunOptions {
-                skip_dead_rows: false,
-                ..opts
-            };
-            let a = liger::run(*loss, &rt, set, &params, &opts).expect("skipping");
-            let b = liger::run(*loss, &rt, set, &params, &every).expect("every row");
-            runs += 1;
-            assert!(a.report.skipped_rows >= 4 * 40, "{}", a.report.skipped_rows);
-            assert_eq!(b.report.skipped_rows, 0);
-            compare_outputs(
-                &format!("{} {strategy} skipped vs every row", loss.name()),
-                &a,
-                &b,
-                false,
-                &mut failures,
-            );
+    for (bf16, h) in [(false, 64usize), (true, 63)] {
+        let (s, t, v) = (4usize, 200usize, 1031usize);
+        let mut rng = fastrand::Rng::with_seed(91 + h as u64);
+        let mut f =
+            |n: usize, sd: f32| -> Vec<f32> { (0..n).map(|_| normal(&mut rng, sd)).collect() };
+        let f32s = [
+            f(s * t * h, 1.0),
+            f(v * h, 0.2),
+            f(s * t * h, 1.0),
+            f(v * h, 0.2),
+        ];
+        let bf: Vec<Vec<half::bf16>> = f32s.iter().map(|x| to_bf16(x)).collect();
+        let data = |i: usize| -> liger::TensorData<'_> {
+            if bf16 {
+                (&bf[i][..]).into()
+            } else {
+                (&f32s[i][..]).into()
+            }
+        };
+        // A prompt of 40 to 100 rows per sequence, and a few scattered ignored rows.
+        let target: Vec<i64> = (0..s * t)
+            .map(|i| {
+                let (q, j) = (i / t, i % t);
+                if j < 40 + 20 * q || j % 17 == 5 {
+                    -100
+                } else {
+                    ((i * 7) % v) as i64
+                }
+            })
+            .collect();
+        let head = |xi: usize| {
+            liger::Head::new(
+                TensorView::new(data(xi), &[s, t, h]).expect("x"),
+                TensorView::new(data(xi + 1), &[v, h]).expect("w"),
+            )
+        };
+        let tv = TensorView::new(&target[..], &[s, t]).expect("t");
+        let sets: Vec<(&dyn liger::ChunkedLoss, InputSet<'_>)> = vec![
+            (
+                &liger::losses::Dpo,
+                InputSet::new()
+                    .head("policy", head(0))
+                    .head("reference", head(2))
+                    .tensor("target", tv.clone()),
+            ),
+            (
+                &liger::losses::Flce,
+                InputSet::new()
+                    .head("logits", head(0))
+                    .tensor("target", tv.clone()),
+            ),
+        ];
+        let params = ParamSet::new();
+        for (loss, set) in &sets {
+            let names: Vec<&str> = set.names().collect();
+            let (p, _) = liger::pipeline_for(*loss, &names, &params).expect("pipeline");
+            for strategy in p.schedule().candidates.clone() {
+                let opts = RunOptions {
+                    schedule: Some(strategy),
+                    ..RunOptions::default()
+                };
+                // The least budget of either run (the skipping run's chunks also hold their
+                // gathered rows), plus a few dozen rows a chunk.
+                let every = RunOptions {
+                    skip_dead_rows: false,
+                    ..opts
+                };
+                let least = least_budget(*loss, &rt, set, &params, &every)
+                    .max(least_budget(*loss, &rt, set, &params, &opts));
+                let opts = RunOptions {
+                    chunk_memory: least + (500 << 10),
+                    ..opts
+                };
+                let every = RunOptions {
+                    skip_dead_rows: false,
+                    ..opts
+                };
+                let what = format!("{} {strategy} bf16={bf16} H{h}", loss.name());
+                let a = liger::run(*loss, &rt, set, &params, &opts)
+                    .unwrap_or_else(|e| panic!("{what} skipping: {e}"));
+                let b = liger::run(*loss, &rt, set, &params, &every)
+                    .unwrap_or_else(|e| panic!("{what} every row: {e}"));
+                runs += 1;
+                assert!(a.report.chunks > 1, "{what}: {} chunk", a.report.chunks);
+                assert!(a.report.skipped_rows >= 4 * 40, "{}", a.report.skipped_rows);
+                assert_eq!(b.report.skipped_rows, 0);
+                compare_outputs(
+                    &format!("{what} skipped vs every row"),
+                    &a,
+                    &b,
+                    bf16,
+                    &mut failures,
+                );
+            }
         }
     }
-    assert!(runs >= 4, "{runs}");
+    assert!(runs >= 8, "{runs}");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The least working memory `loss` needs on `rt` with `opts` (its schedule, options), from the
+/// planner's budget error at a budget of one byte: tests add a little to get small chunks
+/// whatever the backend's memory model counts.
+fn least_budget(
+    loss: &dyn liger::ChunkedLoss,
+    rt: &liger::Runtime,
+    set: &InputSet<'_>,
+    params: &ParamSet,
+    opts: &RunOptions,
+) -> usize {
+    let tiny = RunOptions {
+        chunk_memory: 1,
+        ..*opts
+    };
+    match liger::run(loss, rt, set, params, &tiny) {
+        Err(liger::Error::Runtime(RtError::Budget { needed, .. })) => needed,
+        Err(e) => panic!("{}: {e}", loss.name()),
+        Ok(_) => panic!("{} ran in one byte", loss.name()),
+    }
 }
 
 /// Why this machine cannot run the GPU tests (`None`: it can).

@@ -287,9 +287,11 @@ pub(crate) struct Job<'a> {
 }
 
 /// How the CUDA executor counts working memory: per chunk row the fp32 logits of every head,
-/// `dlogits` in the GEMM dtype per gradient head and the chunk's x/dx rows; whole-batch value
-/// arrays and tables; a deferred group's units (GEMM dtype) and scaled x rows; f32 working
-/// copies of gradients returned in bf16/f16; 4 MiB of slack.
+/// `dlogits` in the GEMM dtype per gradient head and the chunk's x/dx rows, and where chunks
+/// gather rows from several places ([`gathers`]) a contiguous copy of every head's x rows (GEMM
+/// dtype) and of the gradient heads' dx rows (f32); whole-batch value arrays and tables; a
+/// deferred group's units (GEMM dtype) and scaled x rows; f32 working copies of gradients
+/// returned in bf16/f16; 4 MiB of slack.
 struct CudaMemory {
     rows: usize,
     vocab: usize,
@@ -300,12 +302,25 @@ struct CudaMemory {
     units: usize,
     esz: usize,
     grad_copies: usize,
+    /// Whether dead rows are left out (chunks then gather their rows: [`gathers`]), and the
+    /// summed hidden sizes of the gradient heads whose dx rows are gathered too.
+    skipping: bool,
+    dx_hidden: usize,
 }
 
 impl CudaMemory {
-    fn per_row(&self) -> usize {
+    fn per_row(&self, s: Strategy) -> usize {
         let hsum: usize = self.hidden.iter().sum();
-        self.vocab * 4 * self.hidden.len() + self.vocab * self.esz * self.grads + hsum * 4 + 8
+        let gathered = if gathers(s, self.skipping) {
+            hsum * self.esz + self.dx_hidden * 4
+        } else {
+            0
+        };
+        self.vocab * 4 * self.hidden.len()
+            + self.vocab * self.esz * self.grads
+            + hsum * 4
+            + 8
+            + gathered
     }
 
     fn deferred_fixed(&self) -> usize {
@@ -324,7 +339,7 @@ impl MemoryModel for CudaMemory {
         };
         Footprint {
             fixed,
-            per_row: self.per_row(),
+            per_row: self.per_row(s),
             min_rows,
             grad_copies: self.grad_copies,
         }
@@ -339,6 +354,12 @@ struct DevState<'h> {
     dx: Option<CudaSlice<f32>>,
     dw: Option<CudaSlice<f32>>,
     db: Option<CudaSlice<f32>>,
+    /// The chunk's x rows gathered into one block (GEMM dtype) and its dx rows before they
+    /// are scattered (f32), where chunks can span several segments ([`gathers`]).
+    xg: Option<CudaSlice<u8>>,
+    dxg: Option<CudaSlice<f32>>,
+    /// Whether `xg` holds the current chunk's rows.
+    gathered: bool,
 }
 
 /// A deferred factor's group buffers.
@@ -397,9 +418,20 @@ impl Cuda<'_> {
     }
 
     fn set_rows(&mut self, rows: &Rows) -> Result<(), Error> {
-        self.segs = rows.to_vec();
-        self.map = if rows.len() > 1 {
-            let m: Vec<i32> = rows
+        // Adjacent segments (consecutive groups of a pack) are one segment.
+        self.segs.clear();
+        for &(a, l) in rows {
+            match self.segs.last_mut() {
+                Some(last) if last.0 + last.1 == a => last.1 += l,
+                _ => self.segs.push((a, l)),
+            }
+        }
+        for d in &mut self.dev {
+            d.gathered = false;
+        }
+        self.map = if self.segs.len() > 1 {
+            let m: Vec<i32> = self
+                .segs
                 .iter()
                 .flat_map(|&(a, l)| (a..a + l).map(|x| x as i32))
                 .collect();
@@ -417,6 +449,60 @@ impl Cuda<'_> {
 
     fn chunk_rows(&self) -> usize {
         self.segs.iter().map(|s| s.1).sum()
+    }
+
+    /// The device address of head `k`'s x rows for the current chunk: in place for one
+    /// segment, else gathered (once per chunk) into the head's contiguous block.
+    fn chunk_x(&mut self, k: usize) -> Result<u64, Error> {
+        let d = &self.dev[k];
+        let h = d.head;
+        let Some(m) = &self.map else {
+            let r0 = self.segs.first().map_or(0, |s| s.0);
+            return Ok(h.x + (r0 * h.h * self.esz) as u64);
+        };
+        let Some(xg) = &d.xg else {
+            return Err(no_gather_buffer());
+        };
+        let xgp = dptr(xg, self.st);
+        if !d.gathered {
+            // x holds S·T rows of h entries; xg has room for the chunk's c rows; the map
+            // names c rows below S·T.
+            let (mp, c) = (dptr(m, self.st), self.chunk_rows());
+            self.move_rows(h.x, mp, xgp, 0, c, h.h * self.esz)?;
+            self.dev[k].gathered = true;
+        }
+        Ok(xgp)
+    }
+
+    /// Queues `dst[dmap[i]] = src[smap[i]]` for `n` rows of `row_bytes` bytes (a zero map:
+    /// row `i`); the rows are packed (the leading dimension is the row).
+    fn move_rows(
+        &self,
+        src: u64,
+        smap: u64,
+        dst: u64,
+        dmap: u64,
+        n: usize,
+        row_bytes: usize,
+    ) -> Result<(), Error> {
+        let wide = row_bytes.is_multiple_of(4) && src.is_multiple_of(4) && dst.is_multiple_of(4);
+        let words = row_bytes / if wide { 4 } else { 2 };
+        let f = self.func(KernelKind::MoveRows, None)?;
+        let args = [
+            Arg::Ptr(src),
+            Arg::I64(words as i64),
+            Arg::Ptr(smap),
+            Arg::Ptr(dst),
+            Arg::I64(words as i64),
+            Arg::Ptr(dmap),
+            Arg::I32(i32_of("rows", n)?),
+            Arg::I32(i32_of("row words", words)?),
+            Arg::I32(i32::from(wide)),
+        ];
+        // The callers say which buffers hold the n rows each map names.
+        self.prof.time("row gather/scatter", || {
+            launch(self.st, f, KernelKind::MoveRows, &args, n * words)
+        })
     }
 
     fn bias_grad(&self, dz: u64, c: usize, coef: u64, db: &CudaSlice<f32>) -> Result<(), Error> {
@@ -462,34 +548,32 @@ impl Backend for Cuda<'_> {
     fn logits(&mut self, heads: &[InputId], rows: &Rows) -> Result<(), Error> {
         self.set_rows(rows)?;
         let v = self.dims.2;
-        for d in &self.dev {
-            if !heads.contains(&d.head.input) {
+        let c = self.chunk_rows();
+        for k in 0..self.dev.len() {
+            if !heads.contains(&self.dev[k].head.input) {
                 continue;
             }
+            let xp = self.chunk_x(k)?;
+            let d = &self.dev[k];
             let h = d.head;
-            let mut off = 0;
-            for &(r0, len) in &self.segs {
-                let xp = h.x + (r0 * h.h * self.esz) as u64;
-                let zp = dptr(&d.z, self.st) + (off * v * 4) as u64;
-                self.prof.time("logits GEMM", || {
-                    self.gemm
-                        .run(true, false, v, len, h.h, h.w, h.h, xp, h.h, 0.0, zp, v)
+            let zp = dptr(&d.z, self.st);
+            self.prof.time("logits GEMM", || {
+                self.gemm
+                    .run(true, false, v, c, h.h, h.w, h.h, xp, h.h, 0.0, zp, v)
+            })?;
+            if let Some(b) = h.b {
+                let f = self.func(KernelKind::AddBias, None)?;
+                let args = [
+                    Arg::Ptr(zp),
+                    Arg::Ptr(b),
+                    Arg::I32(i32_of("rows", c)?),
+                    Arg::I32(i32_of("V", v)?),
+                    Arg::I64(v as i64),
+                ];
+                // z holds the chunk's c rows of v floats; b holds v floats.
+                self.prof.time("bias add", || {
+                    launch(self.st, f, KernelKind::AddBias, &args, c * v)
                 })?;
-                if let Some(b) = h.b {
-                    let f = self.func(KernelKind::AddBias, None)?;
-                    let args = [
-                        Arg::Ptr(zp),
-                        Arg::Ptr(b),
-                        Arg::I32(i32_of("rows", len)?),
-                        Arg::I32(i32_of("V", v)?),
-                        Arg::I64(v as i64),
-                    ];
-                    // z holds `len` rows of v floats from zp; b holds v floats.
-                    self.prof.time("bias add", || {
-                        launch(self.st, f, KernelKind::AddBias, &args, len * v)
-                    })?;
-                }
-                off += len;
             }
         }
         Ok(())
@@ -550,44 +634,61 @@ impl Backend for Cuda<'_> {
 
     fn grads(&mut self, _rows: &Rows) -> Result<(), Error> {
         let v = self.dims.2;
-        for d in &self.dev {
+        let c = self.chunk_rows();
+        for k in 0..self.dev.len() {
             // A gradient head whose dlogits exist; each GEMM runs only for a gradient asked
             // for (`RunOptions::grads`: its accumulator exists).
-            let Some(dz) = &d.dz else { continue };
+            if self.dev[k].dz.is_none() {
+                continue;
+            }
+            let xp = if self.dev[k].dw.is_some() {
+                self.chunk_x(k)?
+            } else {
+                0
+            };
+            let d = &self.dev[k];
             let h = d.head;
-            let mut off = 0;
-            for &(r0, len) in &self.segs {
-                let dzp = dptr(dz, self.st) + (off * v * self.esz) as u64;
-                if let Some(dx) = &d.dx {
-                    let dxp = dptr(dx, self.st) + (r0 * h.h * 4) as u64;
-                    self.prof.time("dx GEMM", || {
-                        self.gemm
-                            .run(false, false, h.h, len, v, h.w, h.h, dzp, v, 0.0, dxp, h.h)
-                    })?;
+            let Some(dz) = &d.dz else { continue };
+            let dzp = dptr(dz, self.st);
+            if let Some(dx) = &d.dx {
+                // One segment: dx rows in place; several: into the gathered block, then
+                // scattered to their rows.
+                let dxp = match (&self.map, &d.dxg) {
+                    (None, _) => {
+                        dptr(dx, self.st) + (self.segs.first().map_or(0, |s| s.0) * h.h * 4) as u64
+                    }
+                    (Some(_), Some(g)) => dptr(g, self.st),
+                    (Some(_), None) => return Err(no_gather_buffer()),
+                };
+                self.prof.time("dx GEMM", || {
+                    self.gemm
+                        .run(false, false, h.h, c, v, h.w, h.h, dzp, v, 0.0, dxp, h.h)
+                })?;
+                if let Some(m) = &self.map {
+                    // dxg holds c rows of h floats; the map names c distinct rows of dx.
+                    self.move_rows(dxp, 0, dptr(dx, self.st), dptr(m, self.st), c, h.h * 4)?;
                 }
-                if let Some(dw) = &d.dw {
-                    let xp = h.x + (r0 * h.h * self.esz) as u64;
-                    self.prof.time("dW GEMM", || {
-                        self.gemm.run(
-                            false,
-                            true,
-                            h.h,
-                            v,
-                            len,
-                            xp,
-                            h.h,
-                            dzp,
-                            v,
-                            1.0,
-                            dptr(dw, self.st),
-                            h.h,
-                        )
-                    })?;
-                }
-                off += len;
+            }
+            if let Some(dw) = &d.dw {
+                self.prof.time("dW GEMM", || {
+                    self.gemm.run(
+                        false,
+                        true,
+                        h.h,
+                        v,
+                        c,
+                        xp,
+                        h.h,
+                        dzp,
+                        v,
+                        1.0,
+                        dptr(dw, self.st),
+                        h.h,
+                    )
+                })?;
             }
             if let Some(db) = &d.db {
-                self.bias_grad(dptr(dz, self.st), off, 0, db)?;
+                self.bias_grad(dzp, c, 0, db)?;
             }
         }
         Ok(())
@@ -693,6 +794,24 @@ impl Backend for Cuda<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// A chunk of several segments without the buffers to gather it (the planner and the driver
+/// disagree on [`gathers`]).
+fn no_gather_buffer() -> Error {
+    Error::Internal("a chunk spans several row segments but its rows have no gather buffer".into())
+}
+
+/// Whether the chunks of `strategy` can span several row segments and so gather their rows
+/// into contiguous blocks (one GEMM per chunk): packs of whole groups (a pair's two sequences
+/// lie apart), and chunks of live rows when dead rows are left out. Deferred chunks are
+/// pieces of one segment.
+fn gathers(strategy: Strategy, skipping: bool) -> bool {
+    match strategy {
+        Strategy::Deferred => false,
+        Strategy::GroupAligned => true,
+        Strategy::Fused | Strategy::TwoPass => skipping,
     }
 }
 
@@ -816,6 +935,12 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
                     .working_bytes(r, h.h, v, h.b.is_some(), opts.grads)
             })
             .sum(),
+        skipping: live.is_some(),
+        dx_hidden: heads
+            .iter()
+            .filter(|h| h.grad && opts.grads.x)
+            .map(|h| h.h)
+            .sum(),
     };
     let pl = plan(p, &dims, opts.chunk_memory, opts.schedule, &mem)?;
     let strategy = pl.strategy;
@@ -865,7 +990,8 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
     let table_d = st.clone_htod(&table).map_err(&alloc)?;
     let status: CudaSlice<i32> = st.clone_htod(&abi::status::INIT).map_err(&alloc)?;
 
-    // Per head: chunk logits, dlogits, f32 gradient accumulators.
+    // Per head: chunk logits, dlogits, f32 gradient accumulators, gathered rows.
+    let gather = gathers(strategy, live.is_some());
     let mut dev = Vec::new();
     for h in &heads {
         let grad = h.grad;
@@ -892,6 +1018,17 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
             } else {
                 None
             },
+            xg: if gather {
+                Some(st.alloc_zeros(chunk * h.h * esz).map_err(&alloc)?)
+            } else {
+                None
+            },
+            dxg: if gather && grad && opts.grads.x {
+                Some(st.alloc_zeros(chunk * h.h).map_err(&alloc)?)
+            } else {
+                None
+            },
+            gathered: false,
         });
     }
     let slots = g.inputs.len().max(1);
@@ -946,7 +1083,12 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
         + abi::status::WORDS * 4
         + dev
             .iter()
-            .map(|d| d.z.len() * 4 + d.dz.as_ref().map_or(0, |x| x.len()))
+            .map(|d| {
+                d.z.len() * 4
+                    + d.dz.as_ref().map_or(0, |x| x.len())
+                    + d.xg.as_ref().map_or(0, |x| x.len())
+                    + d.dxg.as_ref().map_or(0, |x| x.len() * 4)
+            })
             .sum::<usize>()
         + units
             .iter()
@@ -1149,6 +1291,8 @@ mod tests {
             units: 0,
             esz: 2,
             grad_copies: copies,
+            skipping: false,
+            dx_hidden: h,
         }
     }
 

@@ -102,6 +102,9 @@ pub enum KernelKind {
     ScaledCopy,
     /// Adds the bias to fp32 logits after the lm-head GEMM (one thread per element).
     AddBias,
+    /// Copies rows through row maps (one thread per 2- or 4-byte word): gathers a chunk's
+    /// rows of `x` into one contiguous block, scatters its `dx` rows back.
+    MoveRows,
 }
 
 const ARRAY: &[Param] = &[
@@ -162,6 +165,18 @@ const SCALED_COPY: &[Param] = &[
     p("out", ParamTy::Ptr, "void* __restrict__"),
 ];
 
+const MOVE_ROWS: &[Param] = &[
+    p("src", ParamTy::Ptr, "const void* __restrict__"),
+    p("lds", ParamTy::I64, "long long"),
+    p("smap", ParamTy::Ptr, "const int* __restrict__"),
+    p("dst", ParamTy::Ptr, "void* __restrict__"),
+    p("ldd", ParamTy::I64, "long long"),
+    p("dmap", ParamTy::Ptr, "const int* __restrict__"),
+    p("nrows", ParamTy::I32, "int"),
+    p("words", ParamTy::I32, "int"),
+    p("wide", ParamTy::I32, "int"),
+];
+
 const ADD_BIAS: &[Param] = &[
     p("z", ParamTy::Ptr, "float* __restrict__"),
     p("b", ParamTy::Ptr, "const float* __restrict__"),
@@ -172,7 +187,7 @@ const ADD_BIAS: &[Param] = &[
 
 impl KernelKind {
     /// Every kind.
-    pub const ALL: [KernelKind; 14] = [
+    pub const ALL: [KernelKind; 15] = [
         KernelKind::Pre,
         KernelKind::PreStream,
         KernelKind::PreLate,
@@ -187,6 +202,7 @@ impl KernelKind {
         KernelKind::ScaleRows,
         KernelKind::ScaledCopy,
         KernelKind::AddBias,
+        KernelKind::MoveRows,
     ];
 
     /// The parameter list, in order.
@@ -205,6 +221,7 @@ impl KernelKind {
             KernelKind::ScaleRows => SCALE_ROWS,
             KernelKind::ScaledCopy => SCALED_COPY,
             KernelKind::AddBias => ADD_BIAS,
+            KernelKind::MoveRows => MOVE_ROWS,
         }
     }
 
@@ -223,7 +240,8 @@ impl KernelKind {
             | KernelKind::Coef
             | KernelKind::ScaleRows
             | KernelKind::ScaledCopy
-            | KernelKind::AddBias => Grid::PerElement,
+            | KernelKind::AddBias
+            | KernelKind::MoveRows => Grid::PerElement,
         }
     }
 

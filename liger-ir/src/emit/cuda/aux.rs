@@ -1,5 +1,5 @@
 //! The small kernels around the streams: the bias add after the logits GEMM, the bias
-//! gradient's column sums, and the deferred-scaling pieces (per-row coefficients, scaling
+//! gradient's column sums, moving rows through row maps (a chunk's rows gathered for one GEMM), and the deferred-scaling pieces (per-row coefficients, scaling
 //! `dx` rows, the scaled copy of `x` for the `dW` GEMM).
 
 use std::fmt::Write;
@@ -18,6 +18,16 @@ pub(super) fn add_bias_kernel() -> String {
     format!(
         "{} {{\n    const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;\n    if (e >= (long long)rows * V) {{ return; }}\n    const int i = (int)(e / V), v = (int)(e % V);\n    z[(long long)i * ld + v] += b[v];\n}}\n",
         c_signature(KernelKind::AddBias, "liger_add_bias")
+    )
+}
+
+/// `dst[dmap[i]] = src[smap[i]]` row by row (a null map: row `i`), in words of 4 bytes
+/// (`wide`) or 2; `lds`, `ldd` and `words` count words. Every row a map names is below the
+/// rows of its buffer (the executor builds the maps).
+pub(super) fn move_rows_kernel() -> String {
+    format!(
+        "{} {{\n    const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;\n    if (e >= (long long)nrows * words) {{ return; }}\n    const int i = (int)(e / words), k = (int)(e % words);\n    const long long s = (long long)(smap ? smap[i] : i) * lds + k;\n    const long long d = (long long)(dmap ? dmap[i] : i) * ldd + k;\n    if (wide) {{\n        ((unsigned int*)dst)[d] = ((const unsigned int*)src)[s];\n    }} else {{\n        ((unsigned short*)dst)[d] = ((const unsigned short*)src)[s];\n    }}\n}}\n",
+        c_signature(KernelKind::MoveRows, "liger_move_rows")
     )
 }
 

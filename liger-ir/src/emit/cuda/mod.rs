@@ -209,6 +209,12 @@ pub fn emit_cuda(
     );
     push(
         &mut src,
+        "liger_move_rows",
+        KernelKind::MoveRows,
+        aux::move_rows_kernel(),
+    );
+    push(
+        &mut src,
         "liger_pre",
         KernelKind::Pre,
         array::array_kernel(g, "liger_pre", KernelKind::Pre, &sched.pre)?,
