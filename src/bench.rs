@@ -33,6 +33,8 @@ pub struct BenchRow {
     pub peak_bytes: usize,
     /// Rows per chunk.
     pub chunk_rows: usize,
+    /// Rows per gradient stage (the gradient GEMMs' depth).
+    pub stage_rows: usize,
     /// Rows left out as carrying nothing (the masked cases; the floor is over the others).
     pub skipped_rows: usize,
     /// Device time per phase of one extra profiled run (when asked for).
@@ -249,6 +251,7 @@ pub fn run(budget: usize, reps: usize, profile: bool, only: &str) -> Result<Vec<
             floor_tflops: flops / (floor * 1e-3) / 1e12,
             peak_bytes: peak,
             chunk_rows: rep.chunk_rows,
+            stage_rows: rep.stage_rows,
             skipped_rows: rep.skipped_rows,
             profile: phases,
         };
@@ -270,7 +273,7 @@ pub fn table(rows: &[BenchRow], budget: usize) -> String {
     // The case column is as wide as the longest case name.
     let w = rows.iter().map(|r| r.case.len()).max().unwrap_or(0).max(4);
     let mut s = format!(
-        "budget {:.2} GiB\n{:<w$} {:<10} {:>10} {:>10} {:>8} {:>7} {:>10} {:>8}\n",
+        "budget {:.2} GiB\n{:<w$} {:<10} {:>10} {:>10} {:>8} {:>7} {:>10} {:>11}\n",
         budget as f64 / (1u64 << 30) as f64,
         "case",
         "schedule",
@@ -279,11 +282,11 @@ pub fn table(rows: &[BenchRow], budget: usize) -> String {
         "TFLOP/s",
         "ratio",
         "peak GiB",
-        "chunk"
+        "chunk/stage"
     );
     for r in rows {
         s += &format!(
-            "{:<w$} {:<10} {:>10.2} {:>10.2} {:>8.0} {:>7.2} {:>10.3} {:>8}\n",
+            "{:<w$} {:<10} {:>10.2} {:>10.2} {:>8.0} {:>7.2} {:>10.3} {:>11}\n",
             r.case,
             r.schedule,
             r.ms,
@@ -291,7 +294,7 @@ pub fn table(rows: &[BenchRow], budget: usize) -> String {
             r.floor_tflops,
             r.ms / r.floor_ms,
             r.peak_bytes as f64 / (1u64 << 30) as f64,
-            r.chunk_rows
+            format!("{}/{}", r.chunk_rows, r.stage_rows)
         );
     }
     for r in rows.iter().filter(|r| !r.profile.is_empty()) {
@@ -334,7 +337,7 @@ pub fn json(rows: &[BenchRow], budget: usize) -> serde_json::Value {
         "rows": rows.iter().map(|r| serde_json::json!({
             "case": r.case, "schedule": r.schedule, "median_ms": r.ms, "gemm_floor_ms": r.floor_ms, "floor_tflops": r.floor_tflops,
             "ratio": r.ms / r.floor_ms, "peak_extra_bytes": r.peak_bytes, "within_budget": r.peak_bytes <= budget,
-            "chunk_rows": r.chunk_rows, "skipped_rows": r.skipped_rows,
+            "chunk_rows": r.chunk_rows, "stage_rows": r.stage_rows, "skipped_rows": r.skipped_rows,
             "profile": r.profile.iter().map(|p| serde_json::json!({
                 "phase": p.phase, "ms": p.ms, "launches": p.launches,
             })).collect::<Vec<_>>(),
@@ -356,6 +359,7 @@ mod tests {
             floor_tflops: 690.0,
             peak_bytes: 1 << 30,
             chunk_rows: 4096,
+            stage_rows: 8192,
             skipped_rows: 0,
             profile: Vec::new(),
         };

@@ -7,6 +7,11 @@
 //! Rows are given as segments `(first row, rows)`: a contiguous chunk is one segment, a chunk
 //! of whole groups (pairs) or a deferred group several. Within a chunk, segment rows are laid
 //! out one after the other (the backend's chunk buffers are indexed by that order).
+//!
+//! The fused and two-pass gradient GEMMs run once per gradient stage ([`Plan::stage_rows`]):
+//! the stream kernels of consecutive chunks write their `dlogits` one after the other into
+//! the stage, and `grads` runs over the stage's rows when the next chunk would not fit (a
+//! stage of one chunk where the backend does not stage).
 
 use liger_ir::stream::{StreamKind, StreamPlan};
 use liger_ir::{InputId, Strategy};
@@ -37,10 +42,12 @@ pub(crate) trait Backend {
     /// Starts a chunk of `rows`: computes the logits of `heads` for them (a backend also
     /// prepares whatever the chunk's gradient GEMMs need of the gradient heads' inputs).
     fn logits(&mut self, heads: &[InputId], rows: &Rows) -> Result<(), Error>;
-    /// Runs stream kernel `plan` over the chunk's rows (the vocab outputs it writes go to the
-    /// chunk's gradient buffers, or for `Unit` to the group's unit buffers at `unit_offset`).
-    fn stream(&mut self, plan: &StreamPlan, rows: &Rows, unit_offset: usize) -> Result<(), Error>;
-    /// From the chunk's `dlogits`: `dx` rows, `dW += dzᵀ x`, `db += Σ dz`, per gradient head.
+    /// Runs stream kernel `plan` over the chunk's rows; the vocab outputs it writes go to row
+    /// `out_offset` of the gradient stage's buffers (`dlogits`), or for `Unit` of the group's
+    /// unit buffers.
+    fn stream(&mut self, plan: &StreamPlan, rows: &Rows, out_offset: usize) -> Result<(), Error>;
+    /// From the `dlogits` of a gradient stage (`rows`: its chunks' rows in stage order): `dx`
+    /// rows, `dW += dzᵀ x`, `db += Σ dz`, per gradient head.
     fn grads(&mut self, rows: &Rows) -> Result<(), Error>;
     /// Deferred: after a `Unit` stream, the chunk's unscaled `dx` rows `U W`.
     fn unit_dx(&mut self, rows: &Rows, unit_offset: usize) -> Result<(), Error>;
@@ -121,6 +128,47 @@ fn row_chunks(rows: usize, chunk: usize, live: Option<&[bool]>) -> Vec<Vec<(usiz
     out
 }
 
+/// The gradient stage of the fused and two-pass loops: the rows whose `dlogits` the stream
+/// kernels have written since the last `grads`.
+struct Stage {
+    rows: Vec<(usize, usize)>,
+    filled: usize,
+    depth: usize,
+}
+
+impl Stage {
+    fn new(depth: usize) -> Self {
+        Stage {
+            rows: Vec::new(),
+            filled: 0,
+            depth: depth.max(1),
+        }
+    }
+
+    /// The stage row a chunk of `rows` starts at, after running the gradient GEMMs of the
+    /// stage when the chunk would not fit.
+    fn room(&mut self, b: &mut dyn Backend, rows: &Rows) -> Result<usize, Error> {
+        let n: usize = rows.iter().map(|s| s.1).sum();
+        if self.filled > 0 && self.filled + n > self.depth {
+            self.flush(b)?;
+        }
+        let at = self.filled;
+        self.rows.extend_from_slice(rows);
+        self.filled += n;
+        Ok(at)
+    }
+
+    /// Runs the gradient GEMMs of the stage's rows (none: nothing).
+    fn flush(&mut self, b: &mut dyn Backend) -> Result<(), Error> {
+        if self.filled > 0 {
+            b.grads(&self.rows)?;
+        }
+        self.rows.clear();
+        self.filled = 0;
+        Ok(())
+    }
+}
+
 /// Splits segments into pieces of at most `chunk` rows (a piece never spans two segments).
 fn pieces(segs: &Rows, chunk: usize) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
@@ -186,13 +234,15 @@ pub(crate) fn drive(
             let fused = stream(StreamKind::Fused)?;
             let chunks = row_chunks(rows, chunk, live);
             crate::progress::start(chunks.len());
+            let mut stage = Stage::new(plan.stage_rows.max(chunk));
             for c in &chunks {
+                let at = stage.room(b, c)?;
                 b.logits(&heads_of(fused), c)?;
-                b.stream(fused, c, 0)?;
-                b.grads(c)?;
+                b.stream(fused, c, at)?;
                 d.chunks += 1;
                 crate::progress::step();
             }
+            stage.flush(b)?;
         }
         Strategy::TwoPass => {
             let (fwd, bwd) = (stream(StreamKind::Forward)?, stream(StreamKind::Backward)?);
@@ -205,13 +255,15 @@ pub(crate) fn drive(
                 crate::progress::step();
             }
             b.array(ArrayStage::Group)?;
+            let mut stage = Stage::new(plan.stage_rows.max(chunk));
             for c in &chunks {
+                let at = stage.room(b, c)?;
                 b.logits(&heads_of(bwd), c)?;
-                b.stream(bwd, c, 0)?;
-                b.grads(c)?;
+                b.stream(bwd, c, at)?;
                 d.chunks += 1;
                 crate::progress::step();
             }
+            stage.flush(b)?;
         }
         Strategy::GroupAligned => {
             let (fwd, bwd) = (stream(StreamKind::Forward)?, stream(StreamKind::Backward)?);
@@ -281,6 +333,154 @@ mod tests {
         );
         assert_eq!(contiguous(5, 2).len(), 3);
         assert_eq!(contiguous(5, 2)[2], [(4, 1)]);
+    }
+
+    /// Records what the driver asks of a backend.
+    #[derive(Default)]
+    struct Calls(Vec<String>);
+
+    impl Backend for Calls {
+        fn array(&mut self, stage: ArrayStage) -> Result<(), Error> {
+            self.0.push(format!("{stage:?}"));
+            Ok(())
+        }
+        fn logits(&mut self, _heads: &[InputId], rows: &Rows) -> Result<(), Error> {
+            self.0.push(format!("logits {rows:?}"));
+            Ok(())
+        }
+        fn stream(&mut self, plan: &StreamPlan, rows: &Rows, at: usize) -> Result<(), Error> {
+            self.0.push(format!("{:?} {rows:?} at {at}", plan.kind));
+            Ok(())
+        }
+        fn grads(&mut self, rows: &Rows) -> Result<(), Error> {
+            self.0.push(format!("grads {rows:?}"));
+            Ok(())
+        }
+        fn unit_dx(&mut self, rows: &Rows, at: usize) -> Result<(), Error> {
+            self.0.push(format!("unit_dx {rows:?} at {at}"));
+            Ok(())
+        }
+        fn finish_group(&mut self, group: &Rows) -> Result<(), Error> {
+            self.0.push(format!("finish {group:?}"));
+            Ok(())
+        }
+    }
+
+    fn stream_plan(kind: StreamKind) -> StreamPlan {
+        StreamPlan {
+            kind,
+            program: Vec::new(),
+            outputs: Vec::new(),
+            stages: Default::default(),
+            externals: Default::default(),
+            heads: Default::default(),
+            merged_last: false,
+        }
+    }
+
+    fn plan(strategy: Strategy, chunk: usize, stage: usize) -> Plan {
+        Plan {
+            strategy,
+            chunk_rows: chunk,
+            stage_rows: stage,
+            estimate: 0,
+            cost: liger_ir::schedule::Cost {
+                gemm_flops: 0.0,
+                bytes: 0.0,
+            },
+            forced: false,
+        }
+    }
+
+    #[test]
+    fn gradient_stages_hold_whole_chunks_and_run_once_full() {
+        // 11 rows, chunks of 2, a stage of 5 rows: two chunks per stage (a third would not
+        // fit), their dlogits at stage rows 0 and 2; the last stage is the odd chunk.
+        let fused = [stream_plan(StreamKind::Fused)];
+        let mut b = Calls::default();
+        let groups = vec![vec![(0, 11)]];
+        let d = drive(
+            &mut b,
+            &plan(Strategy::Fused, 2, 5),
+            None,
+            &fused,
+            &groups,
+            11,
+            None,
+        )
+        .expect("drive");
+        assert_eq!(d.chunks, 6);
+        let want = [
+            "Pre",
+            "logits [(0, 2)]",
+            "Fused [(0, 2)] at 0",
+            "logits [(2, 2)]",
+            "Fused [(2, 2)] at 2",
+            "grads [(0, 2), (2, 2)]",
+            "logits [(4, 2)]",
+            "Fused [(4, 2)] at 0",
+            "logits [(6, 2)]",
+            "Fused [(6, 2)] at 2",
+            "grads [(4, 2), (6, 2)]",
+            "logits [(8, 2)]",
+            "Fused [(8, 2)] at 0",
+            "logits [(10, 1)]",
+            "Fused [(10, 1)] at 2",
+            "grads [(8, 2), (10, 1)]",
+            "Group",
+        ];
+        assert_eq!(b.0, want);
+        // Two passes: the forward pass has no stage; the backward pass stages as fused does;
+        // live rows: the stage holds the chunks' segments in order.
+        let two = [
+            stream_plan(StreamKind::Forward),
+            stream_plan(StreamKind::Backward),
+        ];
+        let live = [true, true, false, true, true, true, true, false, true, true];
+        let mut b = Calls::default();
+        drive(
+            &mut b,
+            &plan(Strategy::TwoPass, 3, 6),
+            None,
+            &two,
+            &[vec![(0, 10)]],
+            10,
+            Some(&live),
+        )
+        .expect("drive");
+        let back: Vec<&str> =
+            b.0.iter()
+                .skip_while(|c| !c.starts_with("Group"))
+                .map(String::as_str)
+                .collect();
+        assert_eq!(
+            back,
+            [
+                "Group",
+                "logits [(0, 2), (3, 1)]",
+                "Backward [(0, 2), (3, 1)] at 0",
+                "logits [(4, 3)]",
+                "Backward [(4, 3)] at 3",
+                "grads [(0, 2), (3, 1), (4, 3)]",
+                "logits [(8, 2)]",
+                "Backward [(8, 2)] at 0",
+                "grads [(8, 2)]",
+                "Group",
+            ]
+        );
+        // A stage of one chunk (a backend that does not stage): grads after every chunk.
+        let mut b = Calls::default();
+        drive(
+            &mut b,
+            &plan(Strategy::Fused, 4, 4),
+            None,
+            &fused,
+            &groups,
+            11,
+            None,
+        )
+        .expect("drive");
+        assert_eq!(b.0.iter().filter(|c| c.starts_with("grads")).count(), 3);
     }
 
     #[test]

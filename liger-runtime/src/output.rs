@@ -114,6 +114,9 @@ pub struct Report {
     pub forced: bool,
     /// Rows per chunk (sub-chunk for deferred).
     pub chunk_rows: usize,
+    /// Rows per gradient stage (the gradient GEMMs run once per stage of whole chunks; the
+    /// chunk where the backend does not stage).
+    pub stage_rows: usize,
     /// Chunks run (both passes counted for two passes).
     pub chunks: usize,
     /// Rows left out of the chunk loop because they carry nothing

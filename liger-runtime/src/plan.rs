@@ -9,6 +9,14 @@
 //! measured faster on the H200 where both fit, although deferred reads the logits less — the
 //! cost model's byte count is reported, not ranked, until a measured model replaces it). A
 //! budget nothing fits is an error that says how much the smallest chunk needs.
+//!
+//! A backend whose gradient GEMMs can read the `dlogits` of several chunks at once (a
+//! [`Staging`] in its footprint: CUDA) gets a gradient stage deeper than a chunk for the
+//! fused and two-pass strategies: the budget is split between the chunk's logits and the
+//! stage's `dlogits` by a roofline model of the GEMMs ([`gemm_seconds`]), because every
+//! `dW` GEMM reads and writes the whole f32 accumulator and every logits or `dx` GEMM reads
+//! all of `W`: few deep `dW` GEMMs, and logits chunks just large enough to stay
+//! compute-bound.
 
 use liger_ir::schedule::{Cost, Dims};
 use liger_ir::{Pipeline, Strategy};
@@ -230,6 +238,9 @@ pub struct Plan {
     pub strategy: Strategy,
     /// Rows per chunk (per sub-chunk for deferred).
     pub chunk_rows: usize,
+    /// Rows per gradient stage: the gradient GEMMs run once per stage of whole chunks (a
+    /// multiple of `chunk_rows`; equal to it where the stage is the chunk).
+    pub stage_rows: usize,
     /// Estimated working memory in bytes.
     pub estimate: usize,
     /// The strategy's cost at these sizes.
@@ -272,13 +283,26 @@ pub struct Footprint {
     pub min_rows: usize,
     /// Bytes of `fixed` that are f32 working copies of gradients returned in bf16/f16.
     pub grad_copies: usize,
+    /// Where the gradient GEMMs can run over a stage of several chunks: the stage's bytes
+    /// per row (not in `per_row`). `None`: the stage is the chunk.
+    pub stage: Option<Staging>,
+}
+
+/// The gradient stage of a backend whose gradient GEMMs read the `dlogits` of several chunks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Staging {
+    /// Bytes per stage row (`dlogits` in the GEMM dtype, gathered rows).
+    pub per_row: usize,
+    /// Bytes of one GEMM operand element (2 for bf16/f16, 4 for f32).
+    pub gemm_bytes: usize,
 }
 
 impl Footprint {
     /// Bytes of the smallest chunk.
     pub fn least(&self) -> usize {
+        let per_row = self.per_row + self.stage.map_or(0, |s| s.per_row);
         self.fixed
-            .saturating_add(self.per_row.saturating_mul(self.min_rows))
+            .saturating_add(per_row.saturating_mul(self.min_rows))
     }
 }
 
@@ -286,6 +310,82 @@ impl Footprint {
 pub trait MemoryModel {
     /// The footprint of strategy `s`.
     fn footprint(&self, s: Strategy) -> Footprint;
+}
+
+/// The H200's dense bf16 GEMM rate through cuBLAS on random data (measured: 690-710 TFLOP/s),
+/// its f32 rate, and the bandwidth a GEMM's operand traffic sees (HBM3e, 4.8 TB/s peak): the
+/// roofline [`gemm_seconds`] ranks splits of the budget with. Only their ratios matter (the
+/// model picks, it does not report), and the ridge of other recent GPUs is close.
+const RATE_16: f64 = 7.0e14;
+const RATE_32: f64 = 5.0e13;
+const BANDWIDTH: f64 = 4.0e12;
+
+/// A GEMM of `2·m·n·k` operations moving `bytes`: the longer of its compute and memory time.
+fn gemm_seconds(m: usize, n: usize, k: usize, bytes: usize, gemm_bytes: usize) -> f64 {
+    let rate = if gemm_bytes <= 2 { RATE_16 } else { RATE_32 };
+    (2.0 * m as f64 * n as f64 * k as f64 / rate).max(bytes as f64 / BANDWIDTH)
+}
+
+/// The modelled GEMM time of a chunk loop with chunks of `c` rows and gradient stages of `k`
+/// rows: per chunk, every head's logits GEMM (reading all of `W`); per stage, a trained
+/// head's `dx` GEMM (reading all of `W`) and `dW` GEMM (reading and writing the f32
+/// accumulator).
+fn loop_seconds(p: &Pipeline, dims: &Dims, c: usize, k: usize, gemm_bytes: usize) -> f64 {
+    let (r, v, e) = (dims.rows().max(1), dims.vocab, gemm_bytes);
+    let (chunks, stages) = (r.div_ceil(c) as f64, r.div_ceil(k) as f64);
+    let mut t = 0.0;
+    for (hp, &h) in p.schedule().heads.iter().zip(&dims.hidden) {
+        t += chunks * gemm_seconds(c, v, h, h * v * e + c * h * e + c * v * 4, e);
+        if hp.grad.is_none() {
+            continue;
+        }
+        if dims.dx {
+            t += stages * gemm_seconds(k, h, v, h * v * e + k * v * e + k * h * 4, e);
+        }
+        if dims.dw {
+            t += stages * gemm_seconds(h, v, k, 8 * h * v + k * (v + h) * e, e);
+        }
+    }
+    t
+}
+
+/// Splits what `budget` leaves after `fp.fixed` between a chunk's logits (`fp.per_row` a row)
+/// and a gradient stage (`st.per_row` a row, a whole number of chunks): the split of least
+/// modelled GEMM time ([`loop_seconds`]) among chunks of 128·2ⁱ and 192·2ⁱ rows below
+/// `widest` (the chunk without staging) and `widest` itself, a tie going to the larger chunk.
+/// Returns `(chunk rows, stage rows)`.
+fn staged(
+    p: &Pipeline,
+    dims: &Dims,
+    budget: usize,
+    fp: &Footprint,
+    st: Staging,
+    widest: usize,
+) -> (usize, usize) {
+    let rows = dims.rows().max(1);
+    let room = budget.saturating_sub(fp.fixed);
+    let mut sizes = vec![widest];
+    for base in [128usize, 192] {
+        let mut c = base;
+        while c < widest {
+            sizes.push(c);
+            c *= 2;
+        }
+    }
+    let mut best = (widest, widest, f64::INFINITY);
+    for c in sizes {
+        let left = room.saturating_sub(fp.per_row * c);
+        let k = (left / st.per_row.max(1)).min(rows.next_multiple_of(c));
+        let k = k / c * c;
+        if k < c {
+            continue;
+        }
+        let t = loop_seconds(p, dims, c, k, st.gemm_bytes);
+        if t < best.2 * (1.0 - 1e-9) || (t <= best.2 * (1.0 + 1e-9) && c > best.0) {
+            best = (c, k, t);
+        }
+    }
+    (best.0, best.1)
 }
 
 /// Picks a strategy and chunk size for `dims` under `budget` bytes, with the backend's memory
@@ -324,15 +424,23 @@ pub fn plan(
             continue;
         }
         let min = fp.min_rows.max(1);
-        let mut chunk = ((budget - fp.fixed) / fp.per_row.max(1)).clamp(min, rows.max(min));
+        let unstaged = fp.per_row + fp.stage.map_or(0, |st| st.per_row);
+        let mut chunk = ((budget - fp.fixed) / unstaged.max(1)).clamp(min, rows.max(min));
         if s == Strategy::GroupAligned {
             chunk = (chunk / min).max(1) * min;
+        }
+        let mut stage_rows = chunk;
+        if let (Some(st), Strategy::Fused | Strategy::TwoPass) = (fp.stage, s) {
+            (chunk, stage_rows) = staged(p, dims, budget, &fp, st, chunk);
         }
         let cost = p.cost(s, dims);
         let plan = Plan {
             strategy: s,
             chunk_rows: chunk,
-            estimate: fp.fixed + fp.per_row * chunk,
+            stage_rows,
+            estimate: fp.fixed
+                + fp.per_row * chunk
+                + fp.stage.map_or(0, |st| st.per_row * stage_rows),
             cost,
             forced: force.is_some(),
         };

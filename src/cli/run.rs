@@ -267,6 +267,13 @@ pub(crate) fn run(
         mib(rep.budget),
         rep.seconds,
     );
+    if rep.stage_rows > rep.chunk_rows {
+        println!(
+            "  gradient GEMMs over stages of {} rows ({} chunks each)",
+            rep.stage_rows,
+            rep.stage_rows / rep.chunk_rows.max(1)
+        );
+    }
     if rep.skipped_rows > 0 {
         println!(
             "  {} rows skipped: they carry nothing (ignored tokens; --all-rows runs them)",

@@ -36,8 +36,8 @@ struct CpuHead<'a> {
     host: HostHead<'a>,
     /// `W` in f32 (borrowed when the input is f32).
     w: Cow<'a, [f32]>,
-    /// The chunk's `x` rows in f32 (gradient heads).
-    xs: Vec<f32>,
+    /// The gradient stage's `dlogits` rows (gradient heads).
+    dz: Vec<f32>,
     /// The f32 accumulators of the gradients asked for (`RunOptions::grads`).
     dx: Option<Vec<f32>>,
     dw: Option<Vec<f32>>,
@@ -88,6 +88,8 @@ impl MemoryModel for CpuMemory<'_> {
             per_row,
             min_rows,
             grad_copies: self.grad_copies,
+            // The CPU's GEMMs gain nothing from deeper gradient stages: a stage is a chunk.
+            stage: None,
         }
     }
 }
@@ -141,24 +143,20 @@ impl Backend for Cpu<'_, '_> {
         let (c, v) = (self.rows.len(), self.v);
         for h in &mut self.heads {
             let wanted = heads.contains(&h.host.input);
-            if !wanted && h.dw.is_none() {
+            if !wanted {
                 continue;
             }
-            let xc = host::gather_rows(&h.host.x, self.rows.iter().copied(), h.host.h);
             if wanted {
+                let xc = host::gather_rows(&h.host.x, self.rows.iter().copied(), h.host.h);
                 let mut z = vec![0f32; c * v];
                 gemm::logits(&xc, &h.w, h.host.b.as_deref(), c, h.host.h, v, &mut z);
                 self.bufs.insert(h.host.node, VBuf::F(z));
-            }
-            // The chunk's x rows for the dW GEMM (only when dW is asked for).
-            if h.dw.is_some() {
-                h.xs = xc;
             }
         }
         Ok(())
     }
 
-    fn stream(&mut self, plan: &StreamPlan, _rows: &Rows, unit_offset: usize) -> Result<(), Error> {
+    fn stream(&mut self, plan: &StreamPlan, _rows: &Rows, out_offset: usize) -> Result<(), Error> {
         let keep: Vec<ValueId> = plan.outputs.iter().map(|(_, o)| *o).collect();
         self.ev
             .run_stream(&plan.program, &self.rows, &mut self.bufs, &keep)?;
@@ -174,33 +172,58 @@ impl Backend for Cpu<'_, '_> {
                     return Err(Error::Internal("a deferred unit was not computed".into()));
                 };
                 let buf = &mut self.units[fi];
-                buf.resize((unit_offset + c) * v, 0.0);
-                buf[unit_offset * v..(unit_offset + c) * v].copy_from_slice(u);
+                buf.resize((out_offset + c) * v, 0.0);
+                buf[out_offset * v..(out_offset + c) * v].copy_from_slice(u);
+            }
+        }
+        if matches!(plan.kind, StreamKind::Fused | StreamKind::Backward) {
+            // The chunk's dlogits join the gradient stage at row `out_offset`.
+            let v = self.v;
+            for h in &mut self.heads {
+                let Some(gid) = h.host.grad else { continue };
+                let Some(VBuf::F(dz)) = self.bufs.remove(&gid) else {
+                    return Err(Error::Internal(format!(
+                        "the gradient of `{}` was not computed",
+                        h.host.name
+                    )));
+                };
+                if out_offset == 0 {
+                    h.dz = dz;
+                } else {
+                    h.dz.truncate(out_offset * v);
+                    h.dz.extend_from_slice(&dz);
+                }
             }
         }
         Ok(())
     }
 
-    fn grads(&mut self, _rows: &Rows) -> Result<(), Error> {
-        let (c, v) = (self.rows.len(), self.v);
+    fn grads(&mut self, rows: &Rows) -> Result<(), Error> {
+        let stage = Self::flat(rows);
+        let (c, v) = (stage.len(), self.v);
         for h in &mut self.heads {
-            let Some(gid) = h.host.grad else { continue };
-            let Some(VBuf::F(dz)) = self.bufs.get(&gid) else {
+            if h.host.grad.is_none() {
+                continue;
+            }
+            let dz = &h.dz;
+            if dz.len() != c * v {
                 return Err(Error::Internal(format!(
-                    "the gradient of `{}` was not computed",
+                    "a gradient stage of {c} rows holds {} dlogits rows of `{}`",
+                    dz.len() / v.max(1),
                     h.host.name
                 )));
-            };
+            }
             let hh = h.host.h;
             if let Some(dx) = h.dx.as_mut() {
                 let mut dxc = vec![0f32; c * hh];
                 gemm::grad_x(dz, &h.w, c, hh, v, &mut dxc);
-                for (i, &row) in self.rows.iter().enumerate() {
+                for (i, &row) in stage.iter().enumerate() {
                     dx[row * hh..(row + 1) * hh].copy_from_slice(&dxc[i * hh..(i + 1) * hh]);
                 }
             }
             if let Some(dw) = h.dw.as_mut() {
-                gemm::grad_w(dz, &h.xs, c, hh, v, dw);
+                let xs = host::gather_rows(&h.host.x, stage.iter().copied(), hh);
+                gemm::grad_w(dz, &xs, c, hh, v, dw);
             }
             if let Some(db) = h.db.as_mut() {
                 for row in dz.chunks(v) {
@@ -308,7 +331,7 @@ pub fn run(
             dx: (grad && want.x).then(|| vec![0.0; r * hh.h]),
             dw: (grad && want.w).then(|| vec![0.0; v * hh.h]),
             db: (grad && want.b && hh.b.is_some()).then(|| vec![0.0; v]),
-            xs: Vec::new(),
+            dz: Vec::new(),
             w,
             host: hh,
         });
@@ -409,6 +432,7 @@ pub fn run(
         strategy: pl.strategy,
         forced: pl.forced,
         chunk_rows: pl.chunk_rows,
+        stage_rows: pl.stage_rows,
         chunks: driven.chunks,
         skipped_rows,
         budget: opts.chunk_memory,

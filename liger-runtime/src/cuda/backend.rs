@@ -33,7 +33,7 @@ use crate::cuda::launch::{Arg, i32_of, launch};
 use crate::cuda::profile::{Marks, Profiler};
 use crate::driver::{self, ArrayStage, Backend, Rows};
 use crate::output::{GradBuf, HeadGrads, MetricOutput, Report};
-use crate::plan::{Footprint, GradDTypes, MemoryModel, RunOptions, plan};
+use crate::plan::{Footprint, GradDTypes, MemoryModel, RunOptions, Staging, plan};
 use crate::tensor::DType as HDType;
 
 /// A gradient on the device, in the dtype asked for.
@@ -309,18 +309,21 @@ struct CudaMemory {
 }
 
 impl CudaMemory {
-    fn per_row(&self, s: Strategy) -> usize {
+    /// Bytes per chunk row: every head's f32 logits.
+    fn chunk_row(&self) -> usize {
+        let hsum: usize = self.hidden.iter().sum();
+        self.vocab * 4 * self.hidden.len() + hsum * 4 + 8
+    }
+
+    /// Bytes per gradient-stage row: `dlogits` per gradient head and the gathered rows.
+    fn stage_row(&self, s: Strategy) -> usize {
         let hsum: usize = self.hidden.iter().sum();
         let gathered = if gathers(s, self.skipping) {
             hsum * self.esz + self.dx_hidden * 4
         } else {
             0
         };
-        self.vocab * 4 * self.hidden.len()
-            + self.vocab * self.esz * self.grads
-            + hsum * 4
-            + 8
-            + gathered
+        self.vocab * self.esz * self.grads + gathered
     }
 
     fn deferred_fixed(&self) -> usize {
@@ -337,11 +340,25 @@ impl MemoryModel for CudaMemory {
             Strategy::GroupAligned => (fixed, self.group_rows),
             Strategy::Deferred => (fixed + self.deferred_fixed(), 1),
         };
+        // The fused and two-pass gradient GEMMs run over stages of several chunks.
+        let (per_row, stage) = match s {
+            Strategy::Fused | Strategy::TwoPass => (
+                self.chunk_row(),
+                Some(Staging {
+                    per_row: self.stage_row(s),
+                    gemm_bytes: self.esz,
+                }),
+            ),
+            Strategy::GroupAligned | Strategy::Deferred => {
+                (self.chunk_row() + self.stage_row(s), None)
+            }
+        };
         Footprint {
             fixed,
-            per_row: self.per_row(s),
+            per_row,
             min_rows,
             grad_copies: self.grad_copies,
+            stage,
         }
     }
 }
@@ -354,12 +371,13 @@ struct DevState<'h> {
     dx: Option<CudaSlice<f32>>,
     dw: Option<CudaSlice<f32>>,
     db: Option<CudaSlice<f32>>,
-    /// The chunk's x rows gathered into one block (GEMM dtype) and its dx rows before they
-    /// are scattered (f32), where chunks can span several segments ([`gathers`]).
+    /// A chunk's or gradient stage's x rows gathered into one block (GEMM dtype, stage rows)
+    /// and the stage's dx rows before they are scattered (f32), where chunks can span several
+    /// segments ([`gathers`]).
     xg: Option<CudaSlice<u8>>,
     dxg: Option<CudaSlice<f32>>,
-    /// Whether `xg` holds the current chunk's rows.
-    gathered: bool,
+    /// The rows `xg` holds (empty: none).
+    xg_rows: Vec<(usize, usize)>,
 }
 
 /// A deferred factor's group buffers.
@@ -389,11 +407,28 @@ struct Cuda<'a> {
     status: u64,
     dims: (usize, usize, usize),
     esz: usize,
-    /// The current chunk's segments and, for more than one, its device row map.
-    segs: Vec<(usize, usize)>,
-    map: Option<CudaSlice<i32>>,
+    /// The current chunk's rows.
+    chunk: RowSet,
     /// Small per-chunk tables kept alive until the work that reads them is queued.
     scratch: Vec<CudaSlice<u64>>,
+}
+
+/// Rows of a chunk or gradient stage: segments (adjacent ones merged) and, for more than one,
+/// the device row map the kernels index them by.
+#[derive(Default)]
+struct RowSet {
+    segs: Vec<(usize, usize)>,
+    map: Option<CudaSlice<i32>>,
+}
+
+impl RowSet {
+    fn rows(&self) -> usize {
+        self.segs.iter().map(|s| s.1).sum()
+    }
+
+    fn first(&self) -> usize {
+        self.segs.first().map_or(0, |s| s.0)
+    }
 }
 
 impl Cuda<'_> {
@@ -410,28 +445,24 @@ impl Cuda<'_> {
 
     /// `(rows pointer or 0, row0)` of the current chunk for a stream or coefficient kernel.
     fn row_args(&self) -> (u64, i32) {
-        match (&self.map, self.segs.first()) {
-            (Some(m), _) => (dptr(m, self.st), 0),
-            (None, Some(&(a, _))) => (0, a as i32),
-            (None, None) => (0, 0),
+        match &self.chunk.map {
+            Some(m) => (dptr(m, self.st), 0),
+            None => (0, self.chunk.first() as i32),
         }
     }
 
-    fn set_rows(&mut self, rows: &Rows) -> Result<(), Error> {
-        // Adjacent segments (consecutive groups of a pack) are one segment.
-        self.segs.clear();
+    /// `rows` as a [`RowSet`] (the map uploaded when there are several segments).
+    fn row_set(&self, rows: &Rows) -> Result<RowSet, Error> {
+        i32_of("row", rows.iter().map(|&(a, l)| a + l).max().unwrap_or(0))?;
+        let mut segs: Vec<(usize, usize)> = Vec::new();
         for &(a, l) in rows {
-            match self.segs.last_mut() {
+            match segs.last_mut() {
                 Some(last) if last.0 + last.1 == a => last.1 += l,
-                _ => self.segs.push((a, l)),
+                _ => segs.push((a, l)),
             }
         }
-        for d in &mut self.dev {
-            d.gathered = false;
-        }
-        self.map = if self.segs.len() > 1 {
-            let m: Vec<i32> = self
-                .segs
+        let map = if segs.len() > 1 {
+            let m: Vec<i32> = segs
                 .iter()
                 .flat_map(|&(a, l)| (a..a + l).map(|x| x as i32))
                 .collect();
@@ -443,33 +474,57 @@ impl Cuda<'_> {
         } else {
             None
         };
-        i32_of("row", rows.iter().map(|&(a, l)| a + l).max().unwrap_or(0))?;
+        Ok(RowSet { segs, map })
+    }
+
+    /// A device table of output addresses by head input (`at`; 0 for the others), kept alive
+    /// in `scratch` until the run ends.
+    fn out_table(&mut self, at: &[(InputId, u64)]) -> Result<u64, Error> {
+        let n = self
+            .dev
+            .iter()
+            .map(|d| d.head.input.index() + 1)
+            .max()
+            .unwrap_or(1);
+        let mut ot = vec![0u64; n];
+        for &(input, p) in at {
+            ot[input.index()] = p;
+        }
+        let t = self
+            .st
+            .clone_htod(&ot)
+            .map_err(drv("uploading an output table"))?;
+        let p = dptr(&t, self.st);
+        self.scratch.push(t);
+        Ok(p)
+    }
+
+    fn set_rows(&mut self, rows: &Rows) -> Result<(), Error> {
+        self.chunk = self.row_set(rows)?;
         Ok(())
     }
 
     fn chunk_rows(&self) -> usize {
-        self.segs.iter().map(|s| s.1).sum()
+        self.chunk.rows()
     }
 
-    /// The device address of head `k`'s x rows for the current chunk: in place for one
-    /// segment, else gathered (once per chunk) into the head's contiguous block.
-    fn chunk_x(&mut self, k: usize) -> Result<u64, Error> {
+    /// The device address of head `k`'s x rows `set`: in place for one segment, else
+    /// gathered into the head's contiguous block (unless it holds them already).
+    fn rows_x(&mut self, k: usize, set: &RowSet) -> Result<u64, Error> {
         let d = &self.dev[k];
         let h = d.head;
-        let Some(m) = &self.map else {
-            let r0 = self.segs.first().map_or(0, |s| s.0);
-            return Ok(h.x + (r0 * h.h * self.esz) as u64);
+        let Some(m) = &set.map else {
+            return Ok(h.x + (set.first() * h.h * self.esz) as u64);
         };
         let Some(xg) = &d.xg else {
             return Err(no_gather_buffer());
         };
         let xgp = dptr(xg, self.st);
-        if !d.gathered {
-            // x holds S·T rows of h entries; xg has room for the chunk's c rows; the map
-            // names c rows below S·T.
-            let (mp, c) = (dptr(m, self.st), self.chunk_rows());
-            self.move_rows(h.x, mp, xgp, 0, c, h.h * self.esz)?;
-            self.dev[k].gathered = true;
+        if d.xg_rows != set.segs {
+            // x holds S·T rows of h entries; xg has room for a stage's rows (at least a
+            // chunk's); the map names set.rows() rows below S·T.
+            self.move_rows(h.x, dptr(m, self.st), xgp, 0, set.rows(), h.h * self.esz)?;
+            self.dev[k].xg_rows.clone_from(&set.segs);
         }
         Ok(xgp)
     }
@@ -553,7 +608,10 @@ impl Backend for Cuda<'_> {
             if !heads.contains(&self.dev[k].head.input) {
                 continue;
             }
-            let xp = self.chunk_x(k)?;
+            let set = std::mem::take(&mut self.chunk);
+            let xp = self.rows_x(k, &set);
+            self.chunk = set;
+            let xp = xp?;
             let d = &self.dev[k];
             let h = d.head;
             let zp = dptr(&d.z, self.st);
@@ -579,33 +637,47 @@ impl Backend for Cuda<'_> {
         Ok(())
     }
 
-    fn stream(&mut self, plan: &StreamPlan, _rows: &Rows, unit_offset: usize) -> Result<(), Error> {
+    fn stream(&mut self, plan: &StreamPlan, _rows: &Rows, out_offset: usize) -> Result<(), Error> {
+        let v = self.dims.2;
         let (kind, outs) = match plan.kind {
             StreamKind::Pre => (KernelKind::PreStream, self.otab),
             StreamKind::Forward => (KernelKind::Forward, self.otab),
-            StreamKind::Fused => (KernelKind::Fused, self.otab),
-            StreamKind::Backward => (KernelKind::Backward, self.otab),
-            StreamKind::Unit => {
-                let v = self.dims.2;
-                let mut ot = vec![
-                    0u64;
-                    self.dev
+            StreamKind::Fused | StreamKind::Backward => {
+                let kind = if plan.kind == StreamKind::Fused {
+                    KernelKind::Fused
+                } else {
+                    KernelKind::Backward
+                };
+                if out_offset == 0 {
+                    (kind, self.otab)
+                } else {
+                    // The chunk's dlogits go to its rows of the gradient stage.
+                    let at: Vec<(InputId, u64)> = self
+                        .dev
                         .iter()
-                        .map(|d| d.head.input.index() + 1)
-                        .max()
-                        .unwrap_or(1)
-                ];
-                for u in &self.units {
-                    ot[self.dev[u.dev].head.input.index()] =
-                        dptr(&u.u, self.st) + (unit_offset * v * self.esz) as u64;
+                        .filter_map(|d| {
+                            let dz = d.dz.as_ref()?;
+                            Some((
+                                d.head.input,
+                                dptr(dz, self.st) + (out_offset * v * self.esz) as u64,
+                            ))
+                        })
+                        .collect();
+                    (kind, self.out_table(&at)?)
                 }
-                let t = self
-                    .st
-                    .clone_htod(&ot)
-                    .map_err(drv("uploading a unit table"))?;
-                let p = dptr(&t, self.st);
-                self.scratch.push(t);
-                (KernelKind::Unit, p)
+            }
+            StreamKind::Unit => {
+                let at: Vec<(InputId, u64)> = self
+                    .units
+                    .iter()
+                    .map(|u| {
+                        (
+                            self.dev[u.dev].head.input,
+                            dptr(&u.u, self.st) + (out_offset * v * self.esz) as u64,
+                        )
+                    })
+                    .collect();
+                (KernelKind::Unit, self.out_table(&at)?)
             }
         };
         let (si, ti, vi) = self.sizes()?;
@@ -632,9 +704,11 @@ impl Backend for Cuda<'_> {
             .time("stream kernels", || launch(self.st, f, kind, &args, c))
     }
 
-    fn grads(&mut self, _rows: &Rows) -> Result<(), Error> {
+    fn grads(&mut self, rows: &Rows) -> Result<(), Error> {
         let v = self.dims.2;
-        let c = self.chunk_rows();
+        // The stage: the chunks whose dlogits the stream kernels wrote, in order.
+        let stage = self.row_set(rows)?;
+        let c = stage.rows();
         for k in 0..self.dev.len() {
             // A gradient head whose dlogits exist; each GEMM runs only for a gradient asked
             // for (`RunOptions::grads`: its accumulator exists).
@@ -642,7 +716,7 @@ impl Backend for Cuda<'_> {
                 continue;
             }
             let xp = if self.dev[k].dw.is_some() {
-                self.chunk_x(k)?
+                self.rows_x(k, &stage)?
             } else {
                 0
             };
@@ -653,10 +727,8 @@ impl Backend for Cuda<'_> {
             if let Some(dx) = &d.dx {
                 // One segment: dx rows in place; several: into the gathered block, then
                 // scattered to their rows.
-                let dxp = match (&self.map, &d.dxg) {
-                    (None, _) => {
-                        dptr(dx, self.st) + (self.segs.first().map_or(0, |s| s.0) * h.h * 4) as u64
-                    }
+                let dxp = match (&stage.map, &d.dxg) {
+                    (None, _) => dptr(dx, self.st) + (stage.first() * h.h * 4) as u64,
                     (Some(_), Some(g)) => dptr(g, self.st),
                     (Some(_), None) => return Err(no_gather_buffer()),
                 };
@@ -664,7 +736,7 @@ impl Backend for Cuda<'_> {
                     self.gemm
                         .run(false, false, h.h, c, v, h.w, h.h, dzp, v, 0.0, dxp, h.h)
                 })?;
-                if let Some(m) = &self.map {
+                if let Some(m) = &stage.map {
                     // dxg holds c rows of h floats; the map names c distinct rows of dx.
                     self.move_rows(dxp, 0, dptr(dx, self.st), dptr(m, self.st), c, h.h * 4)?;
                 }
@@ -697,7 +769,7 @@ impl Backend for Cuda<'_> {
     fn unit_dx(&mut self, _rows: &Rows, unit_offset: usize) -> Result<(), Error> {
         let v = self.dims.2;
         let c = self.chunk_rows();
-        let r0 = self.segs.first().map_or(0, |s| s.0);
+        let r0 = self.chunk.first();
         for u in &self.units {
             let d = &self.dev[u.dev];
             let Some(dx) = &d.dx else { continue };
@@ -735,7 +807,7 @@ impl Backend for Cuda<'_> {
                 launch(self.st, &u.coef_fn, KernelKind::Coef, &args, gr)
             })?;
             let mut off = 0;
-            for &(a, l) in &self.segs {
+            for &(a, l) in &self.chunk.segs {
                 let (li, hi, ldx) = (i32_of("rows", l)?, i32_of("H", h.h)?, h.h as i64);
                 let cp = dptr(&u.cf, self.st) + (off * 4) as u64;
                 if let Some(dx) = &d.dx {
@@ -945,6 +1017,7 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
     let pl = plan(p, &dims, opts.chunk_memory, opts.schedule, &mem)?;
     let strategy = pl.strategy;
     let chunk = pl.chunk_rows;
+    let stage = pl.stage_rows.max(chunk);
     let arch = engine.gpu.arch()?;
     let compiled = crate::cuda::compile::compile(
         p,
@@ -999,7 +1072,7 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
             head: h,
             z: st.alloc_zeros(chunk * v).map_err(&alloc)?,
             dz: if grad && strategy != Strategy::Deferred {
-                Some(st.alloc_zeros(chunk * v * esz).map_err(&alloc)?)
+                Some(st.alloc_zeros(stage * v * esz).map_err(&alloc)?)
             } else {
                 None
             },
@@ -1019,16 +1092,16 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
                 None
             },
             xg: if gather {
-                Some(st.alloc_zeros(chunk * h.h * esz).map_err(&alloc)?)
+                Some(st.alloc_zeros(stage * h.h * esz).map_err(&alloc)?)
             } else {
                 None
             },
             dxg: if gather && grad && opts.grads.x {
-                Some(st.alloc_zeros(chunk * h.h).map_err(&alloc)?)
+                Some(st.alloc_zeros(stage * h.h).map_err(&alloc)?)
             } else {
                 None
             },
-            gathered: false,
+            xg_rows: Vec::new(),
         });
     }
     let slots = g.inputs.len().max(1);
@@ -1116,8 +1189,7 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
             status: dptr(&status, st),
             dims: (s, t, v),
             esz,
-            segs: Vec::new(),
-            map: None,
+            chunk: RowSet::default(),
             scratch: Vec::new(),
         };
         let pre = sched.pre_stream_plan(g);
@@ -1239,6 +1311,7 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
         strategy,
         forced: pl.forced,
         chunk_rows: chunk,
+        stage_rows: stage,
         chunks: driven.chunks,
         skipped_rows: live
             .as_ref()
@@ -1311,6 +1384,36 @@ mod tests {
             dw: true,
         };
         crate::plan::plan(&p, &dims, budget, None, m)
+    }
+
+    #[test]
+    fn small_budgets_stage_the_gradient_gemms_deeper_than_a_chunk() {
+        // FLCE at S1 (8 x 1024 rows, H 4096, V 128256, bf16).
+        let (s, t, h, v) = (8, 1024, 4096, 128256);
+        let m = mem(h, (s, t, v), 0);
+        let mut last_stage = 0;
+        for budget in [256usize << 20, 512 << 20, 1 << 30, 2 << 30, 64 << 30] {
+            let p = plan_with(&m, (s, t, v), budget).expect("fits");
+            eprintln!(
+                "budget {} MiB: chunk {} stage {} estimate {} MiB",
+                budget >> 20,
+                p.chunk_rows,
+                p.stage_rows,
+                p.estimate >> 20
+            );
+            assert!(p.estimate <= budget, "{p:?}");
+            assert_eq!(p.stage_rows % p.chunk_rows, 0, "{p:?}");
+            assert!(p.stage_rows >= last_stage, "{p:?}");
+            last_stage = p.stage_rows;
+            let fp = m.footprint(p.strategy);
+            // Without staging the chunk (and so each dW GEMM's depth) would be this.
+            let plain = (budget - fp.fixed) / (fp.per_row + fp.stage.map_or(0, |x| x.per_row));
+            if plain < s * t {
+                assert!(p.stage_rows > plain, "{p:?} vs {plain} unstaged rows");
+            } else {
+                assert_eq!((p.chunk_rows, p.stage_rows), (s * t, s * t));
+            }
+        }
     }
 
     #[test]
