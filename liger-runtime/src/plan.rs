@@ -313,47 +313,69 @@ pub trait MemoryModel {
 }
 
 /// The H200's dense bf16 GEMM rate through cuBLAS on random data (measured: 690-710 TFLOP/s),
-/// its f32 rate, and the bandwidth a GEMM's operand traffic sees (HBM3e, 4.8 TB/s peak): the
-/// roofline [`gemm_seconds`] ranks splits of the budget with. Only their ratios matter (the
-/// model picks, it does not report), and the ridge of other recent GPUs is close.
+/// its f32 rate, the bandwidth a GEMM's memory traffic sees (HBM3e, 4.8 TB/s peak) and a
+/// GEMM's fixed cost (launch, ramp and tail): the roofline [`gemm_seconds`] ranks splits of
+/// the budget with. Only their ratios matter (the model picks, it does not report), and the
+/// ridge of other recent GPUs is close.
 const RATE_16: f64 = 7.0e14;
 const RATE_32: f64 = 5.0e13;
 const BANDWIDTH: f64 = 4.0e12;
+const GEMM_FIXED: f64 = 2.0e-5;
+/// The GEMM tile along the chunk's rows: a chunk is computed in whole tiles.
+const ROW_TILE: usize = 128;
 
-/// A GEMM of `2·m·n·k` operations moving `bytes`: the longer of its compute and memory time.
-fn gemm_seconds(m: usize, n: usize, k: usize, bytes: usize, gemm_bytes: usize) -> f64 {
-    let rate = if gemm_bytes <= 2 { RATE_16 } else { RATE_32 };
-    (2.0 * m as f64 * n as f64 * k as f64 / rate).max(bytes as f64 / BANDWIDTH)
+/// A GEMM of `2·m·n·k` operations (`m` the chunk's or stage's rows, counted in whole tiles)
+/// reading `operands` bytes, overlapped with the compute, and writing (or reading and
+/// writing) `epilogue` bytes of f32 output after it: the H200 measured a `dW` GEMM of a
+/// shallow stage slower than its compute by about the accumulator's traffic.
+fn gemm_seconds(m: usize, n: usize, k: usize, operands: usize, epilogue: usize, e: usize) -> f64 {
+    let rate = if e <= 2 { RATE_16 } else { RATE_32 };
+    let m = m.next_multiple_of(ROW_TILE) as f64;
+    (2.0 * m * n as f64 * k as f64 / rate).max(operands as f64 / BANDWIDTH)
+        + epilogue as f64 / BANDWIDTH
+        + GEMM_FIXED
+}
+
+/// `f(size)` summed over the pieces of `rows` rows cut `size` at a time (the last one shorter).
+fn over_pieces(rows: usize, size: usize, f: impl Fn(usize) -> f64) -> f64 {
+    let size = size.max(1);
+    let (full, rest) = (rows / size, rows % size);
+    full as f64 * f(size) + if rest > 0 { f(rest) } else { 0.0 }
 }
 
 /// The modelled GEMM time of a chunk loop with chunks of `c` rows and gradient stages of `k`
-/// rows: per chunk, every head's logits GEMM (reading all of `W`); per stage, a trained
-/// head's `dx` GEMM (reading all of `W`) and `dW` GEMM (reading and writing the f32
-/// accumulator).
-fn loop_seconds(p: &Pipeline, dims: &Dims, c: usize, k: usize, gemm_bytes: usize) -> f64 {
-    let (r, v, e) = (dims.rows().max(1), dims.vocab, gemm_bytes);
-    let (chunks, stages) = (r.div_ceil(c) as f64, r.div_ceil(k) as f64);
+/// rows: per chunk, every head's logits GEMM (reading all of `W`, writing f32 logits); per
+/// stage, a trained head's `dx` GEMM (reading all of `W`) and `dW` GEMM (reading and writing
+/// the f32 accumulator).
+fn loop_seconds(p: &Pipeline, dims: &Dims, c: usize, k: usize, e: usize) -> f64 {
+    let (r, v) = (dims.rows().max(1), dims.vocab);
     let mut t = 0.0;
     for (hp, &h) in p.schedule().heads.iter().zip(&dims.hidden) {
-        t += chunks * gemm_seconds(c, v, h, h * v * e + c * h * e + c * v * 4, e);
+        t += over_pieces(r, c, |c| {
+            gemm_seconds(c, v, h, (h * v + c * h) * e, c * v * 4, e)
+        });
         if hp.grad.is_none() {
             continue;
         }
         if dims.dx {
-            t += stages * gemm_seconds(k, h, v, h * v * e + k * v * e + k * h * 4, e);
+            t += over_pieces(r, k, |k| {
+                gemm_seconds(k, h, v, (h * v + k * v) * e, k * h * 4, e)
+            });
         }
         if dims.dw {
-            t += stages * gemm_seconds(h, v, k, 8 * h * v + k * (v + h) * e, e);
+            t += over_pieces(r, k, |k| {
+                gemm_seconds(k, v, h, k * (v + h) * e, 8 * h * v, e)
+            });
         }
     }
     t
 }
 
 /// Splits what `budget` leaves after `fp.fixed` between a chunk's logits (`fp.per_row` a row)
-/// and a gradient stage (`st.per_row` a row, a whole number of chunks): the split of least
-/// modelled GEMM time ([`loop_seconds`]) among chunks of 128·2ⁱ and 192·2ⁱ rows below
-/// `widest` (the chunk without staging) and `widest` itself, a tie going to the larger chunk.
-/// Returns `(chunk rows, stage rows)`.
+/// and a gradient stage of `n` whole chunks (`st.per_row` a row), `n` from 1 (the chunk
+/// without staging, `widest` rows) to 16: the split of least modelled GEMM time
+/// ([`loop_seconds`]) by a margin of 1% over larger chunks. Chunks under one row tile are
+/// considered only where the widest chunk is one. Returns `(chunk rows, stage rows)`.
 fn staged(
     p: &Pipeline,
     dims: &Dims,
@@ -364,24 +386,21 @@ fn staged(
 ) -> (usize, usize) {
     let rows = dims.rows().max(1);
     let room = budget.saturating_sub(fp.fixed);
-    let mut sizes = vec![widest];
-    for base in [128usize, 192] {
-        let mut c = base;
-        while c < widest {
-            sizes.push(c);
-            c *= 2;
+    let mut best = (
+        widest,
+        widest,
+        loop_seconds(p, dims, widest, widest, st.gemm_bytes),
+    );
+    for n in 2..=16usize {
+        let c = (room / (fp.per_row + n * st.per_row).max(1)).min(widest);
+        if c == 0 || (c < ROW_TILE && widest >= ROW_TILE) {
+            break;
         }
-    }
-    let mut best = (widest, widest, f64::INFINITY);
-    for c in sizes {
-        let left = room.saturating_sub(fp.per_row * c);
-        let k = (left / st.per_row.max(1)).min(rows.next_multiple_of(c));
-        let k = k / c * c;
-        if k < c {
-            continue;
-        }
+        let k = (n * c).min(rows.next_multiple_of(c));
         let t = loop_seconds(p, dims, c, k, st.gemm_bytes);
-        if t < best.2 * (1.0 - 1e-9) || (t <= best.2 * (1.0 + 1e-9) && c > best.0) {
+        // A deeper stage of smaller chunks must gain 1% (more, smaller GEMMs cost more
+        // than the model counts).
+        if t < best.2 * 0.99 {
             best = (c, k, t);
         }
     }
