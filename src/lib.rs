@@ -46,6 +46,7 @@ pub mod sweep;
 pub mod language {}
 pub mod loss;
 pub mod losses;
+pub mod named;
 pub mod params;
 pub mod prelude;
 pub mod reference;

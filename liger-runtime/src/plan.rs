@@ -13,7 +13,7 @@
 //! A backend whose gradient GEMMs can read the `dlogits` of several chunks at once (a
 //! [`Staging`] in its footprint: CUDA) gets a gradient stage deeper than a chunk for the
 //! fused and two-pass strategies: the budget is split between the chunk's logits and the
-//! stage's `dlogits` by a roofline model of the GEMMs ([`gemm_seconds`]), because every
+//! stage's `dlogits` by a roofline model of the GEMMs (`gemm_seconds`), because every
 //! `dW` GEMM reads and writes the whole f32 accumulator and every logits or `dx` GEMM reads
 //! all of `W`: few deep `dW` GEMMs, and logits chunks just large enough to stay
 //! compute-bound.

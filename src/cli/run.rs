@@ -6,83 +6,15 @@ use std::time::{Duration, Instant};
 use super::split_kv;
 use crate::io::{self, TensorFile};
 use crate::loss::ChunkedLoss;
-use crate::runtime::Error as RtError;
-use crate::{Error, Head, InputSet, ParamSet, RunOptions, Runtime, Strategy};
+use crate::{Error, InputSet, ParamSet, RunOptions, Runtime, Strategy};
 
-/// Builds the loss's inputs from the file's tensors (viewed in place), checking every name.
+/// Builds the loss's inputs from the file's tensors (viewed in place), checking every name
+/// ([`crate::named::inputs_by_name`]).
 fn build_inputs<'a>(loss: &dyn ChunkedLoss, file: &'a TensorFile) -> Result<InputSet<'a>, Error> {
-    let path = file.path();
-    let view = |n: &str| -> Option<Result<crate::TensorView<'a>, Error>> { file.view(n) };
-    let mut set = InputSet::new();
-    let mut used = std::collections::BTreeSet::new();
-    for p in loss.params().iter().filter(|p| p.kind.is_input()) {
-        if p.kind.is_head() {
-            let (xn, wn, bn) = (
-                format!("{}.x", p.name),
-                format!("{}.w", p.name),
-                format!("{}.b", p.name),
-            );
-            match (view(&xn), view(&wn)) {
-                (Some(x), Some(w)) => {
-                    let b = match view(&bn) {
-                        Some(b) => {
-                            used.insert(bn.clone());
-                            Some(b?)
-                        }
-                        None => None,
-                    };
-                    used.insert(xn);
-                    used.insert(wn);
-                    set = set.head(p.name, Head { x: x?, w: w?, b });
-                }
-                (None, None) if p.optional => {}
-                (x, _) => {
-                    let missing = if x.is_none() { xn } else { wn };
-                    return Err(Error::File {
-                        path: path.into(),
-                        why: format!(
-                            "no tensor `{missing}` for head `{}` of `{}`",
-                            p.name,
-                            loss.name()
-                        ),
-                    });
-                }
-            }
-        } else if let Some(t) = view(p.name) {
-            used.insert(p.name.to_string());
-            set = set.tensor(p.name, t?);
-        } else if !p.optional {
-            return Err(RtError::MissingInput {
-                loss: loss.name().into(),
-                name: p.name.into(),
-                kind: p.kind.name(),
-            }
-            .into());
-        }
-    }
-    if let Some(extra) = file.names().find(|k| !used.contains(*k)) {
-        let expected: Vec<String> = loss
-            .params()
-            .iter()
-            .filter(|p| p.kind.is_input())
-            .map(|p| {
-                if p.kind.is_head() {
-                    format!("{0}.x, {0}.w, {0}.b", p.name)
-                } else {
-                    p.name.to_string()
-                }
-            })
-            .collect();
-        return Err(Error::File {
-            path: path.into(),
-            why: format!(
-                "tensor `{extra}` is not an input of `{}` (expected: {})",
-                loss.name(),
-                expected.join(", ")
-            ),
-        });
-    }
-    Ok(set)
+    crate::named::inputs_by_name(loss, file.names(), |n| file.view(n))?.map_err(|why| Error::File {
+        path: file.path().into(),
+        why,
+    })
 }
 
 /// Refuses an output path that is the input file (the run would overwrite its own batch).
@@ -307,52 +239,20 @@ pub(crate) fn run(
         let (s, t) = first_head
             .and_then(|h| file.shape(&format!("{h}.x")))
             .map_or((0, 0), |x| (x[0], x[1]));
-        let shape_of = |n: String| file.shape(&n).map(<[usize]>::to_vec).unwrap_or_default();
-        let owned = |shape: Vec<usize>, g: crate::GradBuf| io::OwnedTensor {
-            shape,
-            data: match g {
+        let mut outs = std::collections::BTreeMap::new();
+        for t in crate::named::named_outputs(r, (s, t), |n| file.shape(n).map(<[usize]>::to_vec)) {
+            let data = match t.data {
                 crate::GradBuf::F32(x) => io::OwnedData::F32(x),
                 crate::GradBuf::BF16(x) => io::OwnedData::BF16(x),
                 crate::GradBuf::F16(x) => io::OwnedData::F16(x),
-            },
-        };
-        let mut outs = std::collections::BTreeMap::new();
-        outs.insert(
-            "loss".to_string(),
-            io::OwnedTensor {
-                shape: vec![],
-                data: io::OwnedData::F32(vec![r.loss]),
-            },
-        );
-        let crate::LossOutput { metrics, grads, .. } = r;
-        for m in metrics {
-            let shape = match m.level {
-                liger_ir::Level::Batch => vec![],
-                liger_ir::Level::Row => vec![s, t],
-                _ => vec![m.values.len()],
             };
             outs.insert(
-                format!("metric.{}", m.name),
+                t.name,
                 io::OwnedTensor {
-                    shape,
-                    data: io::OwnedData::F32(m.values),
+                    shape: t.shape,
+                    data,
                 },
             );
-        }
-        for g in grads {
-            let (xs, ws) = (
-                shape_of(format!("{}.x", g.head)),
-                shape_of(format!("{}.w", g.head)),
-            );
-            if let Some(x) = g.x {
-                outs.insert(format!("grad.{}.x", g.head), owned(xs, x));
-            }
-            if let Some(w) = g.w {
-                outs.insert(format!("grad.{}.w", g.head), owned(ws, w));
-            }
-            if let Some(b) = g.b {
-                outs.insert(format!("grad.{}.b", g.head), owned(vec![b.len()], b));
-            }
         }
         io::write(path, &outs)?;
         println!("  wrote {path}");

@@ -1,0 +1,217 @@
+"""liger-rs from Python: chunked, fused post-training losses (DPO, CPO, SimPO, ORPO, KTO,
+GRPO, fused linear cross-entropy, JSD/KL/cosine distillation, and losses you write in the loss
+language), computed without ever holding the ``[tokens, vocab]`` logits.
+
+A :class:`Loss` is called with a dict of arrays named exactly as ``liger run`` names the
+tensors of its input file (``{"logits.x": ..., "logits.w": ..., "target": ...}``; a head
+``policy`` is ``policy.x``, ``policy.w`` and optionally ``policy.b``) and returns a
+:class:`Result` with ``.loss``, ``.metrics`` (by metric name) and ``.grads`` (by the input each
+gradient belongs to: ``"logits.x"``, ``"logits.w"``, ...).
+
+Arrays are numpy arrays or CPU torch tensors (bf16 tensors included), C-contiguous, read in
+place without a copy. Results come back as numpy arrays (``liger_rs.torch`` returns torch
+tensors). Errors are :class:`LigerError` with a message that says what is wrong and how to fix
+it.
+"""
+
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+from ._native import LigerError, NativeLoss, builtin_names, compile_source, __version__
+
+__all__ = ["Loss", "Result", "LigerError", "compile", "losses", "__version__"]
+
+_DTYPES = {
+    np.dtype(np.float32): "float32",
+    np.dtype(np.float16): "float16",
+    np.dtype(np.float64): "float64",
+    np.dtype(np.int64): "int64",
+    np.dtype(np.int32): "int32",
+    np.dtype(np.bool_): "bool",
+}
+
+
+def _buffer(name: str, value: Any) -> Tuple[str, Any, int, int, str, List[int]]:
+    """One input as ``(name, owner, address, bytes, dtype, shape)``: a C-contiguous host array
+    read in place (the native side holds ``owner`` for the call)."""
+    mod = type(value).__module__
+    if mod.startswith("torch"):
+        return _torch_buffer(name, value)
+    if not isinstance(value, np.ndarray):
+        raise LigerError(
+            f"`{name}` is a {type(value).__name__}: pass a numpy array or a torch tensor"
+        )
+    dtype = _DTYPES.get(value.dtype)
+    if dtype is None:
+        raise LigerError(
+            f"`{name}` has dtype {value.dtype}; liger-rs takes float32, float16, float64, "
+            "int64, int32 or bool arrays (bfloat16 as a torch tensor)"
+        )
+    if not value.flags.c_contiguous:
+        raise LigerError(
+            f"`{name}` is not C-contiguous: pass np.ascontiguousarray({name}) (no copy is made "
+            "silently)"
+        )
+    return name, value, int(value.ctypes.data), int(value.nbytes), dtype, list(value.shape)
+
+
+def _torch_buffer(name: str, t: Any) -> Tuple[str, Any, int, int, str, List[int]]:
+    import torch
+
+    if t.device.type != "cpu":
+        raise LigerError(
+            f"`{name}` is on {t.device}: this build of the Python package runs on host "
+            "tensors (device='cpu', or device='cuda' with host tensors); pass "
+            f"{name}.cpu()"
+        )
+    if not t.is_contiguous():
+        raise LigerError(f"`{name}` is not contiguous: pass {name}.contiguous()")
+    t = t.detach()
+    names = {
+        torch.bfloat16: "bfloat16",
+        torch.float32: "float32",
+        torch.float16: "float16",
+        torch.float64: "float64",
+        torch.int64: "int64",
+        torch.int32: "int32",
+        torch.bool: "bool",
+    }
+    dtype = names.get(t.dtype)
+    if dtype is None:
+        raise LigerError(
+            f"`{name}` has dtype {t.dtype}; liger-rs takes float32, bfloat16, float16, "
+            "float64, int64, int32 or bool tensors"
+        )
+    return name, t, int(t.data_ptr()), int(t.numel() * t.element_size()), dtype, list(t.shape)
+
+
+def _array(shape: List[int], dtype: str, data: bytes) -> np.ndarray:
+    """A result as a numpy array (bfloat16 gradients widened to float32: numpy has no bf16)."""
+    if dtype == "bfloat16":
+        bits = np.frombuffer(data, dtype=np.uint16).astype(np.uint32) << 16
+        return bits.view(np.float32).reshape(shape)
+    return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape)
+
+
+class Result:
+    """What a call returns.
+
+    ``loss``: the scalar loss (a float). ``metrics``: metric name -> array (a scalar metric is
+    a 0-d array, a row metric ``[S, T]``). ``grads``: input name (``"policy.x"``,
+    ``"policy.w"``, ``"policy.b"``) -> gradient of the loss with respect to it, for the
+    gradients asked for. ``report``: how it ran (device, schedule, chunk and stage rows, rows
+    skipped, seconds, warnings).
+    """
+
+    def __init__(self, loss: float, metrics: Dict[str, np.ndarray], grads: Dict[str, np.ndarray],
+                 report: Dict[str, str], raw: Dict[str, Tuple[List[int], str, bytes]]):
+        self.loss = loss
+        self.metrics = metrics
+        self.grads = grads
+        self.report = report
+        self._raw = raw
+
+    def __repr__(self) -> str:
+        return (f"Result(loss={self.loss:.6g}, metrics={sorted(self.metrics)}, "
+                f"grads={sorted(self.grads)})")
+
+
+class Loss:
+    """A liger-rs loss: a built-in by name with its hyperparameters and variants as keyword
+    arguments (``Loss("dpo", beta=0.1, loss_type="Ipo")``), or one compiled from source
+    (:func:`compile`).
+
+    Call it with a dict of named arrays; keyword options:
+
+    - ``device``: ``"cpu"`` (default), ``"cuda"`` (host arrays copied to GPU 0), ``"auto"``;
+    - ``budget``: working memory (``"256MiB"`` default, ``"2GiB"``, bytes);
+    - ``schedule``: ``"auto"`` or a strategy (``fused``, ``group-aligned``, ``deferred``,
+      ``two-pass``);
+    - ``ignore_index``: target ids ignored (-100);
+    - ``grads``: which gradients of the trained heads (``"x,w,b"`` default, ``"x"`` for a
+      frozen weight, ``"none"``);
+    - ``grad_dtype``: ``"f32"`` (default), ``"bf16"``, ``"x=bf16,w=f32"``;
+    - ``all_rows``: run the rows that carry nothing too (off: they are skipped);
+    - ``vocab_prefix``: read a larger frozen head's first V rows.
+    """
+
+    def __init__(self, name: str, **hyper: Any):
+        self._native = NativeLoss(name, _hyper_pairs(hyper))
+
+    @classmethod
+    def _wrap(cls, native: NativeLoss) -> "Loss":
+        self = cls.__new__(cls)
+        self._native = native
+        return self
+
+    def with_params(self, **hyper: Any) -> "Loss":
+        """The same loss with these hyperparameters and variants (the others at defaults)."""
+        return Loss._wrap(self._native.with_params(_hyper_pairs(hyper)))
+
+    @property
+    def name(self) -> str:
+        return self._native.name
+
+    @property
+    def doc(self) -> str:
+        return self._native.doc
+
+    def params(self) -> List[Tuple[str, str, bool]]:
+        """``(name, kind, optional)`` of every parameter (inputs, hyperparameters, variants)."""
+        return list(self._native.params())
+
+    def input_names(self) -> List[str]:
+        """The names the inputs are given by."""
+        return list(self._native.input_names())
+
+    def __call__(self, inputs: Mapping[str, Any], *, device: str = "cpu", budget: str = "256MiB",
+                 schedule: str = "auto", ignore_index: int = -100, grads: str = "x,w,b",
+                 grad_dtype: str = "f32", all_rows: bool = False,
+                 vocab_prefix: bool = False) -> Result:
+        bufs = [_buffer(k, v) for k, v in inputs.items()]
+        options = {
+            "device": device, "budget": str(budget), "schedule": schedule,
+            "ignore_index": int(ignore_index), "grads": grads, "grad_dtype": grad_dtype,
+            "all_rows": bool(all_rows), "vocab_prefix": bool(vocab_prefix),
+        }
+        tensors, report = self._native.run(bufs, options)
+        loss: Optional[float] = None
+        metrics: Dict[str, np.ndarray] = {}
+        grads_out: Dict[str, np.ndarray] = {}
+        raw: Dict[str, Tuple[List[int], str, bytes]] = {}
+        for name, shape, dtype, data in tensors:
+            raw[name] = (list(shape), dtype, data)
+            if name == "loss":
+                loss = float(np.frombuffer(data, dtype=np.float32)[0])
+            elif name.startswith("metric."):
+                metrics[name[len("metric."):]] = _array(shape, dtype, data)
+            elif name.startswith("grad."):
+                grads_out[name[len("grad."):]] = _array(shape, dtype, data)
+        if loss is None:
+            raise LigerError("internal: the run returned no loss")
+        return Result(loss, metrics, grads_out, dict(report), raw)
+
+    def __repr__(self) -> str:
+        return f"liger_rs.Loss({self.name!r})"
+
+
+def _hyper_pairs(hyper: Mapping[str, Any]) -> List[Tuple[str, str]]:
+    out = []
+    for k, v in hyper.items():
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        out.append((k, str(v)))
+    return out
+
+
+def compile(source: str) -> Dict[str, Loss]:  # noqa: A001 - the loss language's compile
+    """Compiles loss-language source (``#[chunked_loss]`` fns, helper fns, ``use`` items) and
+    returns its losses by name, each with default hyperparameters (``.with_params(...)`` sets
+    them)."""
+    return {n.name: Loss._wrap(n) for n in compile_source(source)}
+
+
+def losses() -> List[str]:
+    """The built-in losses' names."""
+    return list(builtin_names())
