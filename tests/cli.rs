@@ -271,9 +271,11 @@ fn cli_errors_name_the_problem() {
         &["run", "dpo", "--inputs", "/nonexistent/in.safetensors"],
         "/nonexistent/in.safetensors",
     );
+    // A DPO file given to FLCE: its first tensor that FLCE does not take is named, with
+    // the names FLCE expects (unknown names are reported before missing ones).
     fails_with(
         &["run", "flce", "--inputs", &input],
-        "no tensor `logits.x` for head `logits`",
+        "is not an input of `flce` (expected: logits.x, logits.w, logits.b, target",
     );
     fails_with(
         &["run", "dpo", "--inputs", &input, "--ignore-index", "42"],
