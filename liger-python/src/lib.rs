@@ -296,6 +296,50 @@ impl NativeLoss {
         Ok(liger::named::input_names(self.which.loss().map_err(err)?))
     }
 
+    /// Compiles (NVRTC; no GPU needed) the kernels of every schedule the planner may pick for
+    /// the specialisation these hyperparameters and the inputs named `given` (input names
+    /// such as `policy`, `reference`, `target`) select, for `arch` (`sm_90`) and GEMM `dtype`
+    /// (`bf16`, `f16`, `f32`), into the kernel cache at `root` (default: `LIGER_CACHE_DIR`,
+    /// else the user's cache directory). Returns `(schedule, key, origin)` each.
+    #[pyo3(signature = (given, arch, dtype, root=None))]
+    fn warm(
+        &self,
+        py: Python<'_>,
+        given: Vec<String>,
+        arch: String,
+        dtype: String,
+        root: Option<String>,
+    ) -> PyResult<Vec<(String, String, String)>> {
+        let which = self.which;
+        let params = self.params.clone();
+        py.detach(move || -> Result<Vec<(String, String, String)>, String> {
+            use liger::ir::emit::{EmitOptions, GemmDType};
+            let loss = which.loss()?;
+            let gemm_dtype = match dtype.as_str() {
+                "bf16" => GemmDType::BF16,
+                "f16" => GemmDType::F16,
+                "f32" => GemmDType::F32,
+                other => return Err(format!("dtype `{other}`: choose bf16, f16 or f32")),
+            };
+            let names: Vec<&str> = given.iter().map(String::as_str).collect();
+            let (p, _) = liger::pipeline_for(loss, &names, &params).map_err(|e| e.to_string())?;
+            let cache = open_cache(root);
+            let opts = EmitOptions { gemm_dtype };
+            let mut out = Vec::new();
+            for strategy in p.schedule().candidates.clone() {
+                let k = liger::runtime::cuda::compile::compile(&p, strategy, &opts, &arch, &cache)
+                    .map_err(|e| e.to_string())?;
+                out.push((
+                    strategy.name().to_string(),
+                    k.key.key(),
+                    origin_name(&k.origin),
+                ));
+            }
+            Ok(out)
+        })
+        .map_err(err)
+    }
+
     /// Runs the loss. `inputs`: `(name, owner, address, bytes, dtype, shape)` each, the
     /// address and length of a C-contiguous host array that `owner` (the numpy array or torch
     /// tensor) holds; `options`: a dict of `device`, `budget`, `schedule`, `ignore_index`,
@@ -375,6 +419,119 @@ impl NativeLoss {
     }
 }
 
+/// The kernel cache at `root`, or at the default root (`LIGER_CACHE_DIR`, then
+/// `XDG_CACHE_HOME/liger`, then `~/.cache/liger`), in the mode `LIGER_CACHE` sets.
+fn open_cache(root: Option<String>) -> liger::runtime::cache::Cache {
+    use liger::runtime::cache::{Cache, Mode, default_root};
+    Cache::open(
+        root.map(std::path::PathBuf::from).or_else(default_root),
+        Mode::from_env(),
+    )
+}
+
+fn origin_name(o: &liger::runtime::cache::Origin) -> String {
+    match o {
+        liger::runtime::cache::Origin::Memory => "memory".into(),
+        liger::runtime::cache::Origin::Disk => "disk".into(),
+        liger::runtime::cache::Origin::Compiled { why } => format!("compiled ({why})"),
+    }
+}
+
+/// The kernel cache's directory (`None`: no disk tier).
+#[pyfunction]
+#[pyo3(signature = (root=None))]
+fn cache_root(root: Option<String>) -> Option<String> {
+    open_cache(root).root().map(|r| r.display().to_string())
+}
+
+/// One row per entry: `(key, arch, bytes, hits, compile_ms, last_used, components, broken)`.
+#[allow(clippy::type_complexity)]
+#[pyfunction]
+#[pyo3(signature = (root=None))]
+fn cache_entries(
+    root: Option<String>,
+) -> Vec<(
+    String,
+    String,
+    u64,
+    u64,
+    f64,
+    u64,
+    Vec<(String, String)>,
+    Option<String>,
+)> {
+    open_cache(root)
+        .entries()
+        .into_iter()
+        .map(|e| {
+            (
+                e.key,
+                e.arch,
+                e.bytes,
+                e.hits,
+                e.compile_ms,
+                e.last_used,
+                e.components,
+                e.broken,
+            )
+        })
+        .collect()
+}
+
+/// The text of one file of the entry whose key starts with `key` (`surface.lir`, `grad.lir`,
+/// `schedule.txt`, `kernel.cu`, `kernel.ptx`, `meta.json`, `key.json`).
+#[pyfunction]
+#[pyo3(signature = (key, file, root=None))]
+fn cache_show(key: &str, file: &str, root: Option<String>) -> PyResult<String> {
+    const FILES: [&str; 7] = [
+        "surface.lir",
+        "grad.lir",
+        "schedule.txt",
+        "kernel.cu",
+        "kernel.ptx",
+        "meta.json",
+        "key.json",
+    ];
+    if !FILES.contains(&file) {
+        return Err(err(format!(
+            "`{file}` is not an entry file (choose: {})",
+            FILES.join(", ")
+        )));
+    }
+    let c = open_cache(root);
+    let e = c
+        .get(key)
+        .ok_or_else(|| err(format!("no single cache entry with key prefix `{key}`")))?;
+    e.file(file)
+        .ok_or_else(|| err(format!("entry {} has no {file}", e.info.key)))
+}
+
+/// `(entries, broken, bytes, hits)` of the cache.
+#[pyfunction]
+#[pyo3(signature = (root=None))]
+fn cache_stats(root: Option<String>) -> (usize, usize, u64, u64) {
+    let st = open_cache(root).stats();
+    (st.entries, st.broken, st.bytes, st.hits)
+}
+
+/// Removes every entry; returns how many.
+#[pyfunction]
+#[pyo3(signature = (root=None))]
+fn cache_clear(root: Option<String>) -> PyResult<usize> {
+    open_cache(root).clear().map_err(|e| err(e.to_string()))
+}
+
+/// Removes the least recently used entries until the cache holds at most `max_size`
+/// (`512MiB`, bytes); returns how many.
+#[pyfunction]
+#[pyo3(signature = (max_size, root=None))]
+fn cache_prune(max_size: &str, root: Option<String>) -> PyResult<usize> {
+    let max = liger::runtime::plan::parse_bytes(max_size).map_err(|e| err(e.to_string()))?;
+    open_cache(root)
+        .prune(max as u64)
+        .map_err(|e| err(e.to_string()))
+}
+
 /// The built-in losses' names.
 #[pyfunction]
 fn builtin_names() -> Vec<&'static str> {
@@ -405,6 +562,16 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeLoss>()?;
     m.add_function(wrap_pyfunction!(builtin_names, m)?)?;
     m.add_function(wrap_pyfunction!(compile_source, m)?)?;
+    for f in [
+        wrap_pyfunction!(cache_root, m)?,
+        wrap_pyfunction!(cache_entries, m)?,
+        wrap_pyfunction!(cache_show, m)?,
+        wrap_pyfunction!(cache_stats, m)?,
+        wrap_pyfunction!(cache_clear, m)?,
+        wrap_pyfunction!(cache_prune, m)?,
+    ] {
+        m.add_function(f)?;
+    }
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -19,8 +19,9 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 
 from ._native import LigerError, NativeLoss, builtin_names, compile_source, __version__
+from . import cache
 
-__all__ = ["Loss", "Result", "LigerError", "compile", "losses", "__version__"]
+__all__ = ["Loss", "Result", "LigerError", "compile", "losses", "cache", "__version__"]
 
 _DTYPES = {
     np.dtype(np.float32): "float32",
@@ -164,6 +165,15 @@ class Loss:
     def input_names(self) -> List[str]:
         """The names the inputs are given by."""
         return list(self._native.input_names())
+
+    def warm(self, given: List[str], arch: str = "sm_90", dtype: str = "bf16",
+             root: Optional[str] = None) -> List[Tuple[str, str, str]]:
+        """Compiles the kernels of every schedule the planner may pick for the specialisation
+        these hyperparameters and the inputs ``given`` (names such as ``"policy"``,
+        ``"reference"``, ``"target"``) select, for ``arch`` and GEMM ``dtype``, into the
+        kernel cache (:mod:`liger_rs.cache`). Needs NVRTC, not a GPU. Returns ``(schedule,
+        key, origin)`` each."""
+        return list(self._native.warm(list(given), arch, dtype, root))
 
     def __call__(self, inputs: Mapping[str, Any], *, device: str = "cpu", budget: str = "256MiB",
                  schedule: str = "auto", ignore_index: int = -100, grads: str = "x,w,b",
