@@ -141,6 +141,51 @@ class DpoTest(unittest.TestCase):
         self.assertNotIn("reference.x", out.grads)  # a frozen head has no gradient
 
 
+class JsdTest(unittest.TestCase):
+    def test_teacher_head_int32_targets_and_float16_inputs(self):
+        rng = np.random.default_rng(21)
+        s, t, h, v, beta, temp = 2, 11, 6, 37, 0.3, 2.0
+        xs = rng.normal(size=(s, t, h)).astype(np.float32)
+        ws = (0.3 * rng.normal(size=(v, h))).astype(np.float32)
+        xt = rng.normal(size=(s, t, h)).astype(np.float32)
+        wt = (0.3 * rng.normal(size=(v, h))).astype(np.float32)
+        y = targets(rng, s, t, v, -100, every=4).astype(np.int32)
+        y[0, 0] = 2
+        loss = liger_rs.Loss("jsd", beta=beta, temperature=temp)
+
+        def naive(xs_, ws_, xt_, wt_):
+            zs, zt = xs_ @ ws_.T, xt_ @ wt_.T
+            valid = y != -100
+            n = valid.sum()
+            idx = np.where(valid, y, 0).astype(np.int64)
+            hard = -(np.take_along_axis(log_softmax(zs), idx[..., None], axis=-1)[..., 0]
+                     * valid).sum() / n
+            ls, lt = log_softmax(zs / temp), log_softmax(zt / temp)
+            lm = np.logaddexp(ls + np.log(1 - beta), lt + np.log(beta))
+            d = beta * (np.exp(lt) * (lt - lm)).sum(-1) + (1 - beta) * (np.exp(ls) * (ls - lm)).sum(-1)
+            return 0.5 * hard + 0.5 * (d * valid).sum() / n
+
+        f64 = [a.astype(np.float64) for a in (xs, ws, xt, wt)]
+        out = loss({"student.x": xs, "student.w": ws, "teacher.x": xt, "teacher.w": wt,
+                    "target": y})
+        close(self, out.loss, naive(*f64), "jsd loss", rtol=1e-5)
+        self.assertEqual(sorted(out.grads), ["student.w", "student.x"])  # the teacher is frozen
+        e = 1e-6
+        for (i, j, k) in [(0, 0, 0), (1, 7, 5), (0, 4, 2)]:
+            xp, xm = f64[0].copy(), f64[0].copy()
+            xp[i, j, k] += e
+            xm[i, j, k] -= e
+            fd = (naive(xp, *f64[1:]) - naive(xm, *f64[1:])) / (2 * e)
+            close(self, out.grads["student.x"][i, j, k], fd, f"dx[{i},{j},{k}]", atol=2e-6,
+                  rtol=1e-3)
+        # float16 inputs: the same loss on the rounded inputs, within f32 accumulation.
+        h16 = [a.astype(np.float16) for a in (xs, ws, xt, wt)]
+        out16 = loss({"student.x": h16[0], "student.w": h16[1], "teacher.x": h16[2],
+                      "teacher.w": h16[3], "target": y})
+        close(self, out16.loss, naive(*[a.astype(np.float64) for a in h16]), "f16 loss",
+              rtol=1e-4)
+
+
 TEMPERED = """
 use liger::prelude::*;
 
