@@ -57,7 +57,15 @@ fn rand_bf16(n: usize, sd: f32, seed: u64) -> Vec<bf16> {
 /// Runs the benchmark; `budget` bytes of working memory, `reps` timed repetitions; with
 /// `profile`, one more run per case with device events around every phase; only the cases
 /// whose name contains `only`.
-pub fn run(budget: usize, reps: usize, profile: bool, only: &str) -> Result<Vec<BenchRow>, Error> {
+/// `forced` forces every case's chunk and stage sizes (a case that cannot take them is skipped
+/// with the reason).
+pub fn run(
+    budget: usize,
+    reps: usize,
+    profile: bool,
+    only: &str,
+    forced: Option<crate::ForcedRows>,
+) -> Result<Vec<BenchRow>, Error> {
     let rt = Runtime::cuda(0)?;
     let gpu = crate::runtime::cuda::device::Gpu::new(0)?;
     let (h, v) = (4096usize, 128256usize);
@@ -191,6 +199,7 @@ pub fn run(budget: usize, reps: usize, profile: bool, only: &str) -> Result<Vec<
                 crate::Wanted::ALL
             },
             skip_dead_rows: masked,
+            rows: forced,
             ..RunOptions::default()
         };
         let params = ParamSet::new();
@@ -199,6 +208,10 @@ pub fn run(budget: usize, reps: usize, profile: bool, only: &str) -> Result<Vec<
         match crate::run(loss, &rt, &set, &params, &opts) {
             Err(crate::Error::Runtime(crate::runtime::Error::Budget { needed, .. })) => {
                 eprintln!("{name}: skipped, its smallest chunk needs {needed} B");
+                continue;
+            }
+            Err(crate::Error::Runtime(e @ crate::runtime::Error::Rows { .. })) => {
+                eprintln!("{name}: skipped: {e}");
                 continue;
             }
             other => {

@@ -120,6 +120,10 @@ pub struct CallOptions {
     pub all_rows: bool,
     /// Read a larger frozen head's first V rows.
     pub vocab_prefix: bool,
+    /// Rows per chunk instead of the planner's choice.
+    pub chunk_rows: Option<usize>,
+    /// Rows per gradient stage (with `chunk_rows`).
+    pub stage_rows: Option<usize>,
 }
 
 impl CallOptions {
@@ -142,6 +146,10 @@ impl CallOptions {
             grads: liger::Wanted::parse(&self.grads)?,
             skip_dead_rows: !self.all_rows,
             vocab_prefix: self.vocab_prefix,
+            rows: self.chunk_rows.map(|chunk| liger::ForcedRows {
+                chunk,
+                stage: self.stage_rows,
+            }),
             ..RunOptions::default()
         })
     }
@@ -343,7 +351,8 @@ impl NativeLoss {
     /// Runs the loss. `inputs`: `(name, owner, address, bytes, dtype, shape)` each, the
     /// address and length of a C-contiguous host array that `owner` (the numpy array or torch
     /// tensor) holds; `options`: a dict of `device`, `budget`, `schedule`, `ignore_index`,
-    /// `grads`, `grad_dtype`, `all_rows`, `vocab_prefix`. Returns `(results, report)`: results
+    /// `grads`, `grad_dtype`, `all_rows`, `vocab_prefix`, `chunk_rows`, `stage_rows`. Returns
+    /// `(results, report)`: results
     /// as `(name, shape, dtype, bytes)`, the report as pairs of text.
     ///
     /// The package's Python side is the caller: it reads the address and length from the
@@ -374,6 +383,8 @@ impl NativeLoss {
             grad_dtype: get("grad_dtype")?.extract()?,
             all_rows: get("all_rows")?.extract()?,
             vocab_prefix: get("vocab_prefix")?.extract()?,
+            chunk_rows: get("chunk_rows")?.extract()?,
+            stage_rows: get("stage_rows")?.extract()?,
         };
         let mut raw = Vec::with_capacity(inputs.len());
         for (name, _owner, addr, len, dtype, shape) in &inputs {
@@ -633,6 +644,8 @@ mod tests {
             grad_dtype: "f32".into(),
             all_rows: false,
             vocab_prefix: false,
+            chunk_rows: None,
+            stage_rows: None,
         };
         let r = call(&which, &ps, &inputs, &opts).expect("call");
         let names: Vec<&str> = r.tensors.iter().map(|t| t.name.as_str()).collect();

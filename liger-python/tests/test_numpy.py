@@ -263,6 +263,19 @@ class ErrorTest(unittest.TestCase):
         self.raises(lambda: flce(self.inputs(), budget="lots"), "lots")
         self.raises(lambda: flce(self.inputs(), schedule="fast"), "fast")
         self.raises(lambda: flce(self.inputs(), grads="y"), "y")
+        # The CPU runs its gradient GEMMs per chunk: a deeper stage is refused, saying so.
+        self.raises(lambda: flce(self.inputs(), chunk_rows=2, stage_rows=4), "stage of 4",
+                    "per chunk")
+
+    def test_forced_chunk_sizes_give_the_same_results(self):
+        flce = liger_rs.Loss("flce")
+        planned = flce(self.inputs())
+        forced = flce(self.inputs(), chunk_rows=1, all_rows=True)
+        self.assertEqual(forced.report["chunk_rows"], "1")
+        self.assertEqual(forced.report["chunks"], "4")
+        self.assertAlmostEqual(forced.loss, planned.loss, places=6)
+        np.testing.assert_allclose(forced.grads["logits.w"], planned.grads["logits.w"],
+                                   rtol=1e-5, atol=1e-7)
 
     def test_listing(self):
         names = liger_rs.losses()

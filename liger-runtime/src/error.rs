@@ -193,6 +193,16 @@ pub enum Error {
         /// Bytes of the f32 working copies.
         copies: usize,
     },
+    /// Forced chunk and stage sizes (`RunOptions::rows`) no schedule can take.
+    #[error("a chunk of {chunk} rows with a gradient stage of {stage} rows cannot run: {why}")]
+    Rows {
+        /// Rows per chunk.
+        chunk: usize,
+        /// Rows per stage.
+        stage: usize,
+        /// Why.
+        why: String,
+    },
     /// A forced schedule that does not apply.
     #[error("schedule `{schedule}` cannot run: {why}")]
     Schedule {

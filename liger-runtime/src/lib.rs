@@ -39,7 +39,7 @@ pub use host::Arr;
 pub use inputs::{InputSet, InputValue};
 pub use liger_ir::{Pipeline, Strategy};
 pub use output::{GradBuf, HeadGrads, LossOutput, MetricOutput, PhaseTime, Report};
-pub use plan::{Footprint, GradDTypes, MemoryModel, Plan, RunOptions, Wanted};
+pub use plan::{Footprint, ForcedRows, GradDTypes, MemoryModel, Plan, RunOptions, Wanted};
 pub use tensor::{DType, Head, TensorData, TensorView};
 
 use std::collections::BTreeMap;

@@ -57,6 +57,20 @@ pub struct RunOptions {
     /// (CPU, and CUDA through host tensors) skip; the device API, whose masks stay on the
     /// device, runs every row.
     pub skip_dead_rows: bool,
+    /// Rows per chunk and per gradient stage to use instead of the planner's choice (for
+    /// measuring plans: `liger bench --chunk-rows`); still checked against the budget and
+    /// the strategy (whole groups for group-aligned; a stage deeper than a chunk only where
+    /// the backend stages, for fused and two passes). `None`: the planner chooses.
+    pub rows: Option<ForcedRows>,
+}
+
+/// A chunk size, and optionally a gradient-stage size, forced on the planner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForcedRows {
+    /// Rows per chunk.
+    pub chunk: usize,
+    /// Rows per gradient stage, a multiple of `chunk` (`None`: one chunk).
+    pub stage: Option<usize>,
 }
 
 /// Which gradients of each trained head a run computes: `x` (`dL/dx`), `w` (`dL/dW`) and `b`
@@ -128,6 +142,7 @@ impl Default for RunOptions {
             vocab_prefix: false,
             grads: Wanted::ALL,
             skip_dead_rows: true,
+            rows: None,
         }
     }
 }
@@ -414,6 +429,7 @@ pub fn plan(
     dims: &Dims,
     budget: usize,
     force: Option<Strategy>,
+    rows_forced: Option<ForcedRows>,
     mem: &dyn MemoryModel,
 ) -> Result<Plan, Error> {
     let sched = p.schedule();
@@ -434,6 +450,10 @@ pub fn plan(
     let rows = dims.rows().max(1);
     let mut best: Option<Plan> = None;
     let mut smallest: Option<Footprint> = None;
+    // The least a forced chunk and stage need where they do not fit.
+    let mut forced_need: Option<usize> = None;
+    // Why the first candidate refused them.
+    let mut forced_why: Option<String> = None;
     for s in candidates {
         let fp = mem.footprint(s);
         if smallest.is_none_or(|m| fp.least() < m.least()) {
@@ -451,6 +471,48 @@ pub fn plan(
         let mut stage_rows = chunk;
         if let (Some(st), Strategy::Fused | Strategy::TwoPass) = (fp.stage, s) {
             (chunk, stage_rows) = staged(p, dims, budget, &fp, st, chunk);
+        }
+        if let Some(f) = rows_forced {
+            let stage = f.stage.unwrap_or(f.chunk);
+            let stages = fp.stage.is_some() && matches!(s, Strategy::Fused | Strategy::TwoPass);
+            let why = if f.chunk == 0 {
+                Some("a chunk of 0 rows".to_string())
+            } else if f.chunk < min || (s == Strategy::GroupAligned && f.chunk % min != 0) {
+                Some(format!(
+                    "{} needs whole groups of {min} rows per chunk",
+                    s.name()
+                ))
+            } else if stage < f.chunk || stage % f.chunk != 0 {
+                Some(format!(
+                    "a stage of {stage} rows is not a whole number of {}-row chunks",
+                    f.chunk
+                ))
+            } else if stage != f.chunk && !stages {
+                Some(format!(
+                    "{} runs its gradient GEMMs per chunk (no deeper stage here)",
+                    s.name()
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                if force.is_some() {
+                    return Err(Error::Rows {
+                        chunk: f.chunk,
+                        stage,
+                        why,
+                    });
+                }
+                forced_why.get_or_insert(why);
+                continue;
+            }
+            (chunk, stage_rows) = (f.chunk, stage);
+            let need =
+                fp.fixed + fp.per_row * chunk + fp.stage.map_or(0, |st| st.per_row * stage_rows);
+            if need > budget {
+                forced_need = Some(forced_need.map_or(need, |n: usize| n.min(need)));
+                continue;
+            }
         }
         let cost = p.cost(s, dims);
         let plan = Plan {
@@ -473,6 +535,15 @@ pub fn plan(
     }
     match (best, smallest) {
         (Some(b), _) => Ok(b),
+        (None, _) if forced_need.is_some() => Err(Error::Budget {
+            budget,
+            needed: forced_need.unwrap_or(0),
+        }),
+        (None, _) if rows_forced.is_some() && force.is_none() => Err(Error::Rows {
+            chunk: rows_forced.map_or(0, |f| f.chunk),
+            stage: rows_forced.map_or(0, |f| f.stage.unwrap_or(f.chunk)),
+            why: forced_why.unwrap_or_else(|| "no applicable schedule takes these sizes".into()),
+        }),
         (None, Some(fp)) if fp.grad_copies > 0 && fp.least() - fp.grad_copies <= budget => {
             Err(Error::GradBudget {
                 budget,

@@ -9,9 +9,10 @@ pub(crate) fn bench(
     json: Option<&str>,
     profile: bool,
     only: &str,
+    forced: Option<crate::ForcedRows>,
 ) -> Result<(), Error> {
     let budget = crate::runtime::plan::parse_bytes(budget)?;
-    let rows = crate::bench::run(budget, reps, profile, only)?;
+    let rows = crate::bench::run(budget, reps, profile, only, forced)?;
     out(&crate::bench::table(&rows, budget));
     if let Some(path) = json {
         let text =
@@ -55,7 +56,7 @@ pub(crate) fn sweep(
         .collect::<Result<Vec<_>, _>>()?;
     let mut points = Vec::new();
     for &budget in &budgets {
-        match crate::bench::run(budget, reps, false, only) {
+        match crate::bench::run(budget, reps, false, only, None) {
             Ok(rows) => {
                 out(&crate::bench::table(&rows, budget));
                 points.extend(rows.iter().map(|r| SweepPoint::from_row(r, budget)));

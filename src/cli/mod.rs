@@ -132,6 +132,13 @@ enum Command {
         /// a sweep too long for one call is measured in parts and drawn once.
         #[arg(long = "add", value_name = "JSON")]
         add: Vec<String>,
+        /// Rows per chunk instead of the planner's choice (measuring plans; a case that
+        /// cannot take it is skipped with the reason).
+        #[arg(long)]
+        chunk_rows: Option<usize>,
+        /// Rows per gradient stage, a multiple of `--chunk-rows` (default: one chunk).
+        #[arg(long, requires = "chunk_rows")]
+        stage_rows: Option<usize>,
     },
     /// Inspect and manage the kernel cache.
     Cache {
@@ -273,11 +280,23 @@ pub fn main() -> ExitCode {
             peers,
             svg,
             add,
+            chunk_rows,
+            stage_rows,
         } => {
-            if sweep {
+            let forced = chunk_rows.map(|chunk| crate::ForcedRows {
+                chunk,
+                stage: stage_rows,
+            });
+            if sweep && forced.is_some() {
+                Err(Error::BadVariant {
+                    param: "--chunk-rows".into(),
+                    value: "with --sweep".into(),
+                    allowed: "a single-budget bench (a sweep lets the planner choose)".into(),
+                })
+            } else if sweep {
                 bench::sweep(&budgets, reps, json.as_deref(), &peers, &svg, &only, &add)
             } else {
-                bench::bench(&budget, reps, json.as_deref(), profile, &only)
+                bench::bench(&budget, reps, json.as_deref(), profile, &only, forced)
             }
         }
         Command::Run {

@@ -99,6 +99,7 @@ pub(crate) fn run(
         vocab_prefix,
         grads: crate::Wanted::parse(grads)?,
         skip_dead_rows: !all_rows,
+        rows: None,
     };
     if let Some(o) = out {
         check_output(o, inputs)?;

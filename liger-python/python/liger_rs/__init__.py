@@ -134,7 +134,9 @@ class Loss:
       frozen weight, ``"none"``);
     - ``grad_dtype``: ``"f32"`` (default), ``"bf16"``, ``"x=bf16,w=f32"``;
     - ``all_rows``: run the rows that carry nothing too (off: they are skipped);
-    - ``vocab_prefix``: read a larger frozen head's first V rows.
+    - ``vocab_prefix``: read a larger frozen head's first V rows;
+    - ``chunk_rows``, ``stage_rows``: rows per chunk and per gradient stage instead of the
+      planner's choice (for measuring plans; still checked against the budget).
     """
 
     def __init__(self, name: str, **hyper: Any):
@@ -178,12 +180,15 @@ class Loss:
     def __call__(self, inputs: Mapping[str, Any], *, device: str = "cpu", budget: str = "256MiB",
                  schedule: str = "auto", ignore_index: int = -100, grads: str = "x,w,b",
                  grad_dtype: str = "f32", all_rows: bool = False,
-                 vocab_prefix: bool = False) -> Result:
+                 vocab_prefix: bool = False, chunk_rows: Optional[int] = None,
+                 stage_rows: Optional[int] = None) -> Result:
         bufs = [_buffer(k, v) for k, v in inputs.items()]
         options = {
             "device": device, "budget": str(budget), "schedule": schedule,
             "ignore_index": int(ignore_index), "grads": grads, "grad_dtype": grad_dtype,
             "all_rows": bool(all_rows), "vocab_prefix": bool(vocab_prefix),
+            "chunk_rows": None if chunk_rows is None else int(chunk_rows),
+            "stage_rows": None if stage_rows is None else int(stage_rows),
         }
         tensors, report = self._native.run(bufs, options)
         loss: Optional[float] = None

@@ -67,7 +67,8 @@ def apply(loss: Loss, inputs: Mapping[str, torch.Tensor],
         raise LigerError("`grads` follows requires_grad here: set requires_grad_(False) on the "
                          "inputs whose gradient is not wanted")
     base = {"device": "cpu", "budget": "256MiB", "schedule": "auto", "ignore_index": -100,
-            "grad_dtype": "f32", "all_rows": False, "vocab_prefix": False}
+            "grad_dtype": "f32", "all_rows": False, "vocab_prefix": False, "chunk_rows": None,
+            "stage_rows": None}
     base.update(options)
     names = list(inputs)
     metrics: Dict[str, torch.Tensor] = {}

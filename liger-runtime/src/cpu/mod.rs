@@ -360,7 +360,7 @@ pub fn run(
             })
             .sum(),
     };
-    let pl = plan(p, &dims, opts.chunk_memory, opts.schedule, &mem)?;
+    let pl = plan(p, &dims, opts.chunk_memory, opts.schedule, opts.rows, &mem)?;
 
     let live = host::live_rows(sched, &loaded.values, r, opts)?;
     let skipped_rows = live

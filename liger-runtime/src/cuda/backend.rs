@@ -1014,7 +1014,7 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
             .map(|h| h.h)
             .sum(),
     };
-    let pl = plan(p, &dims, opts.chunk_memory, opts.schedule, &mem)?;
+    let pl = plan(p, &dims, opts.chunk_memory, opts.schedule, opts.rows, &mem)?;
     let strategy = pl.strategy;
     let chunk = pl.chunk_rows;
     let stage = pl.stage_rows.max(chunk);
@@ -1383,7 +1383,7 @@ mod tests {
             dx: true,
             dw: true,
         };
-        crate::plan::plan(&p, &dims, budget, None, m)
+        crate::plan::plan(&p, &dims, budget, None, None, m)
     }
 
     #[test]
@@ -1413,6 +1413,38 @@ mod tests {
             } else {
                 assert_eq!((p.chunk_rows, p.stage_rows), (s * t, s * t));
             }
+        }
+    }
+
+    #[test]
+    fn forced_chunk_and_stage_sizes_are_checked_then_used() {
+        let (s, t, h, v) = (8, 1024, 4096, 128256);
+        let m = mem(h, (s, t, v), 0);
+        let dims = liger_ir::schedule::Dims {
+            num_seqs: s,
+            seq_len: t,
+            vocab: v,
+            hidden: m.hidden.clone(),
+            dx: true,
+            dw: true,
+        };
+        let p = flce();
+        let forced = |chunk, stage| {
+            Some(crate::plan::ForcedRows {
+                chunk,
+                stage: Some(stage),
+            })
+        };
+        let pl = crate::plan::plan(&p, &dims, 1 << 30, None, forced(512, 2048), &m).expect("fits");
+        assert_eq!((pl.chunk_rows, pl.stage_rows), (512, 2048));
+        assert!(pl.estimate <= 1 << 30);
+        match crate::plan::plan(&p, &dims, 1 << 30, None, forced(512, 1000), &m) {
+            Err(e @ Error::Rows { .. }) => assert!(e.to_string().contains("whole number"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        match crate::plan::plan(&p, &dims, 1 << 30, None, forced(2048, 8192), &m) {
+            Err(Error::Budget { needed, .. }) => assert!(needed > 1 << 30, "{needed}"),
+            other => panic!("{other:?}"),
         }
     }
 
