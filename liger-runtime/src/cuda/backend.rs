@@ -1371,8 +1371,18 @@ mod tests {
 
     fn plan_with(
         m: &CudaMemory,
+        sizes: (usize, usize, usize),
+        budget: usize,
+    ) -> Result<crate::plan::Plan, Error> {
+        plan_forced(m, sizes, budget, None)
+    }
+
+    /// FLCE's plan under `m` with chunk and stage sizes `forced` (or the planner's).
+    fn plan_forced(
+        m: &CudaMemory,
         (s, t, v): (usize, usize, usize),
         budget: usize,
+        forced: Option<crate::plan::ForcedRows>,
     ) -> Result<crate::plan::Plan, Error> {
         let p = flce();
         let dims = liger_ir::schedule::Dims {
@@ -1383,7 +1393,7 @@ mod tests {
             dx: true,
             dw: true,
         };
-        crate::plan::plan(&p, &dims, budget, None, None, m)
+        crate::plan::plan(&p, &dims, budget, None, forced, m)
     }
 
     #[test]
@@ -1420,29 +1430,21 @@ mod tests {
     fn forced_chunk_and_stage_sizes_are_checked_then_used() {
         let (s, t, h, v) = (8, 1024, 4096, 128256);
         let m = mem(h, (s, t, v), 0);
-        let dims = liger_ir::schedule::Dims {
-            num_seqs: s,
-            seq_len: t,
-            vocab: v,
-            hidden: m.hidden.clone(),
-            dx: true,
-            dw: true,
-        };
-        let p = flce();
-        let forced = |chunk, stage| {
-            Some(crate::plan::ForcedRows {
+        let plan = |chunk, stage| {
+            let f = crate::plan::ForcedRows {
                 chunk,
                 stage: Some(stage),
-            })
+            };
+            plan_forced(&m, (s, t, v), 1 << 30, Some(f))
         };
-        let pl = crate::plan::plan(&p, &dims, 1 << 30, None, forced(512, 2048), &m).expect("fits");
+        let pl = plan(512, 2048).expect("fits");
         assert_eq!((pl.chunk_rows, pl.stage_rows), (512, 2048));
         assert!(pl.estimate <= 1 << 30);
-        match crate::plan::plan(&p, &dims, 1 << 30, None, forced(512, 1000), &m) {
+        match plan(512, 1000) {
             Err(e @ Error::Rows { .. }) => assert!(e.to_string().contains("whole number"), "{e}"),
             other => panic!("{other:?}"),
         }
-        match crate::plan::plan(&p, &dims, 1 << 30, None, forced(2048, 8192), &m) {
+        match plan(2048, 8192) {
             Err(Error::Budget { needed, .. }) => assert!(needed > 1 << 30, "{needed}"),
             other => panic!("{other:?}"),
         }
