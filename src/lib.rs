@@ -60,9 +60,9 @@ pub use liger_macros::{chunked_loss, chunked_losses};
 pub use liger_runtime as runtime;
 pub use liger_runtime::{
     DType, DeviceGrad, DeviceHead, DeviceHeadGrads, DeviceInput, DeviceInputs, DeviceOutput,
-    DeviceTensor, ForcedRows, GradBuf, GradDTypes, Head, HeadGrads, InputSet, InputValue,
-    LossOutput, MetricOutput, Pipeline, Report, RunOptions, Runtime, Strategy, TensorData,
-    TensorView, Wanted,
+    DeviceTensor, ForcedRows, ForeignBuffer, GradBuf, GradDTypes, GradPart, Head, HeadGrads,
+    InputSet, InputValue, LossOutput, MetricOutput, Pipeline, Report, RunOptions, Runtime,
+    Strategy, TensorData, TensorView, Wanted,
 };
 pub use loss::{ChunkedLoss, DefaultValue, ParamInfo, ParamKind, ParamRange, SpecInfo};
 pub use params::{ParamSet, ResolvedParams};

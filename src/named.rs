@@ -24,16 +24,41 @@ pub fn input_names(loss: &dyn ChunkedLoss) -> Vec<String> {
         .collect()
 }
 
-/// Builds `loss`'s inputs from named tensors: `view(name)` gives the tensor called `name`, if
-/// any, and `names` every name given (a name that is no input of the loss is refused first,
-/// so a typo is named as such rather than reported as a missing input). A head needs both `.x` and `.w`; a missing required input is
+/// One of a loss's inputs found by name: a head from its `.x`, `.w` and optional `.b`
+/// tensors, or any other input.
+#[derive(Clone, Debug)]
+pub enum Named<T> {
+    /// Head `name`.
+    Head {
+        /// Its parameter name (`policy`).
+        name: &'static str,
+        /// `name.x`.
+        x: T,
+        /// `name.w`.
+        w: T,
+        /// `name.b`, if given.
+        b: Option<T>,
+    },
+    /// Input `name`.
+    Tensor {
+        /// Its parameter name (`target`).
+        name: &'static str,
+        /// The tensor.
+        t: T,
+    },
+}
+
+/// Finds `loss`'s inputs among named tensors of any kind (host views, device buffers): `view
+/// (name)` gives the tensor called `name`, if any, and `names` every name given (a name that is
+/// no input of the loss is refused first, so a typo is named as such rather than reported as
+/// a missing input). A head needs both `.x` and `.w`; a missing required input is
 /// [`RtError::MissingInput`]; the other refusals are `Err(why)` for the caller to wrap (a file
 /// error names the file).
-pub fn inputs_by_name<'a, 'n>(
+pub fn resolve<'n, T>(
     loss: &dyn ChunkedLoss,
     names: impl IntoIterator<Item = &'n str>,
-    view: impl Fn(&str) -> Option<Result<TensorView<'a>, Error>>,
-) -> Result<Result<InputSet<'a>, String>, Error> {
+    view: impl Fn(&str) -> Option<Result<T, Error>>,
+) -> Result<Result<Vec<Named<T>>, String>, Error> {
     let mut known = BTreeSet::new();
     for p in loss.params().iter().filter(|p| p.kind.is_input()) {
         if p.kind.is_head() {
@@ -49,7 +74,7 @@ pub fn inputs_by_name<'a, 'n>(
             input_names(loss).join(", ")
         )));
     }
-    let mut set = InputSet::new();
+    let mut out = Vec::new();
     for p in loss.params().iter().filter(|p| p.kind.is_input()) {
         if p.kind.is_head() {
             let (xn, wn, bn) = (
@@ -63,7 +88,12 @@ pub fn inputs_by_name<'a, 'n>(
                         Some(b) => Some(b?),
                         None => None,
                     };
-                    set = set.head(p.name, Head { x: x?, w: w?, b });
+                    out.push(Named::Head {
+                        name: p.name,
+                        x: x?,
+                        w: w?,
+                        b,
+                    });
                 }
                 (None, None) if p.optional => {}
                 (x, _) => {
@@ -76,7 +106,10 @@ pub fn inputs_by_name<'a, 'n>(
                 }
             }
         } else if let Some(t) = view(p.name) {
-            set = set.tensor(p.name, t?);
+            out.push(Named::Tensor {
+                name: p.name,
+                t: t?,
+            });
         } else if !p.optional {
             return Err(RtError::MissingInput {
                 loss: loss.name().into(),
@@ -86,7 +119,21 @@ pub fn inputs_by_name<'a, 'n>(
             .into());
         }
     }
-    Ok(Ok(set))
+    Ok(Ok(out))
+}
+
+/// Builds `loss`'s host inputs from named tensors ([`resolve`]).
+pub fn inputs_by_name<'a, 'n>(
+    loss: &dyn ChunkedLoss,
+    names: impl IntoIterator<Item = &'n str>,
+    view: impl Fn(&str) -> Option<Result<TensorView<'a>, Error>>,
+) -> Result<Result<InputSet<'a>, String>, Error> {
+    Ok(resolve(loss, names, view)?.map(|found| {
+        found.into_iter().fold(InputSet::new(), |set, n| match n {
+            Named::Head { name, x, w, b } => set.head(name, Head { x, w, b }),
+            Named::Tensor { name, t } => set.tensor(name, t),
+        })
+    }))
 }
 
 /// One named result tensor: its name (`loss`, `metric.<name>`, `grad.<head>.<part>`), shape
@@ -99,6 +146,16 @@ pub struct NamedTensor {
     pub shape: Vec<usize>,
     /// Its values (metrics and the loss in f32; gradients in the dtype asked for).
     pub data: GradBuf,
+}
+
+/// The shape of a metric of `level` holding `len` values in a batch of `s` sequences of `t`
+/// rows: a row-level metric is `[s, t]`, a batch-level one a scalar, others a vector.
+pub fn metric_shape(level: liger_ir::Level, (s, t): (usize, usize), len: usize) -> Vec<usize> {
+    match level {
+        liger_ir::Level::Batch => vec![],
+        liger_ir::Level::Row => vec![s, t],
+        _ => vec![len],
+    }
 }
 
 /// A run's results by name, in the order `loss`, the metrics as the loss reports them, then
@@ -117,11 +174,7 @@ pub fn named_outputs(
         data: GradBuf::F32(vec![out.loss]),
     }];
     for m in out.metrics {
-        let shape = match m.level {
-            liger_ir::Level::Batch => vec![],
-            liger_ir::Level::Row => vec![s, t],
-            _ => vec![m.values.len()],
-        };
+        let shape = metric_shape(m.level, (s, t), m.values.len());
         v.push(NamedTensor {
             name: format!("metric.{}", m.name),
             shape,

@@ -992,6 +992,168 @@ fn gpu_device_api_matches_the_host_api_and_the_cpu_with_gradient_dtypes() {
     assert!(runs >= 30, "{runs} runs");
 }
 
+/// Gradients written into the caller's buffers (`DeviceInputs::grad_into`, what the PyTorch
+/// door does with tensors from its allocator): an f32 buffer is the accumulator itself, bf16
+/// and f16 buffers get the rounded values; each holds exactly what the host API returns in
+/// that dtype, garbage left in it beforehand is overwritten, and the buffers outlive the run.
+/// The loss copied into a caller's buffer has the same bits. Bad targets are typed errors.
+fn gpu_device_api_writes_gradients_into_caller_buffers() {
+    let Some((rt, st)) = runtime_and_stream() else {
+        return;
+    };
+    use liger::DType::{BF16, F16, F32};
+    use liger::runtime::cudarc::driver::{CudaSlice, DevicePtr};
+    let ctx = rt.cuda_context().expect("context").clone();
+    let case = &executor_cases()[0];
+    let dims = (3usize, 47usize, 31usize, 123usize);
+    let (s, t, h, v) = dims;
+    let d = case_data(case, dims, true, -100, 5);
+    let sh = shapes(&d, dims);
+    let dd = device_data(&st, &d, false, false);
+    // Garbage in every target: the run must overwrite all of it.
+    let gx: CudaSlice<half::bf16> = st
+        .clone_htod(&vec![half::bf16::from_f32(7.0); s * t * h])
+        .expect("x target");
+    let gw: CudaSlice<f32> = st.clone_htod(&vec![7.0f32; v * h]).expect("w target");
+    let gb: CudaSlice<half::f16> = st
+        .clone_htod(&vec![half::f16::from_f32(7.0); v])
+        .expect("b target");
+    let ptr = |p: u64, bytes: usize| {
+        // SAFETY: `p` is the address of a live allocation above of `bytes` bytes in `ctx`,
+        // alive until the end of this test, past every queued use.
+        unsafe { liger::ForeignBuffer::new(&ctx, p, bytes) }
+    };
+    let (px, _g1) = gx.device_ptr(&st);
+    let (pw, _g2) = gw.device_ptr(&st);
+    let (pb, _g3) = gb.device_ptr(&st);
+    let (fx, fw, fb) = (ptr(px, s * t * h * 2), ptr(pw, v * h * 4), ptr(pb, v * 2));
+    let opts = RunOptions {
+        chunk_memory: 64 << 20,
+        ..RunOptions::default()
+    };
+    let set = device_inputs(case, &dd, &sh)
+        .grad_into("logits", liger::GradPart::X, &fx, BF16)
+        .grad_into("logits", liger::GradPart::W, &fw, F32)
+        .grad_into("logits", liger::GradPart::B, &fb, F16);
+    let out =
+        liger::run_device(case.loss, &rt, &set, &case.params, &opts, &st).expect("device run");
+    let loss_buf: CudaSlice<f32> = st.alloc_zeros(1).expect("loss buffer");
+    let (pl, _g4) = loss_buf.device_ptr(&st);
+    out.copy_into("loss", &ptr(pl, 4)).expect("loss copied");
+    let g = out.grad("logits").expect("the head's gradients");
+    assert!(
+        g.x.is_none() && g.w.is_none() && g.b.is_none(),
+        "gradients written into the caller's buffers are not returned too"
+    );
+    assert_eq!(out.check().expect("checks pass"), Vec::<String>::new());
+    let loss = out.loss().map(|l| st.clone_dtoh(&l).expect("loss")[0]);
+    drop(out);
+    // The host API with the same dtypes gives the same bits.
+    let host = liger::run(
+        case.loss,
+        &rt,
+        &host_inputs(case, &d, &[], &sh),
+        &case.params,
+        &RunOptions {
+            grad_dtypes: liger::GradDTypes {
+                x: BF16,
+                w: F32,
+                b: F16,
+            },
+            ..opts
+        },
+    )
+    .expect("host run");
+    let hg = &host.grads[0];
+    let x_got = liger::GradBuf::BF16(st.clone_dtoh(&gx).expect("x"));
+    let w_got = liger::GradBuf::F32(st.clone_dtoh(&gw).expect("w"));
+    let b_got = liger::GradBuf::F16(st.clone_dtoh(&gb).expect("b"));
+    assert_eq!(
+        Some(&x_got),
+        hg.x.as_ref(),
+        "grad x (bf16) differs from the host API"
+    );
+    assert_eq!(
+        Some(&w_got),
+        hg.w.as_ref(),
+        "grad W (f32, accumulated in place) differs"
+    );
+    assert_eq!(Some(&b_got), hg.b.as_ref(), "grad b (f16) differs");
+    let copied = st.clone_dtoh(&loss_buf).expect("loss")[0];
+    assert_eq!(Some(copied.to_bits()), loss.map(f32::to_bits));
+    assert_eq!(copied.to_bits(), host.loss.to_bits());
+
+    // Bad targets and copies: typed errors before anything is queued.
+    let run = |set: liger::DeviceInputs<'_>, o: &RunOptions| {
+        liger::run_device(case.loss, &rt, &set, &case.params, o, &st).map(|_| ())
+    };
+    let target_err = |r: Result<(), liger::Error>, what: &str, why: &str| match r {
+        Err(liger::Error::Runtime(RtError::Target { target, why: w })) => {
+            assert_eq!(target, what);
+            assert!(w.contains(why), "{what}: `{w}` should say `{why}`");
+        }
+        other => panic!("{what}: expected a Target error, got {other:?}"),
+    };
+    let short = ptr(pw, v * h * 4 - 4);
+    target_err(
+        run(
+            device_inputs(case, &dd, &sh).grad_into("logits", liger::GradPart::W, &short, F32),
+            &opts,
+        ),
+        "grad.logits.w",
+        "holds",
+    );
+    target_err(
+        run(
+            device_inputs(case, &dd, &sh).grad_into("policy", liger::GradPart::W, &fw, F32),
+            &opts,
+        ),
+        "grad.policy.w",
+        "no head `policy`",
+    );
+    let no_x = RunOptions {
+        grads: liger::Wanted::parse("w,b").expect("grads"),
+        ..opts
+    };
+    target_err(
+        run(
+            device_inputs(case, &dd, &sh).grad_into("logits", liger::GradPart::X, &fx, BF16),
+            &no_x,
+        ),
+        "grad.logits.x",
+        "does not compute",
+    );
+    target_err(
+        run(
+            device_inputs(case, &dd, &sh).grad_into(
+                "logits",
+                liger::GradPart::W,
+                &fw,
+                liger::DType::I64,
+            ),
+            &opts,
+        ),
+        "grad.logits.w",
+        "f32, bf16 or f16",
+    );
+    let out = liger::run_device(
+        case.loss,
+        &rt,
+        &device_inputs(case, &dd, &sh),
+        &case.params,
+        &opts,
+        &st,
+    )
+    .expect("run");
+    for (name, buf) in [("metric.nope", ptr(pl, 4)), ("loss", ptr(pw, 8))] {
+        match out.copy_into(name, &buf) {
+            Err(RtError::Target { target, .. }) => assert_eq!(target, name),
+            other => panic!("{name}: expected a Target error, got {other:?}"),
+        }
+    }
+    out.check().expect("checks");
+}
+
 fn gpu_device_api_queues_on_the_callers_stream_without_synchronising() {
     if gpu_or_skip().is_none() {
         return;
@@ -2466,6 +2628,10 @@ fn main() -> std::process::ExitCode {
         trial(
             "gpu_device_api_matches_the_host_api_and_the_cpu_with_gradient_dtypes",
             gpu_device_api_matches_the_host_api_and_the_cpu_with_gradient_dtypes,
+        ),
+        trial(
+            "gpu_device_api_writes_gradients_into_caller_buffers",
+            gpu_device_api_writes_gradients_into_caller_buffers,
         ),
         trial(
             "gpu_device_api_queues_on_the_callers_stream_without_synchronising",

@@ -18,6 +18,8 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
+mod device;
+
 pyo3::create_exception!(
     _native,
     LigerError,
@@ -124,6 +126,9 @@ pub struct CallOptions {
     pub chunk_rows: Option<usize>,
     /// Rows per gradient stage (with `chunk_rows`).
     pub stage_rows: Option<usize>,
+    /// The budget is for the chunks only: the f32 accumulators of the gradients returned in
+    /// bf16/f16 come on top of it.
+    pub budget_beyond_grads: bool,
 }
 
 impl CallOptions {
@@ -162,6 +167,8 @@ fn runtime(device: &str) -> Result<Arc<Runtime>, liger::Error> {
         Ok(m) => m,
         Err(poisoned) => poisoned.into_inner(),
     };
+    // One runtime per GPU, however it is named.
+    let device = if device == "cuda" { "cuda:0" } else { device };
     if let Some(r) = map.get(device) {
         return Ok(r.clone());
     }
@@ -196,22 +203,18 @@ pub fn call(
         views.get(n).cloned().map(Ok)
     })
     .map_err(|e| e.to_string())??;
-    let ro = opts.run_options().map_err(|e| e.to_string())?;
+    let mut ro = opts.run_options().map_err(|e| e.to_string())?;
+    if opts.budget_beyond_grads {
+        let shapes: Vec<(String, Vec<usize>)> = inputs
+            .iter()
+            .map(|t| (t.name.clone(), t.shape.clone()))
+            .collect();
+        let planned = device::grads_planned(loss, params, &shapes, &ro)?;
+        ro.chunk_memory += device::working_copies(planned.iter().map(|(_, s, d)| (&s[..], *d)));
+    }
     let rt = runtime(&opts.device).map_err(|e| e.to_string())?;
     let out = liger::run(loss, &rt, &set, params, &ro).map_err(|e| e.to_string())?;
-    let r = &out.report;
-    let report = vec![
-        ("device", r.device.to_string()),
-        ("strategy", r.strategy.name().to_string()),
-        ("chunk_rows", r.chunk_rows.to_string()),
-        ("stage_rows", r.stage_rows.to_string()),
-        ("chunks", r.chunks.to_string()),
-        ("skipped_rows", r.skipped_rows.to_string()),
-        ("budget", r.budget.to_string()),
-        ("estimate", r.estimate.to_string()),
-        ("seconds", r.seconds.to_string()),
-        ("warnings", r.warnings.join("\n")),
-    ];
+    let report = report_pairs(&out.report);
     // A row-level metric is [S, T]: the first head's x gives S and T.
     let first_head = loss
         .params()
@@ -231,6 +234,22 @@ pub fn call(
         tensors: liger::named::named_outputs(out, st, shape_of),
         report,
     })
+}
+
+/// A run's report as pairs of text.
+fn report_pairs(r: &liger::Report) -> Vec<(&'static str, String)> {
+    vec![
+        ("device", r.device.to_string()),
+        ("strategy", r.strategy.name().to_string()),
+        ("chunk_rows", r.chunk_rows.to_string()),
+        ("stage_rows", r.stage_rows.to_string()),
+        ("chunks", r.chunks.to_string()),
+        ("skipped_rows", r.skipped_rows.to_string()),
+        ("budget", r.budget.to_string()),
+        ("estimate", r.estimate.to_string()),
+        ("seconds", r.seconds.to_string()),
+        ("warnings", r.warnings.join("\n")),
+    ]
 }
 
 /// Sets `hyper` (name → value as text: numbers, variant choices, `true`/`false`) on a
@@ -369,23 +388,7 @@ impl NativeLoss {
         Vec<(String, Vec<usize>, &'static str, Bound<'py, PyBytes>)>,
         Vec<(&'static str, String)>,
     )> {
-        let get = |k: &str| -> PyResult<Bound<'py, PyAny>> {
-            options
-                .get_item(k)?
-                .ok_or_else(|| err(format!("option `{k}` is missing")))
-        };
-        let opts = CallOptions {
-            device: get("device")?.extract()?,
-            budget: get("budget")?.extract()?,
-            schedule: get("schedule")?.extract()?,
-            ignore_index: get("ignore_index")?.extract()?,
-            grads: get("grads")?.extract()?,
-            grad_dtype: get("grad_dtype")?.extract()?,
-            all_rows: get("all_rows")?.extract()?,
-            vocab_prefix: get("vocab_prefix")?.extract()?,
-            chunk_rows: get("chunk_rows")?.extract()?,
-            stage_rows: get("stage_rows")?.extract()?,
-        };
+        let opts = call_options(options)?;
         let mut raw = Vec::with_capacity(inputs.len());
         for (name, _owner, addr, len, dtype, shape) in &inputs {
             if *len > 0 && *addr == 0 {
@@ -427,6 +430,136 @@ impl NativeLoss {
             })
             .collect();
         Ok((tensors, result.report))
+    }
+
+    /// The gradients a CUDA run on inputs `(name, shape)` computes under `options`, as
+    /// `(grad.<head>.<part>, shape, torch dtype)`: the caller allocates them and passes them
+    /// to `run_cuda` as targets.
+    fn cuda_grads(
+        &self,
+        inputs: Vec<(String, Vec<usize>)>,
+        options: &Bound<'_, PyDict>,
+    ) -> PyResult<Vec<device::Planned>> {
+        let loss = self.which.loss().map_err(err)?;
+        let ro = call_options(options)?
+            .run_options()
+            .map_err(|e| err(e.to_string()))?;
+        device::grads_planned(loss, &self.params, &inputs, &ro).map_err(err)
+    }
+
+    /// Queues the loss on CUDA tensors read in place: `inputs` and `targets` are
+    /// `(name, address, bytes, dtype, shape)` of contiguous tensors on device `device`
+    /// (targets: the gradients `cuda_grads` names, allocated by the caller), `stream` the
+    /// caller's `CUstream` handle (PyTorch's current stream). Nothing synchronises; the
+    /// returned run holds the loss, metrics and device checks.
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    fn run_cuda(
+        &self,
+        py: Python<'_>,
+        inputs: Vec<(String, u64, usize, String, Vec<usize>)>,
+        targets: Vec<(String, u64, usize, String, Vec<usize>)>,
+        options: &Bound<'_, PyDict>,
+        device: usize,
+        stream: u64,
+    ) -> PyResult<NativeRun> {
+        let co = call_options(options)?;
+        let mut ro = co.run_options().map_err(|e| err(e.to_string()))?;
+        if co.budget_beyond_grads {
+            ro.chunk_memory +=
+                device::working_copies(targets.iter().map(|(_, _, _, d, s)| (&s[..], d.as_str())));
+        }
+        let dev = |v: Vec<(String, u64, usize, String, Vec<usize>)>| -> Vec<device::DevTensor> {
+            v.into_iter()
+                .map(|(name, ptr, bytes, dtype, shape)| device::DevTensor {
+                    name,
+                    ptr,
+                    bytes,
+                    dtype,
+                    shape,
+                })
+                .collect()
+        };
+        let (inputs, targets) = (dev(inputs), dev(targets));
+        let which = self.which;
+        let params = self.params.clone();
+        let (out, results) = py
+            .detach(|| {
+                let loss = which.loss()?;
+                device::run(loss, &params, &inputs, &targets, &ro, device, stream)
+            })
+            .map_err(err)?;
+        Ok(NativeRun { out, results })
+    }
+}
+
+/// The call options from the Python side's dict (every key present; see `NativeLoss.run`).
+fn call_options(options: &Bound<'_, PyDict>) -> PyResult<CallOptions> {
+    let get = |k: &str| -> PyResult<Bound<'_, PyAny>> {
+        options
+            .get_item(k)?
+            .ok_or_else(|| err(format!("option `{k}` is missing")))
+    };
+    Ok(CallOptions {
+        device: get("device")?.extract()?,
+        budget: get("budget")?.extract()?,
+        schedule: get("schedule")?.extract()?,
+        ignore_index: get("ignore_index")?.extract()?,
+        grads: get("grads")?.extract()?,
+        grad_dtype: get("grad_dtype")?.extract()?,
+        all_rows: get("all_rows")?.extract()?,
+        vocab_prefix: get("vocab_prefix")?.extract()?,
+        chunk_rows: get("chunk_rows")?.extract()?,
+        stage_rows: get("stage_rows")?.extract()?,
+        budget_beyond_grads: match options.get_item("budget_beyond_grads")? {
+            Some(v) => v.extract()?,
+            None => false,
+        },
+    })
+}
+
+/// A run queued on a CUDA stream: its loss, metrics and device checks stay on the device
+/// until copied into the caller's tensors or checked.
+#[pyclass(frozen, module = "liger_rs._native")]
+struct NativeRun {
+    out: liger::DeviceOutput,
+    results: Vec<(String, Vec<usize>)>,
+}
+
+#[pymethods]
+impl NativeRun {
+    /// The loss and metrics as `(name, shape)` (f32 each).
+    fn results(&self) -> Vec<(String, Vec<usize>)> {
+        self.results.clone()
+    }
+
+    /// Queues a copy of result `name` into the f32 CUDA tensor at `ptr` of `nbytes` bytes on
+    /// the run's stream (no synchronisation). The caller holds the tensor.
+    fn copy_into(&self, name: &str, ptr: u64, nbytes: usize) -> PyResult<()> {
+        let ctx = self.out.stream().context();
+        // SAFETY: the Python side passes the address and length of a contiguous f32 CUDA
+        // tensor on the run's device, which it allocated on the run's stream and holds.
+        let dst = unsafe { liger::ForeignBuffer::new(ctx, ptr, nbytes) };
+        self.out
+            .copy_into(name, &dst)
+            .map_err(|e| err(e.to_string()))
+    }
+
+    /// Waits for the run (synchronises its stream) and returns the warnings, or raises the
+    /// device checks' error (bad token ids, non-finite inputs or results, an empty sequence).
+    fn check(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        py.detach(|| self.out.check())
+            .map_err(|e| err(e.to_string()))
+    }
+
+    /// Device time of the run in ms (waits for it).
+    fn device_ms(&self, py: Python<'_>) -> PyResult<f64> {
+        py.detach(|| self.out.device_ms())
+            .map_err(|e| err(e.to_string()))
+    }
+
+    /// The plan as pairs of text (`strategy`, `chunk_rows`, …).
+    fn report(&self) -> Vec<(&'static str, String)> {
+        report_pairs(self.out.report())
     }
 }
 
@@ -571,6 +704,7 @@ fn compile_source(source: &str) -> PyResult<Vec<NativeLoss>> {
 fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("LigerError", m.py().get_type::<LigerError>())?;
     m.add_class::<NativeLoss>()?;
+    m.add_class::<NativeRun>()?;
     m.add_function(wrap_pyfunction!(builtin_names, m)?)?;
     m.add_function(wrap_pyfunction!(compile_source, m)?)?;
     for f in [
@@ -646,6 +780,7 @@ mod tests {
             vocab_prefix: false,
             chunk_rows: None,
             stage_rows: None,
+            budget_beyond_grads: false,
         };
         let r = call(&which, &ps, &inputs, &opts).expect("call");
         let names: Vec<&str> = r.tensors.iter().map(|t| t.name.as_str()).collect();

@@ -277,6 +277,25 @@ class ErrorTest(unittest.TestCase):
         np.testing.assert_allclose(forced.grads["logits.w"], planned.grads["logits.w"],
                                    rtol=1e-5, atol=1e-7)
 
+    def test_the_f32_copies_of_bf16_gradients_count_unless_asked_otherwise(self):
+        # dW of 32000 x 64 and dx of 8 x 64 returned in bf16 keep f32 accumulators of
+        # 8192000 + 2048 bytes: a 6 MB budget cannot hold them, unless the budget is for the
+        # chunks only.
+        rng = np.random.default_rng(3)
+        x = rng.normal(size=(1, 8, 64)).astype(np.float32)
+        w = (0.1 * rng.normal(size=(32000, 64))).astype(np.float32)
+        t = rng.integers(0, 32000, size=(1, 8)).astype(np.int64)
+        d = {"logits.x": x, "logits.w": w, "target": t}
+        flce = liger_rs.Loss("flce")
+        self.raises(lambda: flce(d, budget="6000000", grad_dtype="bf16"), "f32 working copy",
+                    "8194048")
+        r = flce(d, budget="6000000", grad_dtype="bf16", budget_beyond_grads=True)
+        want = flce(d, budget="64MiB")
+        self.assertAlmostEqual(r.loss, want.loss, places=6)
+        # bf16 gradients: the f32 values rounded once.
+        np.testing.assert_allclose(r.grads["logits.w"], want.grads["logits.w"], rtol=2 ** -8,
+                                   atol=1e-12)
+
     def test_listing(self):
         names = liger_rs.losses()
         for n in ["dpo", "flce", "jsd", "grpo", "kto", "orpo", "cpo", "simpo"]:

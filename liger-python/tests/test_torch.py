@@ -56,6 +56,15 @@ class TorchTest(unittest.TestCase):
             mod(w, x, t, b).backward()
             close(self, w.grad, 3 * gw, "dW accumulated")
             x.grad = w.grad = b.grad = None
+        out = self.lt.LigerFusedLinearCrossEntropyLoss(
+            lse_square_scale=1e-3, return_z_loss=True, return_token_accuracy=True)(w, x, t, b)
+        logits = x.double() @ w.double().T + b.double()
+        valid = t != -100
+        close(self, out.z_loss, 1e-3 * (torch.logsumexp(logits, -1)[valid] ** 2).mean(),
+              "z_loss")
+        acc = (logits.argmax(-1) == t)[valid].double().mean()
+        close(self, out.token_accuracy, acc, "token_accuracy")
+        self.assertIsNone(out.predicted_tokens)
 
     def test_frozen_weight_and_bf16(self):
         n, h, v = 33, 8, 57
@@ -124,6 +133,120 @@ class TorchTest(unittest.TestCase):
         loss.backward()
         close(self, xs.grad, gx, "jsd dx")
         close(self, ws.grad, gw, "jsd dW")
+
+
+def _cuda() -> bool:
+    return torch is not None and torch.cuda.is_available()
+
+
+@unittest.skipIf(not _cuda(), "no CUDA device (torch with CUDA needed)")
+class TorchCudaTest(unittest.TestCase):
+    """CUDA tensors read in place on PyTorch's current stream, results in PyTorch's caching
+    allocator, against the same naive formulas in float64 on the host."""
+
+    def setUp(self):
+        from liger_rs import torch as lt
+        self.lt = lt
+        self.g = torch.Generator().manual_seed(1)
+
+    def rand(self, *shape, scale=1.0, dtype=None):
+        t = scale * torch.randn(*shape, generator=self.g)
+        return t.to("cuda", dtype or torch.bfloat16).requires_grad_(True)
+
+    def test_flce_on_a_side_stream_in_bf16(self):
+        n, h, v = 123, 64, 783
+        x, w, b = self.rand(n, h), self.rand(v, h, scale=0.2), self.rand(v, scale=0.5)
+        t = torch.randint(0, v, (n,), generator=self.g)
+        t[::7] = -100
+        t = t.cuda()
+        side = torch.cuda.Stream()
+        with torch.cuda.stream(side):
+            mod = self.lt.LigerFusedLinearCrossEntropyLoss(label_smoothing=0.1)
+            loss = mod(w, x, t, b)
+            self.assertTrue(loss.is_cuda)
+            (3.0 * loss).backward()
+        side.synchronize()
+        self.assertEqual(mod.check(), [])
+        for p_ in (x, w, b):
+            self.assertEqual(p_.grad.dtype, torch.bfloat16)
+            self.assertTrue(p_.grad.is_cuda)
+        xd, wd, bd = (p_.detach().double().cpu().requires_grad_(True) for p_ in (x, w, b))
+        want = F.cross_entropy(xd @ wd.T + bd, t.cpu(), ignore_index=-100, label_smoothing=0.1)
+        gx, gw, gb = torch.autograd.grad(3.0 * want, (xd, wd, bd))
+        close(self, loss.cpu(), want, "loss", atol=1e-4, rtol=1e-4)
+        # bf16 gradients: rounding of the result (2^-8 relative) on top of f32 accumulation.
+        close(self, x.grad.cpu(), gx, "dx", atol=2e-4, rtol=1e-2)
+        close(self, w.grad.cpu(), gw, "dW", atol=2e-4, rtol=1e-2)
+        close(self, b.grad.cpu(), gb, "db", atol=2e-4, rtol=1e-2)
+
+    def test_loss_returns_cuda_tensors_and_frozen_parts_cost_nothing(self):
+        n, h, v = 47, 32, 123
+        x = self.rand(1, n, h, dtype=torch.float32)
+        w = self.rand(v, h, scale=0.3, dtype=torch.float32)
+        t = torch.randint(0, v, (1, n), generator=self.g).cuda()
+        r = liger_rs.Loss("flce")({"logits.x": x.detach(), "logits.w": w.detach(),
+                                   "target": t}, grads="x")
+        self.assertEqual(sorted(r.grads), ["logits.x"])
+        self.assertTrue(r.loss.is_cuda and r.grads["logits.x"].is_cuda)
+        self.assertEqual(r.grads["logits.x"].dtype, torch.float32)
+        self.assertEqual(r.check(), [])
+        self.assertIn("accuracy", r.metrics)
+        xd, wd = x.detach().double().cpu(), w.detach().double().cpu()
+        want = F.cross_entropy((xd @ wd.T)[0], t.cpu()[0])
+        close(self, r.loss.cpu(), want, "loss", atol=1e-5, rtol=1e-5)
+        w.requires_grad_(False)
+        loss = self.lt.LigerFusedLinearCrossEntropyLoss()(w, x[0], t[0])
+        loss.backward()
+        self.assertIsNone(w.grad)
+        xd.requires_grad_(True)
+        (gx,) = torch.autograd.grad(F.cross_entropy(xd[0] @ wd.T, t.cpu()[0]), (xd,))
+        close(self, x.grad.cpu(), gx, "dx, W frozen", atol=1e-6, rtol=1e-4)
+
+    def test_dpo_on_cuda_matches_the_formula(self):
+        p, t_, h, v, beta = 3, 47, 32, 211, 0.1
+        x, w = self.rand(2 * p, t_, h, dtype=torch.float32), self.rand(v, h, scale=0.3,
+                                                                        dtype=torch.float32)
+        xr = self.rand(2 * p, t_, h, dtype=torch.float32).detach()
+        wr = self.rand(v, h, scale=0.3, dtype=torch.float32).detach()
+        tg = torch.randint(0, v, (2 * p, t_), generator=self.g)
+        tg[:, :5] = 42
+        mod = self.lt.LigerFusedLinearDPOLoss(beta=beta, ignore_index=42)
+        loss, aux = mod(w, x, tg.cuda(), ref_input=xr, ref_weight=wr)
+        loss.backward()
+        valid = tg != 42
+        idx = tg.clamp(min=0) * valid
+
+        def logps(x_, w_):
+            lp = torch.log_softmax(x_.double().cpu() @ w_.double().cpu().T, -1)
+            return (lp.gather(-1, idx[..., None])[..., 0] * valid).sum(1)
+
+        xd, wd = x.detach().double().cpu().requires_grad_(True), w.detach().double().cpu()
+        wd.requires_grad_(True)
+        pol, ref = logps(xd, wd), logps(xr, wr)
+        want = -F.logsigmoid(beta * ((pol[:p] - ref[:p]) - (pol[p:] - ref[p:]))).mean()
+        close(self, loss.cpu(), want, "dpo loss", atol=1e-5, rtol=1e-4)
+        close(self, aux[0].cpu(), pol[:p], "chosen_logps", atol=1e-3, rtol=1e-4)
+        gx, gw = torch.autograd.grad(want, (xd, wd))
+        close(self, x.grad.cpu(), gx, "dpo dx", atol=1e-6, rtol=1e-3)
+        close(self, w.grad.cpu(), gw, "dpo dW", atol=1e-6, rtol=1e-3)
+
+    def test_bad_inputs_are_refused_or_reported(self):
+        n, h, v = 5, 8, 11
+        x, w = self.rand(n, h), self.rand(v, h)
+        t = torch.randint(0, v, (n,), generator=self.g)
+        with self.assertRaisesRegex(liger_rs.LigerError, "target.*CUDA tensor"):
+            liger_rs.Loss("flce")({"logits.x": x.detach()[None], "logits.w": w.detach(),
+                                   "target": t[None]})
+        with self.assertRaisesRegex(liger_rs.LigerError, "not contiguous"):
+            liger_rs.Loss("flce")({"logits.x": x.detach()[None], "logits.w": w.detach().T,
+                                   "target": t[None].cuda()})
+        bad = t.clone()
+        bad[2] = v + 3  # out of the vocabulary: found on the device, not on the host
+        mod = self.lt.LigerFusedLinearCrossEntropyLoss()
+        loss = mod(w, x, bad.cuda())
+        with self.assertRaisesRegex(liger_rs.LigerError, "target"):
+            mod.check()
+        self.assertTrue(bool(torch.isnan(loss).item()))
 
 
 if __name__ == "__main__":

@@ -219,6 +219,15 @@ pub enum Error {
         /// The dtype asked for.
         got: crate::tensor::DType,
     },
+    /// A caller's buffer that a result cannot be written into (device API:
+    /// `DeviceInputs::grad_into`, `DeviceOutput::copy_into`).
+    #[error("result `{target}` cannot be written into the buffer given: {why}")]
+    Target {
+        /// `grad.policy.w`, `loss`, `metric.chosen_rewards`, …
+        target: String,
+        /// Why.
+        why: String,
+    },
     /// A gradient-dtype spec that does not parse.
     #[error(
         "`{spec}` is not a gradient dtype spec ({why}); use f32, bf16, f16 or x=bf16,w=f32,b=f32"

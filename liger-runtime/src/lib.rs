@@ -30,7 +30,9 @@ pub mod policy;
 pub mod progress;
 pub mod tensor;
 
-pub use cuda::api::{DeviceHead, DeviceInput, DeviceInputs, DeviceOutput, DeviceTensor};
+pub use cuda::api::{
+    DeviceHead, DeviceInput, DeviceInputs, DeviceOutput, DeviceTensor, ForeignBuffer, GradPart,
+};
 pub use cuda::backend::{DeviceGrad, DeviceHeadGrads};
 /// The cudarc this crate is built against (device buffers and streams of the device API).
 pub use cudarc;
@@ -97,8 +99,8 @@ impl Runtime {
         })
     }
 
-    /// A runtime for `device`: `"cpu"`, `"cuda"` (device 0), or `"auto"` (the GPU when one
-    /// works, else the CPU).
+    /// A runtime for `device`: `"cpu"`, `"cuda"` (device 0), `"cuda:N"` (device N), or `"auto"`
+    /// (the GPU when one works, else the CPU).
     pub fn for_device(device: &str) -> Result<Self, Error> {
         match device {
             "cpu" => Ok(Self::cpu()),
@@ -107,10 +109,16 @@ impl Runtime {
                 why: e.to_string(),
             }),
             "auto" => Ok(Self::cuda(0).unwrap_or_else(|_| Self::cpu())),
-            other => Err(Error::Device {
-                device: other.into(),
-                why: "devices are: cpu, cuda, auto".into(),
-            }),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Self::cuda(n).map_err(|e| Error::Device {
+                    device: device.into(),
+                    why: e.to_string(),
+                }),
+                _ => Err(Error::Device {
+                    device: other.into(),
+                    why: "devices are: cpu, cuda, cuda:<ordinal>, auto".into(),
+                }),
+            },
         }
     }
 

@@ -9,9 +9,11 @@ tensors of its input file (``{"logits.x": ..., "logits.w": ..., "target": ...}``
 gradient belongs to: ``"logits.x"``, ``"logits.w"``, ...).
 
 Arrays are numpy arrays or CPU torch tensors (bf16 tensors included), C-contiguous, read in
-place without a copy. Results come back as numpy arrays (``liger_rs.torch`` returns torch
-tensors). Errors are :class:`LigerError` with a message that says what is wrong and how to fix
-it.
+place without a copy; results come back as numpy arrays. CUDA torch tensors are read in place
+on their GPU too: the work is queued on PyTorch's current stream, every result is a CUDA
+tensor allocated by PyTorch's caching allocator, and nothing synchronises (``Result.check()``
+waits and raises the device checks' error, if any). Errors are :class:`LigerError` with a
+message that says what is wrong and how to fix it.
 """
 
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -57,18 +59,9 @@ def _buffer(name: str, value: Any) -> Tuple[str, Any, int, int, str, List[int]]:
     return name, value, int(value.ctypes.data), int(value.nbytes), dtype, list(value.shape)
 
 
-def _torch_buffer(name: str, t: Any) -> Tuple[str, Any, int, int, str, List[int]]:
+def _torch_dtype_name(name: str, t: Any) -> str:
     import torch
 
-    if t.device.type != "cpu":
-        raise LigerError(
-            f"`{name}` is on {t.device}: this build of the Python package runs on host "
-            "tensors (device='cpu', or device='cuda' with host tensors); pass "
-            f"{name}.cpu()"
-        )
-    if not t.is_contiguous():
-        raise LigerError(f"`{name}` is not contiguous: pass {name}.contiguous()")
-    t = t.detach()
     names = {
         torch.bfloat16: "bfloat16",
         torch.float32: "float32",
@@ -82,9 +75,77 @@ def _torch_buffer(name: str, t: Any) -> Tuple[str, Any, int, int, str, List[int]
     if dtype is None:
         raise LigerError(
             f"`{name}` has dtype {t.dtype}; liger-rs takes float32, bfloat16, float16, "
-            "float64, int64, int32 or bool tensors"
+            "float64 (host only), int64, int32 or bool tensors"
         )
+    return dtype
+
+
+def _torch_buffer(name: str, t: Any) -> Tuple[str, Any, int, int, str, List[int]]:
+    if t.device.type != "cpu":
+        raise LigerError(
+            f"`{name}` is on {t.device} while other inputs are host arrays: give every input "
+            "on one device (nothing is copied silently)"
+        )
+    if not t.is_contiguous():
+        raise LigerError(f"`{name}` is not contiguous: pass {name}.contiguous()")
+    t = t.detach()
+    dtype = _torch_dtype_name(name, t)
     return name, t, int(t.data_ptr()), int(t.numel() * t.element_size()), dtype, list(t.shape)
+
+
+def _is_cuda(value: Any) -> bool:
+    return type(value).__module__.startswith("torch") and value.device.type == "cuda"
+
+
+def _cuda_call(native: NativeLoss, inputs: Mapping[str, Any],
+               options: Dict[str, Any]) -> "Result":
+    """Runs on CUDA tensors in place, queued on PyTorch's current stream of their device; the
+    gradients, loss and metrics are CUDA tensors from PyTorch's caching allocator."""
+    import torch
+
+    device = None
+    ins = []
+    keep = []
+    for name, t in inputs.items():
+        if not _is_cuda(t):
+            raise LigerError(
+                f"`{name}` is not a CUDA tensor while other inputs are: give every input on "
+                f"one device, e.g. {name}.cuda() (nothing is copied silently)"
+            )
+        if device is None:
+            device = t.device
+        elif t.device != device:
+            raise LigerError(f"`{name}` is on {t.device}, other inputs on {device}: give every "
+                             "input on one GPU")
+        if not t.is_contiguous():
+            raise LigerError(f"`{name}` is not contiguous: pass {name}.contiguous()")
+        t = t.detach()
+        keep.append(t)
+        dtype = _torch_dtype_name(name, t)
+        ins.append((name, int(t.data_ptr()), int(t.numel() * t.element_size()), dtype,
+                    list(t.shape)))
+    assert device is not None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    with torch.cuda.device(index):
+        stream = torch.cuda.current_stream(index)
+        planned = native.cuda_grads([(n, s) for n, _, _, _, s in ins], options)
+        grads = {}
+        targets = []
+        for gname, shape, dtype in planned:
+            g = torch.empty(shape, dtype=getattr(torch, dtype), device=device)
+            grads[gname[len("grad."):]] = g
+            targets.append((gname, int(g.data_ptr()), int(g.numel() * g.element_size()),
+                            dtype, list(g.shape)))
+        run = native.run_cuda(ins, targets, options, index, int(stream.cuda_stream))
+        values = {}
+        for rname, shape in run.results():
+            v = torch.empty(shape, dtype=torch.float32, device=device)
+            run.copy_into(rname, int(v.data_ptr()), int(v.numel() * 4))
+            values[rname] = v
+    del keep
+    loss = values.pop("loss")
+    metrics = {k[len("metric."):]: v for k, v in values.items()}
+    return Result(loss, metrics, grads, dict(run.report()), {}, run)
 
 
 def _array(shape: List[int], dtype: str, data: bytes) -> np.ndarray:
@@ -103,18 +164,41 @@ class Result:
     ``"policy.w"``, ``"policy.b"``) -> gradient of the loss with respect to it, for the
     gradients asked for. ``report``: how it ran (device, schedule, chunk and stage rows, rows
     skipped, seconds, warnings).
+
+    From CUDA tensors, ``loss`` is a 0-d float32 CUDA tensor and every metric and gradient a
+    CUDA tensor, all still being computed on PyTorch's current stream; :meth:`check` waits
+    for them and raises the device checks' error (token ids out of range, non-finite inputs
+    or results, an empty sequence), which otherwise shows as a NaN loss.
     """
 
-    def __init__(self, loss: float, metrics: Dict[str, np.ndarray], grads: Dict[str, np.ndarray],
-                 report: Dict[str, str], raw: Dict[str, Tuple[List[int], str, bytes]]):
+    def __init__(self, loss: Any, metrics: Dict[str, Any], grads: Dict[str, Any],
+                 report: Dict[str, str], raw: Dict[str, Tuple[List[int], str, bytes]],
+                 run: Any = None):
         self.loss = loss
         self.metrics = metrics
         self.grads = grads
         self.report = report
         self._raw = raw
+        self._run = run
+
+    def check(self) -> List[str]:
+        """Waits for a CUDA run (synchronises its stream) and returns its warnings, or raises
+        :class:`LigerError` with what the device checks found. A host run was checked before
+        it returned: its warnings are in ``report["warnings"]``."""
+        if self._run is None:
+            w = self.report.get("warnings", "")
+            return [x for x in w.split("\n") if x]
+        return list(self._run.check())
+
+    def device_ms(self) -> float:
+        """Device time of a CUDA run in ms (waits for it)."""
+        if self._run is None:
+            raise LigerError("device_ms is measured for runs on CUDA tensors")
+        return float(self._run.device_ms())
 
     def __repr__(self) -> str:
-        return (f"Result(loss={self.loss:.6g}, metrics={sorted(self.metrics)}, "
+        loss = f"{self.loss:.6g}" if isinstance(self.loss, float) else "<on the GPU>"
+        return (f"Result(loss={loss}, metrics={sorted(self.metrics)}, "
                 f"grads={sorted(self.grads)})")
 
 
@@ -125,7 +209,9 @@ class Loss:
 
     Call it with a dict of named arrays; keyword options:
 
-    - ``device``: ``"cpu"`` (default), ``"cuda"`` (host arrays copied to GPU 0), ``"auto"``;
+    - ``device``: for host arrays: ``"cpu"`` (default), ``"cuda"`` (copied to GPU 0),
+      ``"cuda:N"``, ``"auto"``. CUDA torch tensors run on their own GPU in place (see
+      :class:`Result`), whatever ``device`` says;
     - ``budget``: working memory (``"256MiB"`` default, ``"2GiB"``, bytes);
     - ``schedule``: ``"auto"`` or a strategy (``fused``, ``group-aligned``, ``deferred``,
       ``two-pass``);
@@ -136,7 +222,11 @@ class Loss:
     - ``all_rows``: run the rows that carry nothing too (off: they are skipped);
     - ``vocab_prefix``: read a larger frozen head's first V rows;
     - ``chunk_rows``, ``stage_rows``: rows per chunk and per gradient stage instead of the
-      planner's choice (for measuring plans; still checked against the budget).
+      planner's choice (for measuring plans; still checked against the budget);
+    - ``budget_beyond_grads``: the budget is for the chunks only, and the f32 accumulators of
+      gradients returned in bf16/f16 (4 bytes per element of each such gradient: 2 GiB for a
+      128256 x 4096 head) come on top (off: they count against the budget; ``liger_rs.torch``
+      turns it on).
     """
 
     def __init__(self, name: str, **hyper: Any):
@@ -181,15 +271,18 @@ class Loss:
                  schedule: str = "auto", ignore_index: int = -100, grads: str = "x,w,b",
                  grad_dtype: str = "f32", all_rows: bool = False,
                  vocab_prefix: bool = False, chunk_rows: Optional[int] = None,
-                 stage_rows: Optional[int] = None) -> Result:
-        bufs = [_buffer(k, v) for k, v in inputs.items()]
+                 stage_rows: Optional[int] = None, budget_beyond_grads: bool = False) -> Result:
         options = {
             "device": device, "budget": str(budget), "schedule": schedule,
             "ignore_index": int(ignore_index), "grads": grads, "grad_dtype": grad_dtype,
             "all_rows": bool(all_rows), "vocab_prefix": bool(vocab_prefix),
             "chunk_rows": None if chunk_rows is None else int(chunk_rows),
             "stage_rows": None if stage_rows is None else int(stage_rows),
+            "budget_beyond_grads": bool(budget_beyond_grads),
         }
+        if any(_is_cuda(v) for v in inputs.values()):
+            return _cuda_call(self._native, inputs, options)
+        bufs = [_buffer(k, v) for k, v in inputs.items()]
         tensors, report = self._native.run(bufs, options)
         loss: Optional[float] = None
         metrics: Dict[str, np.ndarray] = {}

@@ -7,11 +7,17 @@ the backward scales the stored gradients by the incoming gradient (so gradient a
 and loss scaling work). Only the gradients of inputs that require grad are computed: a frozen
 weight (``requires_grad=False``, LoRA) costs no ``dW`` GEMM.
 
-This build runs on CPU tensors (the CPU executor), or with ``device="cuda"`` on CPU tensors
-copied to the GPU by the runtime. CUDA tensors in place on the caller's stream are not wired
-yet: a CUDA tensor is refused with a message, never copied silently.
+CUDA tensors are read in place and the work is queued on PyTorch's current stream; the
+gradients (in each input's dtype), loss and metrics are CUDA tensors from PyTorch's caching
+allocator, and nothing synchronises. The working-memory ``budget`` (256 MiB by default) is
+for the chunks: the f32 accumulators of gradients returned in bf16/f16 (4 bytes per weight
+element) come on top of it; an f32 weight's gradient is accumulated in its own buffer. The device checks (token ids in range, finite inputs and
+results) poison the loss with NaN; ``module.check()`` (or ``last_result.check()``) waits and
+raises what they found. CPU tensors run on the CPU executor (or with ``device="cuda"``, copied
+to the GPU by the runtime).
 """
 
+from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
@@ -21,34 +27,46 @@ from . import LigerError, Loss
 
 __all__ = [
     "apply",
+    "CrossEntropyOutput",
     "LigerFusedLinearCrossEntropyLoss",
     "LigerFusedLinearDPOLoss",
     "LigerFusedLinearJSDLoss",
 ]
 
 
-def _to_torch(a: np.ndarray, like: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _to_torch(a: Any, like: Optional[torch.Tensor] = None) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):  # from a CUDA run: already a tensor
+        return a if like is None else a.to(like.dtype)
     t = torch.from_numpy(np.array(a, copy=True))
     return t if like is None else t.to(like.dtype)
 
 
+_GRAD_DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+
+
 class _LossFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, loss, names, options, metrics_out, *tensors):  # type: ignore[override]
-        wanted = set()
+    def forward(ctx, loss, names, options, out, *tensors):  # type: ignore[override]
+        wanted = {}
         for i, n in enumerate(names):
             part = n.rsplit(".", 1)[-1] if "." in n else ""
             if ctx.needs_input_grad[4 + i] and part in ("x", "w", "b"):
-                wanted.add(part)
+                # Each gradient in its input's dtype (autograd wants it so).
+                wanted.setdefault(part, _GRAD_DTYPES.get(tensors[i].dtype, "f32"))
         opts = dict(options)
         opts["grads"] = ",".join(sorted(wanted)) if wanted else "none"
+        if wanted:
+            opts["grad_dtype"] = ",".join(f"{p}={d}" for p, d in sorted(wanted.items()))
         r = loss(dict(zip(names, tensors)), **opts)
+        out["result"] = r
         for k, v in r.metrics.items():
-            metrics_out[k] = _to_torch(v)
+            out["metrics"][k] = _to_torch(v)
         ctx.grads = [
             _to_torch(r.grads[n], t) if ctx.needs_input_grad[4 + i] and n in r.grads else None
             for i, (n, t) in enumerate(zip(names, tensors))
         ]
+        if isinstance(r.loss, torch.Tensor):
+            return r.loss
         return torch.tensor(r.loss, dtype=torch.float32)
 
     @staticmethod
@@ -62,28 +80,63 @@ def apply(loss: Loss, inputs: Mapping[str, torch.Tensor],
     """Runs ``loss`` on torch tensors named as :class:`liger_rs.Loss` names them; returns the
     loss (a 0-d float32 tensor that backpropagates into every input that requires grad) and
     the metrics (detached tensors). ``options`` as for :meth:`liger_rs.Loss.__call__` (except
-    ``grads``, which follows ``requires_grad``)."""
-    if "grads" in options:
-        raise LigerError("`grads` follows requires_grad here: set requires_grad_(False) on the "
-                         "inputs whose gradient is not wanted")
+    ``grads`` and ``grad_dtype``, which follow ``requires_grad`` and each input's dtype)."""
+    return _apply(loss, inputs, options)[:2]
+
+
+def _apply(loss: Loss, inputs: Mapping[str, torch.Tensor], options: Mapping[str, Any]):
+    for k in ("grads", "grad_dtype"):
+        if k in options:
+            raise LigerError(f"`{k}` follows the inputs here (requires_grad and dtype): set "
+                             "requires_grad_(False) on the inputs whose gradient is not wanted")
     base = {"device": "cpu", "budget": "256MiB", "schedule": "auto", "ignore_index": -100,
-            "grad_dtype": "f32", "all_rows": False, "vocab_prefix": False, "chunk_rows": None,
-            "stage_rows": None}
+            "all_rows": False, "vocab_prefix": False, "chunk_rows": None, "stage_rows": None,
+            "budget_beyond_grads": True}
     base.update(options)
     names = list(inputs)
-    metrics: Dict[str, torch.Tensor] = {}
-    out = _LossFunction.apply(loss, names, base, metrics, *[inputs[n] for n in names])
-    return out, metrics
+    out: Dict[str, Any] = {"metrics": {}, "result": None}
+    loss_t = _LossFunction.apply(loss, names, base, out, *[inputs[n] for n in names])
+    return loss_t, out["metrics"], out["result"]
+
+
+class _Checked(torch.nn.Module):
+    """The drop-ins' common part: the last call's result, for :meth:`check`."""
+
+    last_result: Any = None
+
+    def _run(self, loss: Loss, inputs: Mapping[str, torch.Tensor], options: Mapping[str, Any]):
+        value, metrics, self.last_result = _apply(loss, inputs, options)
+        return value, metrics
+
+    def check(self):
+        """Waits for the last call's work (on CUDA tensors) and raises :class:`LigerError`
+        with what the device checks found (bad token ids, non-finite values); returns its
+        warnings."""
+        if self.last_result is None:
+            raise LigerError("nothing has run yet")
+        return self.last_result.check()
 
 
 def _camel(s: str) -> str:
     return "".join(p[:1].upper() + p[1:] for p in s.split("_"))
 
 
-class LigerFusedLinearCrossEntropyLoss(torch.nn.Module):
+@dataclass
+class CrossEntropyOutput:
+    """What the FLCE drop-in returns with ``return_z_loss`` or ``return_token_accuracy`` (the
+    fields of Liger Kernel's class of this name)."""
+
+    loss: torch.Tensor
+    z_loss: Optional[torch.Tensor] = None
+    token_accuracy: Optional[torch.Tensor] = None
+    predicted_tokens: Optional[torch.Tensor] = None
+
+
+class LigerFusedLinearCrossEntropyLoss(_Checked):
     """Fused linear cross-entropy with Liger Kernel's arguments: ``forward(lin_weight, _input,
-    target, bias=None)`` with ``_input [N, H]`` and ``target [N]``; returns the loss, or
-    ``(loss, z_loss)`` with ``return_z_loss``. ``reduction="none"`` needs each token's upstream
+    target, bias=None)`` with ``_input [N, H]`` and ``target [N]``; returns the loss, or a
+    :class:`CrossEntropyOutput` with ``return_z_loss`` or ``return_token_accuracy`` (the
+    accuracy over the tokens not ignored). ``reduction="none"`` needs each token's upstream
     gradient, which this forward-computes-gradients design does not have: it is refused (use
     ``liger_rs.Loss("flce", reduction="None")`` with ``token_weight``). Extra keyword
     arguments: ``budget``, ``device``."""
@@ -100,12 +153,9 @@ class LigerFusedLinearCrossEntropyLoss(torch.nn.Module):
             raise LigerError(f"reduction={reduction!r}: liger_rs' drop-in FLCE takes 'mean' or "
                              "'sum' (per-token losses: liger_rs.Loss('flce', reduction='None'))")
         for flag, on in [("use_token_scaling", use_token_scaling),
-                         ("return_token_accuracy", return_token_accuracy),
                          ("return_predicted_tokens", return_predicted_tokens)]:
             if on:
-                raise LigerError(f"{flag}=True is not supported by liger_rs' drop-in FLCE "
-                                 "(the `accuracy` metric of liger_rs.Loss('flce') gives the "
-                                 "token accuracy)")
+                raise LigerError(f"{flag}=True is not supported by liger_rs' drop-in FLCE")
         hyper: Dict[str, Any] = {"label_smoothing": label_smoothing,
                                  "z_loss_scale": lse_square_scale,
                                  "reduction": _camel(reduction)}
@@ -114,6 +164,7 @@ class LigerFusedLinearCrossEntropyLoss(torch.nn.Module):
         self.loss = Loss("flce", **hyper)
         self.ce_weight = ce_weight
         self.return_z_loss = return_z_loss
+        self.return_token_accuracy = return_token_accuracy
         self.options = {"ignore_index": ignore_index, "budget": budget, "device": device}
 
     def forward(self, lin_weight, _input, target, bias=None):
@@ -124,13 +175,17 @@ class LigerFusedLinearCrossEntropyLoss(torch.nn.Module):
             inputs["logits.b"] = bias
         if self.ce_weight is not None:
             inputs["class_weight"] = self.ce_weight
-        loss, metrics = apply(self.loss, inputs, **self.options)
-        if self.return_z_loss:
-            return loss, metrics.get("z_loss", torch.zeros((), dtype=torch.float32))
-        return loss
+        loss, metrics = self._run(self.loss, inputs, self.options)
+        if not (self.return_z_loss or self.return_token_accuracy):
+            return loss
+        zero = torch.zeros((), dtype=torch.float32, device=loss.device)
+        return CrossEntropyOutput(
+            loss=loss,
+            z_loss=metrics.get("z_loss", zero) if self.return_z_loss else None,
+            token_accuracy=metrics["accuracy"] if self.return_token_accuracy else None)
 
 
-class LigerFusedLinearDPOLoss(torch.nn.Module):
+class LigerFusedLinearDPOLoss(_Checked):
     """DPO with Liger Kernel's arguments: ``forward(lin_weight, _input, target, bias=None,
     ref_input=None, ref_weight=None, ref_bias=None)`` with ``_input [2P, T, H]`` (chosen rows
     first); returns ``(loss, (chosen_logps, rejected_logps, chosen_logits_mean,
@@ -139,11 +194,11 @@ class LigerFusedLinearDPOLoss(torch.nn.Module):
     apo_zero, apo_down, discopop); unlike Liger Kernel, ``ipo`` is implemented and
     ``label_smoothing`` is applied for ``sigmoid`` as TRL does."""
 
-    def __init__(self, ignore_index: int = -100, beta: float = 0.1,
+    def __init__(self, ignore_index: int = -100, beta: float = 0.1, alpha: float = 1.0,
                  compute_nll_loss: bool = False, compiled: bool = True,
                  use_ref_model: bool = True, average_log_prob: bool = False,
                  chunk_size: int = 1, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
-                 discopop_tau: float = 0.05, alpha: float = 1.0, *, budget: str = "256MiB",
+                 discopop_tau: float = 0.05, *, budget: str = "256MiB",
                  device: str = "cpu"):
         super().__init__()
         self.loss = Loss("dpo", beta=beta, alpha=alpha, label_smoothing=label_smoothing,
@@ -164,15 +219,15 @@ class LigerFusedLinearDPOLoss(torch.nn.Module):
             inputs.update({"reference.x": ref_input, "reference.w": ref_weight})
             if ref_bias is not None:
                 inputs["reference.b"] = ref_bias
-        loss, m = apply(self.loss, inputs, **self.options)
-        zero = torch.zeros((), dtype=torch.float32)
+        loss, m = self._run(self.loss, inputs, self.options)
+        zero = torch.zeros((), dtype=torch.float32, device=loss.device)
         aux = (m["chosen_logps"], m["rejected_logps"], m.get("chosen_logits_mean", zero),
                m.get("rejected_logits_mean", zero), m.get("nll_loss", zero),
                m["chosen_rewards"], m["rejected_rewards"])
         return loss, aux
 
 
-class LigerFusedLinearJSDLoss(torch.nn.Module):
+class LigerFusedLinearJSDLoss(_Checked):
     """Generalised JSD distillation with Liger Kernel's arguments: ``forward(student_input,
     student_weight, teacher_input, teacher_weight, true_labels, student_bias=None,
     teacher_bias=None)`` with inputs ``[N, H]``; returns the loss, or ``(loss, soft, hard)``
@@ -202,7 +257,7 @@ class LigerFusedLinearJSDLoss(torch.nn.Module):
             inputs["student.b"] = student_bias
         if teacher_bias is not None:
             inputs["teacher.b"] = teacher_bias
-        loss, m = apply(self.loss, inputs, **self.options)
+        loss, m = self._run(self.loss, inputs, self.options)
         if self.return_soft_hard_loss:
             return loss, m["soft_loss"], m["hard_loss"]
         return loss

@@ -30,7 +30,7 @@ use liger_ir::{InputKind, Level, LossFn, OutputKind, Pipeline};
 
 use crate::Error;
 use crate::check;
-use crate::cuda::backend::{DevHead, DeviceHeadGrads, Job, Ran, enqueue};
+use crate::cuda::backend::{DevHead, DeviceHeadGrads, GradInto, Job, Ran, enqueue};
 use crate::cuda::checks::{Checker, DevSide, SideKind};
 use crate::cuda::engine::Engine;
 use crate::output::{LossOutput, Report};
@@ -103,6 +103,57 @@ impl<T: DeviceElem> Erased for CudaView<'_, T> {
     }
 }
 
+/// Device memory that another library owns (a PyTorch tensor's storage, a framework's
+/// allocation), borrowed by address for one call: the runtime reads it as an input or writes
+/// a gradient into it ([`DeviceInputs::grad_into`]), and never frees it.
+///
+/// Ordering is the caller's: the work runs on the stream passed to the call, so memory
+/// written or freed by its owner on that same stream (PyTorch's current stream and caching
+/// allocator) is ordered with ours; on another stream the caller makes the streams wait.
+#[derive(Debug)]
+pub struct ForeignBuffer {
+    ptr: u64,
+    bytes: usize,
+    ctx: Arc<cudarc::driver::CudaContext>,
+}
+
+impl ForeignBuffer {
+    /// `bytes` bytes at device address `ptr` in context `ctx`.
+    ///
+    /// # Safety
+    /// `ptr` must be the address of a device allocation in `ctx` (or memory mapped into it)
+    /// with at least `bytes` bytes from `ptr`, and it must stay allocated until the work of
+    /// every call that uses this buffer has run on the call's stream (its owner frees it
+    /// stream-ordered on that stream, or after synchronising).
+    pub unsafe fn new(ctx: &Arc<cudarc::driver::CudaContext>, ptr: u64, bytes: usize) -> Self {
+        ForeignBuffer {
+            ptr,
+            bytes,
+            ctx: ctx.clone(),
+        }
+    }
+
+    /// Its device address.
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    /// Its length in bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Erased for ForeignBuffer {
+    fn ptr<'s>(&'s self, _st: &'s CudaStream) -> (u64, SyncOnDrop<'s>) {
+        // No event to record: the owner orders its uses with ours (see the type's docs).
+        (self.ptr, SyncOnDrop::Record(None))
+    }
+    fn context(&self) -> &Arc<cudarc::driver::CudaContext> {
+        &self.ctx
+    }
+}
+
 /// A device buffer with a shape: an input of the device API.
 #[derive(Clone, Copy)]
 pub struct DeviceTensor<'a> {
@@ -129,6 +180,32 @@ impl<'a> DeviceTensor<'a> {
         shape: &'a [usize],
     ) -> Result<Self, Error> {
         Self::checked(view, view.len(), T::DTYPE, shape)
+    }
+
+    /// `buf` seen as `shape` of `dtype` (its byte length must be the shape's element count
+    /// times the dtype's size, and its address aligned for the dtype).
+    pub fn foreign(
+        buf: &'a ForeignBuffer,
+        dtype: DType,
+        shape: &'a [usize],
+    ) -> Result<Self, Error> {
+        let size = dtype.size();
+        if !buf.ptr.is_multiple_of(size as u64) {
+            return Err(Error::Device {
+                device: "cuda".into(),
+                why: format!(
+                    "a {dtype} buffer at {:#x} is not aligned to {size} bytes",
+                    buf.ptr
+                ),
+            });
+        }
+        if !buf.bytes.is_multiple_of(size) {
+            return Err(Error::ViewShape {
+                shape: shape.to_vec(),
+                elements: buf.bytes / size,
+            });
+        }
+        Self::checked(buf, buf.bytes / size, dtype, shape)
     }
 
     fn checked(
@@ -188,10 +265,43 @@ pub enum DeviceInput<'a> {
     Tensor(DeviceTensor<'a>),
 }
 
-/// Device inputs by parameter name.
+/// A part of a head's gradient: `dL/dx`, `dL/dW` or `dL/db`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum GradPart {
+    /// `dL/dx`, `[S,T,H]`.
+    X,
+    /// `dL/dW`, `[V,H]`.
+    W,
+    /// `dL/db`, `[V]`.
+    B,
+}
+
+impl GradPart {
+    /// `x`, `w` or `b`, as inputs and results are named (`policy.w`, `grad.policy.w`).
+    pub fn name(self) -> &'static str {
+        match self {
+            GradPart::X => "x",
+            GradPart::W => "w",
+            GradPart::B => "b",
+        }
+    }
+
+    /// The part called `name` (`x`, `w` or `b`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "x" => Some(GradPart::X),
+            "w" => Some(GradPart::W),
+            "b" => Some(GradPart::B),
+            _ => None,
+        }
+    }
+}
+
+/// Device inputs by parameter name, and the caller's buffers that gradients are written into.
 #[derive(Clone, Debug, Default)]
 pub struct DeviceInputs<'a> {
     map: BTreeMap<String, DeviceInput<'a>>,
+    into: BTreeMap<(String, GradPart), (&'a ForeignBuffer, DType)>,
 }
 
 impl<'a> DeviceInputs<'a> {
@@ -209,6 +319,25 @@ impl<'a> DeviceInputs<'a> {
     /// Adds a tensor.
     pub fn tensor(mut self, name: &str, t: DeviceTensor<'a>) -> Self {
         self.map.insert(name.into(), DeviceInput::Tensor(t));
+        self
+    }
+
+    /// Writes gradient `part` of head `head` into the caller's buffer `target`, as `dtype`
+    /// (f32, bf16 or f16; it sets that gradient's dtype instead of
+    /// [`crate::RunOptions::grad_dtypes`]; `target` holds exactly the input's elements in
+    /// it). The gradient is then not returned in [`DeviceOutput::grads`]. It is accumulated
+    /// in the runtime's f32 buffer as always and written into `target` at the end of the
+    /// queued work (a copy for f32, a rounding kernel otherwise). The run refuses a target for
+    /// a gradient it does not compute (a frozen head, a part left out of
+    /// [`crate::RunOptions::grads`], a head without bias).
+    pub fn grad_into(
+        mut self,
+        head: &str,
+        part: GradPart,
+        target: &'a ForeignBuffer,
+        dtype: DType,
+    ) -> Self {
+        self.into.insert((head.into(), part), (target, dtype));
         self
     }
 
@@ -257,6 +386,11 @@ impl DeviceOutput {
         self.value(o.value)
     }
 
+    /// The names of the loss's metrics, in its order.
+    pub fn metric_names(&self) -> impl Iterator<Item = &str> {
+        self.g.metrics().map(|(n, _)| n)
+    }
+
     /// Metric `name` on the device: one f32 (batch), `[P]`, `[S]` or `[S,T]`, with its level.
     pub fn metric(&self, name: &str) -> Option<(Level, CudaView<'_, f32>)> {
         let o = self
@@ -265,6 +399,52 @@ impl DeviceOutput {
             .iter()
             .find(|o| matches!(&o.kind, OutputKind::Metric(n) if n == name))?;
         Some((self.g.ty(o.value).level, self.value(o.value)?))
+    }
+
+    /// Queues a copy of result `name` (`loss` or `metric.<name>`, f32) into the caller's
+    /// buffer `dst` on the run's stream (no synchronisation); `dst` must hold exactly the
+    /// result's f32 values.
+    pub fn copy_into(&self, name: &str, dst: &ForeignBuffer) -> Result<(), Error> {
+        let view = match name.strip_prefix("metric.") {
+            Some(m) => self.metric(m).map(|(_, v)| v),
+            None if name == "loss" => self.loss(),
+            None => None,
+        };
+        let refuse = |why: String| Error::Target {
+            target: name.into(),
+            why,
+        };
+        let Some(view) = view else {
+            return Err(refuse(format!(
+                "no result of this name (results: loss, {})",
+                self.g
+                    .metrics()
+                    .map(|(m, _)| format!("metric.{m}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        if dst.bytes != view.len() * 4 || !dst.ptr.is_multiple_of(4) {
+            return Err(refuse(format!(
+                "the buffer holds {} bytes at {:#x}; the result is {} aligned f32 values",
+                dst.bytes,
+                dst.ptr,
+                view.len()
+            )));
+        }
+        if dst.ctx.cu_ctx() != self.stream.context().cu_ctx() {
+            return Err(refuse("the buffer lives in another CUDA context".into()));
+        }
+        let st = &self.stream;
+        let (src, _read) = view.device_ptr(st);
+        // SAFETY: both buffers hold view.len() f32 values in the stream's context (checked
+        // above); the copy is queued on the run's stream after the work that wrote the source.
+        unsafe {
+            cudarc::driver::result::memcpy_dtod_async(dst.ptr, src, dst.bytes, st.cu_stream())
+        }
+        .map_err(crate::cuda::drv(
+            "copying a result into the caller's buffer",
+        ))
     }
 
     /// Gradients of every head that has them.
@@ -424,6 +604,7 @@ pub fn run_device(
         });
     };
     check::names_and_pairs(g, sched, inputs.names(), s)?;
+    let into = grad_targets(inputs, &found, (s, t, v), opts)?;
 
     // Side inputs: shapes and dtypes on the host; hyperparameters as host words.
     let mut words = BTreeMap::new();
@@ -556,6 +737,7 @@ pub fn run_device(
             opts,
             // The masks stay on the device: every row runs (no hidden synchronisation).
             live: None,
+            into,
         },
     )?;
     drop(guards);
@@ -566,6 +748,76 @@ pub fn run_device(
         g: g.clone(),
         stream: st.clone(),
     })
+}
+
+/// The caller's gradient buffers ([`DeviceInputs::grad_into`]), each checked against the
+/// gradient it receives: a head with a gradient, a part the run computes, the input's element
+/// count in a float dtype, the runtime's context.
+fn grad_targets(
+    inputs: &DeviceInputs<'_>,
+    found: &[(&liger_ir::schedule::HeadPlan, DeviceHead<'_>, usize)],
+    (s, t, v): (usize, usize, usize),
+    opts: &RunOptions,
+) -> Result<Vec<GradInto>, Error> {
+    let mut out = Vec::new();
+    for ((head, part), (buf, dtype)) in &inputs.into {
+        let target = format!("grad.{head}.{}", part.name());
+        let refuse = |why: String| Error::Target {
+            target: target.clone(),
+            why,
+        };
+        let Some((hp, dh, h)) = found.iter().find(|(hp, _, _)| hp.name == *head) else {
+            return Err(refuse(format!("the loss has no head `{head}`")));
+        };
+        if hp.grad.is_none() {
+            return Err(refuse(format!(
+                "head `{head}` is frozen in this loss (no gradient)"
+            )));
+        }
+        let (wanted, len) = match part {
+            GradPart::X => (opts.grads.x, s * t * h),
+            GradPart::W => (opts.grads.w, v * h),
+            GradPart::B => (opts.grads.b && dh.b.is_some(), v),
+        };
+        if !wanted {
+            return Err(refuse(
+                "this run does not compute it (RunOptions::grads leaves it out, or the head has \
+                 no bias)"
+                    .into(),
+            ));
+        }
+        if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+            return Err(refuse(format!(
+                "gradients are f32, bf16 or f16, not {dtype}"
+            )));
+        }
+        if !buf.ptr.is_multiple_of(dtype.size() as u64) {
+            return Err(refuse(format!(
+                "the buffer at {:#x} is not aligned for {dtype}",
+                buf.ptr
+            )));
+        }
+        if buf.bytes != len * dtype.size() {
+            return Err(refuse(format!(
+                "it holds {} bytes; {len} {dtype} elements take {}",
+                buf.bytes,
+                len * dtype.size()
+            )));
+        }
+        if let Some((_, d0, _)) = found.first()
+            && buf.ctx.cu_ctx() != d0.x.buf.context().cu_ctx()
+        {
+            return Err(refuse("the buffer lives in another CUDA context".into()));
+        }
+        out.push(GradInto {
+            head: head.clone(),
+            part: *part,
+            ptr: buf.ptr,
+            dtype: *dtype,
+            len,
+        });
+    }
+    Ok(out)
 }
 
 /// The address of `buf` for work on `st`; its guard (which records our read when dropped,

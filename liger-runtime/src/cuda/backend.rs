@@ -22,8 +22,9 @@ use liger_ir::stream::{StreamKind, StreamPlan};
 use liger_ir::{DType, InputId, LossFn, Op, OutputKind, Pipeline, Strategy, ValueId};
 
 use crate::Error;
+use crate::cuda::api::GradPart;
 use crate::cuda::checks::{
-    CheckWhat, Checker, DevSide, SideKind, cast_to, dptr, fetch, io_cfg, io_suffix,
+    CheckWhat, Checker, DevSide, SideKind, cast_to, dptr, fetch, io_cfg, io_suffix, write_into,
 };
 use crate::cuda::device::upload_values;
 use crate::cuda::drv;
@@ -284,6 +285,25 @@ pub(crate) struct Job<'a> {
     pub opts: &'a RunOptions,
     /// The rows the chunk loop runs (`None`: every row), from the host's masks.
     pub live: Option<Vec<bool>>,
+    /// Gradients written into the caller's buffers instead of returned (checked by the
+    /// device API).
+    pub into: Vec<GradInto>,
+}
+
+/// A caller's buffer that one gradient is written into (`DeviceInputs::grad_into`): checked
+/// to hold `len` elements of `dtype` (f32, bf16 or f16) in the runtime's context.
+#[derive(Clone, Debug)]
+pub(crate) struct GradInto {
+    /// The head.
+    pub head: String,
+    /// Which gradient of it.
+    pub part: GradPart,
+    /// The buffer's device address.
+    pub ptr: u64,
+    /// Its dtype.
+    pub dtype: HDType,
+    /// Its element count.
+    pub len: usize,
 }
 
 /// How the CUDA executor counts working memory: per chunk row the fp32 logits of every head,
@@ -363,14 +383,87 @@ impl MemoryModel for CudaMemory {
     }
 }
 
+/// An f32 gradient accumulator: the runtime's own allocation, or a caller's f32 buffer
+/// (`DeviceInputs::grad_into`) zeroed and accumulated in place, which is never freed here
+/// (dropping it leaks the address back to its owner).
+pub(crate) struct Acc {
+    slice: std::mem::ManuallyDrop<CudaSlice<f32>>,
+    borrowed: bool,
+}
+
+impl Acc {
+    /// `n` zeroed f32 of the runtime's own, on `st`.
+    fn own(st: &Arc<CudaStream>, n: usize) -> Result<Self, Error> {
+        Ok(Acc {
+            slice: std::mem::ManuallyDrop::new(
+                st.alloc_zeros(n)
+                    .map_err(drv("allocating a gradient accumulator"))?,
+            ),
+            borrowed: false,
+        })
+    }
+
+    /// The caller's buffer `t` (f32, `t.len` elements, checked by the device API), zeroed on
+    /// `st`.
+    fn borrowed(st: &Arc<CudaStream>, t: &GradInto) -> Result<Self, Error> {
+        // SAFETY: the device API checked that `t.ptr` addresses `t.len` f32 in this stream's
+        // context, and the caller keeps it allocated for the queued work; the slice is never
+        // freed here (`Drop` and `into_owned` leak it) and is zeroed before any read.
+        let mut slice = unsafe { st.upgrade_device_ptr::<f32>(t.ptr, t.len) };
+        let zeroed = st.memset_zeros(&mut slice);
+        let acc = Acc {
+            slice: std::mem::ManuallyDrop::new(slice),
+            borrowed: true,
+        };
+        zeroed.map_err(drv("zeroing a gradient buffer"))?;
+        Ok(acc)
+    }
+
+    /// The runtime's own buffer, or `None` for a caller's buffer (left to its owner).
+    fn into_owned(self) -> Option<CudaSlice<f32>> {
+        let mut me = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `me` is never used or dropped again, so the slice is taken exactly once.
+        let s = unsafe { std::mem::ManuallyDrop::take(&mut me.slice) };
+        if me.borrowed {
+            s.leak();
+            None
+        } else {
+            Some(s)
+        }
+    }
+}
+
+impl std::ops::Deref for Acc {
+    type Target = CudaSlice<f32>;
+    fn deref(&self) -> &CudaSlice<f32> {
+        &self.slice
+    }
+}
+
+impl std::ops::DerefMut for Acc {
+    fn deref_mut(&mut self) -> &mut CudaSlice<f32> {
+        &mut self.slice
+    }
+}
+
+impl Drop for Acc {
+    fn drop(&mut self) {
+        // SAFETY: `drop` runs once and the slice is not used after it.
+        let s = unsafe { std::mem::ManuallyDrop::take(&mut self.slice) };
+        if self.borrowed {
+            s.leak();
+        }
+    }
+}
+
 /// A head's device state: its chunk logits, `dlogits` and f32 gradient accumulators.
 struct DevState<'h> {
     head: &'h DevHead,
     z: CudaSlice<f32>,
     dz: Option<CudaSlice<u8>>,
-    dx: Option<CudaSlice<f32>>,
-    dw: Option<CudaSlice<f32>>,
-    db: Option<CudaSlice<f32>>,
+    dx: Option<Acc>,
+    dw: Option<Acc>,
+    db: Option<Acc>,
     /// A chunk's or gradient stage's x rows gathered into one block (GEMM dtype, stage rows)
     /// and the stage's dx rows before they are scattered (f32), where chunks can span several
     /// segments ([`gathers`]).
@@ -971,6 +1064,7 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
         mut checker,
         opts,
         live,
+        into,
     } = job;
     opts.grad_dtypes.check()?;
     let (g, sched) = (p.grad(), p.schedule());
@@ -990,6 +1084,8 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
         dw: opts.grads.w,
     };
     let group_rows = sched.group_rows(r, t);
+    let target =
+        |head: &str, part: GradPart| into.iter().find(|t| t.head == head && t.part == part);
     let mem = CudaMemory {
         rows: r,
         vocab: v,
@@ -1003,8 +1099,17 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
             .iter()
             .filter(|h| h.grad)
             .map(|h| {
-                opts.grad_dtypes
-                    .working_bytes(r, h.h, v, h.b.is_some(), opts.grads)
+                // A gradient written into a caller's buffer takes that buffer's dtype.
+                let of = |part: GradPart, default: HDType| {
+                    target(&h.name, part).map_or(default, |t| t.dtype)
+                };
+                let d = &opts.grad_dtypes;
+                crate::plan::GradDTypes {
+                    x: of(GradPart::X, d.x),
+                    w: of(GradPart::W, d.w),
+                    b: of(GradPart::B, d.b),
+                }
+                .working_bytes(r, h.h, v, h.b.is_some(), opts.grads)
             })
             .sum(),
         skipping: live.is_some(),
@@ -1068,6 +1173,13 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
     let mut dev = Vec::new();
     for h in &heads {
         let grad = h.grad;
+        // A caller's f32 buffer is the accumulator itself; others are the runtime's.
+        let accumulator = |part: GradPart, n: usize| -> Result<Acc, Error> {
+            match target(&h.name, part) {
+                Some(t) if t.dtype == HDType::F32 => Acc::borrowed(st, t),
+                _ => Acc::own(st, n),
+            }
+        };
         dev.push(DevState {
             head: h,
             z: st.alloc_zeros(chunk * v).map_err(&alloc)?,
@@ -1077,17 +1189,17 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
                 None
             },
             dx: if grad && opts.grads.x {
-                Some(st.alloc_zeros(r * h.h).map_err(&alloc)?)
+                Some(accumulator(GradPart::X, r * h.h)?)
             } else {
                 None
             },
             dw: if grad && opts.grads.w {
-                Some(st.alloc_zeros(v * h.h).map_err(&alloc)?)
+                Some(accumulator(GradPart::W, v * h.h)?)
             } else {
                 None
             },
             db: if grad && opts.grads.b && h.b.is_some() {
-                Some(st.alloc_zeros(v).map_err(&alloc)?)
+                Some(accumulator(GradPart::B, v)?)
             } else {
                 None
             },
@@ -1224,12 +1336,51 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
         b: bdt,
     } = opts.grad_dtypes;
     let mut grads_out = Vec::new();
+    // Gradients written into the caller's buffers: (name, address, dtype, elements).
+    let mut written: Vec<(String, u64, HDType, usize)> = Vec::new();
     for d in dev.into_iter().filter(|d| d.head.grad) {
+        let name = d.head.name.clone();
+        let mut parts: [Option<DeviceGrad>; 3] = [None, None, None];
+        let accs = [
+            (GradPart::X, d.dx, xdt),
+            (GradPart::W, d.dw, wdt),
+            (GradPart::B, d.db, bdt),
+        ];
+        for (slot, (part, acc, to)) in parts.iter_mut().zip(accs) {
+            let Some(acc) = acc else { continue };
+            match target(&name, part) {
+                Some(t) => {
+                    // An f32 target was the accumulator; others get the rounded values.
+                    if !acc.borrowed {
+                        prof.time("gradient casts", || write_into(engine, st, &acc, t))?;
+                    }
+                    written.push((
+                        format!("grad {name}.{}", part.name()),
+                        t.ptr,
+                        t.dtype,
+                        t.len,
+                    ));
+                    // Dropped: the runtime's accumulator is freed stream-ordered after the
+                    // write; a caller's buffer is left to its owner.
+                    drop(acc);
+                }
+                None => match acc.into_owned() {
+                    Some(x) => *slot = Some(cast(x, to)?),
+                    None => {
+                        return Err(Error::Internal(format!(
+                            "gradient {name}.{}: a caller's buffer without its target",
+                            part.name()
+                        )));
+                    }
+                },
+            }
+        }
+        let [x, w, b] = parts;
         grads_out.push(DeviceHeadGrads {
-            head: d.head.name.clone(),
-            x: d.dx.map(|x| cast(x, xdt)).transpose()?,
-            w: d.dw.map(|w| cast(w, wdt)).transpose()?,
-            b: d.db.map(|b| cast(b, bdt)).transpose()?,
+            head: name,
+            x,
+            w,
+            b,
         });
     }
     let t1 = event(st)?;
@@ -1271,6 +1422,9 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
                     (ptr, buf.dtype(), buf.len()),
                 )?;
             }
+        }
+        for (what, ptr, dtype, len) in &written {
+            c.result(engine, st, what, (*ptr, *dtype, *len))?;
         }
     }
     // A failed input check poisons the loss.

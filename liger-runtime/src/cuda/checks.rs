@@ -249,3 +249,43 @@ pub(crate) fn cast_to<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZer
     unsafe { b.launch(io_cfg(n)) }.map_err(drv("casting a gradient"))?;
     Ok(out)
 }
+
+/// Writes the f32 gradient `x` into the caller's buffer `t`: a device copy for f32, the
+/// rounding kernel of `t`'s dtype otherwise (queued on `st`).
+pub(crate) fn write_into(
+    engine: &Engine,
+    st: &Arc<CudaStream>,
+    x: &CudaSlice<f32>,
+    t: &crate::cuda::backend::GradInto,
+) -> Result<(), Error> {
+    let n = x.len();
+    if n != t.len {
+        return Err(Error::Internal(format!(
+            "gradient {}.{}: {n} elements for a target of {}",
+            t.head,
+            t.part.name(),
+            t.len
+        )));
+    }
+    let kernel = match t.dtype {
+        HDType::BF16 => "liger_cast_bf16",
+        HDType::F16 => "liger_cast_f16",
+        _ => {
+            let src = dptr(x, st);
+            // SAFETY: the target holds n f32 elements (checked by the device API against the
+            // gradient's shape), the source n f32 elements; both live in this stream's
+            // context and the copy is queued on `st` after the work that wrote the source.
+            unsafe { cudarc::driver::result::memcpy_dtod_async(t.ptr, src, n * 4, st.cu_stream()) }
+                .map_err(drv("copying a gradient into the caller's buffer"))?;
+            return Ok(());
+        }
+    };
+    let nn = n as i64;
+    let f = engine.io_fn(kernel)?;
+    let mut b = st.launch_builder(&f);
+    b.arg(x).arg(&nn).arg(&t.ptr);
+    // SAFETY: x holds n floats; the target holds n 16-bit elements of the kernel's type
+    // (checked by the device API), which the kernel writes.
+    unsafe { b.launch(io_cfg(n)) }.map_err(drv("writing a gradient into the caller's buffer"))?;
+    Ok(())
+}

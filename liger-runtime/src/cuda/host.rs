@@ -120,6 +120,7 @@ pub fn run(
             checker: None,
             opts,
             live,
+            into: Vec::new(),
         },
     )?;
     let device_ms = f64::from(
