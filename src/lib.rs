@@ -62,7 +62,7 @@ pub use liger_runtime::{
     DType, DeviceGrad, DeviceHead, DeviceHeadGrads, DeviceInput, DeviceInputs, DeviceOutput,
     DeviceTensor, ForcedRows, ForeignBuffer, GradBuf, GradDTypes, GradPart, Head, HeadGrads,
     InputSet, InputValue, LossOutput, MetricOutput, Pipeline, Report, RunOptions, Runtime,
-    Strategy, TensorData, TensorView, Wanted,
+    Strategy, TensorData, TensorView, WAccum, Wanted,
 };
 pub use loss::{ChunkedLoss, DefaultValue, ParamInfo, ParamKind, ParamRange, SpecInfo};
 pub use params::{ParamSet, ResolvedParams};

@@ -1154,6 +1154,102 @@ fn gpu_device_api_writes_gradients_into_caller_buffers() {
     out.check().expect("checks");
 }
 
+/// `WAccum::Output`: a bf16 `grad W` accumulated in bf16 across five gradient stages (the
+/// dW GEMMs add into it and round, as Liger Kernel does) stays within a few bf16 roundings of
+/// the f32-accumulated one, costs no f32 working copy (the plan's estimate is smaller by
+/// exactly `V·H·4` bytes), and is the same bits through the host API, the device API and a
+/// caller's bf16 buffer accumulated in place.
+fn gpu_grad_w_accumulated_in_its_dtype() {
+    let Some((rt, st)) = runtime_and_stream() else {
+        return;
+    };
+    use liger::DType::BF16;
+    use liger::runtime::cudarc::driver::{CudaSlice, DevicePtr};
+    let case = &executor_cases()[0];
+    let dims = (4usize, 130usize, 64usize, 4099usize);
+    let (_, _, h, v) = dims;
+    let d = case_data(case, dims, false, -100, 11);
+    let sh = shapes(&d, dims);
+    let bf: Vec<(Vec<half::bf16>, Vec<half::bf16>)> = d
+        .heads
+        .iter()
+        .map(|hd| (to_bf16(&hd.2), to_bf16(&hd.3)))
+        .collect();
+    let host_set = host_inputs(case, &d, &bf, &sh);
+    let base = RunOptions {
+        chunk_memory: 256 << 20,
+        grad_dtypes: liger::GradDTypes::all(BF16),
+        rows: Some(liger::ForcedRows {
+            chunk: 64,
+            stage: Some(128),
+        }),
+        // The device API runs every row: so does the host API here, for the same stages.
+        skip_dead_rows: false,
+        ..RunOptions::default()
+    };
+    let f32_acc = liger::run(case.loss, &rt, &host_set, &case.params, &base).expect("f32");
+    let opts = RunOptions {
+        w_accum: liger::WAccum::Output,
+        ..base
+    };
+    let out_acc = liger::run(case.loss, &rt, &host_set, &case.params, &opts).expect("output");
+    assert_eq!(out_acc.report.stage_rows, 128);
+    assert_eq!(
+        f32_acc.report.estimate - out_acc.report.estimate,
+        v * h * 4,
+        "the f32 copy of grad W is not needed"
+    );
+    assert_eq!(out_acc.loss.to_bits(), f32_acc.loss.to_bits());
+    let (gw_out, gw_f32) = (
+        out_acc.grads[0].w.as_ref().expect("w"),
+        f32_acc.grads[0].w.as_ref().expect("w"),
+    );
+    assert_eq!(gw_out.dtype(), BF16);
+    let r = rel(&gw_out.to_f32(), &gw_f32.to_f32());
+    assert!(
+        r < 3.0 * 2f64.powi(-8),
+        "bf16 accumulation over 5 stages: relative difference {r:.3e}"
+    );
+    assert_eq!(
+        out_acc.grads[0].x, f32_acc.grads[0].x,
+        "dx does not depend on it"
+    );
+    // The device API, returned and into a caller's bf16 buffer: the same bits.
+    let dd = device_data(&st, &d, true, false);
+    let dev = liger::run_device(
+        case.loss,
+        &rt,
+        &device_inputs(case, &dd, &sh),
+        &case.params,
+        &opts,
+        &st,
+    )
+    .expect("device")
+    .to_host()
+    .expect("host copy");
+    assert_eq!(dev.grads[0].w.as_ref(), Some(gw_out));
+    let target: CudaSlice<half::bf16> = st
+        .clone_htod(&vec![half::bf16::from_f32(3.0); v * h])
+        .expect("target");
+    let (p, _g) = target.device_ptr(&st);
+    let ctx = rt.cuda_context().expect("context").clone();
+    // SAFETY: `target` is a live allocation of v·h bf16 in `ctx`, alive past every use.
+    let fw = unsafe { liger::ForeignBuffer::new(&ctx, p, v * h * 2) };
+    let out = liger::run_device(
+        case.loss,
+        &rt,
+        &device_inputs(case, &dd, &sh).grad_into("logits", liger::GradPart::W, &fw, BF16),
+        &case.params,
+        &opts,
+        &st,
+    )
+    .expect("into a caller's buffer");
+    out.check().expect("checks");
+    drop(out);
+    let got = liger::GradBuf::BF16(st.clone_dtoh(&target).expect("w"));
+    assert_eq!(&got, gw_out, "accumulated in the caller's bf16 buffer");
+}
+
 fn gpu_device_api_queues_on_the_callers_stream_without_synchronising() {
     if gpu_or_skip().is_none() {
         return;
@@ -2308,8 +2404,8 @@ fn gpu_grpo_distillation_and_class_weights_match_the_cpu_executor() {
 }
 
 /// `RunOptions::grads` on CUDA: a subset of {x, W, b} gives the full run's loss, metrics and
-/// asked-for gradients bitwise, `None` for the rest, under every schedule (host and device
-/// APIs).
+/// asked-for gradients bitwise (at the full run's chunk and stage sizes), `None` for the
+/// rest, under every schedule (host and device APIs).
 fn gpu_gradients_not_asked_for_are_not_computed() {
     let Some((rt, st)) = runtime_and_stream() else {
         return;
@@ -2387,8 +2483,15 @@ fn gpu_gradients_not_asked_for_are_not_computed() {
             let full = liger::run(*loss, &rt, set, &params, &base).expect("full");
             for spec in ["x", "w", "x,b", "none"] {
                 let wanted = liger::Wanted::parse(spec).expect("spec");
+                // Fewer gradients need less memory, so the planner may pick larger chunks;
+                // the full run's chunk and stage sizes are forced so that the GEMMs (and
+                // their rounding) are the same ones.
                 let opts = RunOptions {
                     grads: wanted,
+                    rows: Some(liger::ForcedRows {
+                        chunk: full.report.chunk_rows,
+                        stage: Some(full.report.stage_rows),
+                    }),
                     ..base
                 };
                 let what = format!("{} {strategy} grads {spec}", loss.name());
@@ -2632,6 +2735,10 @@ fn main() -> std::process::ExitCode {
         trial(
             "gpu_device_api_writes_gradients_into_caller_buffers",
             gpu_device_api_writes_gradients_into_caller_buffers,
+        ),
+        trial(
+            "gpu_grad_w_accumulated_in_its_dtype",
+            gpu_grad_w_accumulated_in_its_dtype,
         ),
         trial(
             "gpu_device_api_queues_on_the_callers_stream_without_synchronising",

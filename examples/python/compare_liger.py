@@ -70,6 +70,7 @@ class Pool:
 
 
 POOL = None
+F32_BUDGETS = []  # liger_rs rows with grad W accumulated in f32 (--f32-budgets)
 REF_ROWS = 1024  # rows per block of the float64 references
 
 
@@ -118,7 +119,7 @@ def run_impls(case, impls, ref, reps):
             (loss, metrics, grads), ms, peak = measure(step, reps)
         except Exception as e:  # a peer that fails on a case is reported, not hidden
             rows.append({"case": case, "impl": name, "error": str(e)[:300]})
-            print(f"{case:5} {name:14} failed: {str(e)[:200]}")
+            print(f"{case:5} {name:18} failed: {str(e)[:200]}")
             continue
         row = {"case": case, "impl": name, "ms": ms, "peak_gib": peak / 2**30,
                "loss": float(loss), "err_loss": abs(float(loss) - ref["loss"]) /
@@ -130,7 +131,7 @@ def run_impls(case, impls, ref, reps):
             row[f"err_d{k}"] = rel(v, ref["grads"][k])
         rows.append(row)
         errs = " ".join(f"{k[4:]}={v:.1e}" for k, v in row.items() if k.startswith("err_"))
-        print(f"{case:5} {name:14} {ms:8.2f} ms {peak / 2**30:7.3f} GiB  {errs}", flush=True)
+        print(f"{case:5} {name:18} {ms:8.2f} ms {peak / 2**30:7.3f} GiB  {errs}", flush=True)
     return rows
 
 
@@ -184,6 +185,8 @@ def case_flce(n, h, v, reps, budgets):
     impls = [("eager", eager)]
     impls += [(f"liger_rs {b}", impl(lambda b=b: lt.LigerFusedLinearCrossEntropyLoss(budget=b)))
               for b in budgets]
+    impls += [(f"liger_rs {b} f32", impl(lambda b=b: lt.LigerFusedLinearCrossEntropyLoss(
+        budget=b, accum_dtype=torch.float32))) for b in F32_BUDGETS]
     impls.append(("Liger Kernel", impl(lambda: LKFLCE() if LKFLCE else None)))
     return run_impls("flce", impls, ref, reps)
 
@@ -264,6 +267,8 @@ def case_dpo(pairs, tlen, h, v, reps, budgets, beta=0.1):
     impls = [("eager", eager)]
     impls += [(f"liger_rs {b}", impl(lambda b=b: lt.LigerFusedLinearDPOLoss(beta=beta, budget=b)))
               for b in budgets]
+    impls += [(f"liger_rs {b} f32", impl(lambda b=b: lt.LigerFusedLinearDPOLoss(
+        beta=beta, budget=b, accum_dtype=torch.float32))) for b in F32_BUDGETS]
     impls.append(("Liger Kernel", impl(lambda: LKDPO(beta=beta) if LKDPO else None)))
     return run_impls("dpo", impls, ref, reps)
 
@@ -331,6 +336,9 @@ def case_jsd(n, h, v, reps, budgets, beta=0.5, temp=1.0):
     impls = [("eager", eager)]
     impls += [(f"liger_rs {b}", impl(lambda b=b: lt.LigerFusedLinearJSDLoss(
         beta=beta, temperature=temp, budget=b))) for b in budgets]
+    impls += [(f"liger_rs {b} f32", impl(lambda b=b: lt.LigerFusedLinearJSDLoss(
+        beta=beta, temperature=temp, budget=b, accum_dtype=torch.float32)))
+        for b in F32_BUDGETS]
     impls.append(("Liger Kernel", impl(lambda: LKJSD(beta=beta, temperature=temp)
                                         if LKJSD else None)))
     return run_impls("jsd", impls, ref, reps)
@@ -342,6 +350,9 @@ def main():
     ap.add_argument("--cases", default="flce,dpo,jsd")
     ap.add_argument("--small", action="store_true", help="small sizes (a quick check)")
     ap.add_argument("--budgets", default="256MiB,2GiB", help="liger_rs working-memory budgets")
+    ap.add_argument("--f32-budgets", default="1GiB",
+                    help="budgets of the liger_rs rows with grad W accumulated in f32 "
+                    "(accum_dtype=torch.float32); the others accumulate in bf16 as Liger does")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--json", help="write the rows here")
     a = ap.parse_args()
@@ -351,9 +362,10 @@ def main():
     else:
         s, t, h, v = 8, 1024, 4096, 128256
     budgets = a.budgets.split(",")
+    F32_BUDGETS[:] = [b for b in a.f32_budgets.split(",") if b]
     print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}; liger_rs "
           f"{liger_rs.__version__}; S={s} T={t} H={h} V={v} bf16; median of {a.reps}")
-    print(f"{'case':5} {'impl':14} {'fwd+bwd':>11} {'peak':>11}  relative errors vs float64")
+    print(f"{'case':5} {'impl':18} {'fwd+bwd':>11} {'peak':>11}  relative errors vs float64")
     rows = []
     t0 = time.time()
     for c in a.cases.split(","):

@@ -119,13 +119,27 @@ pub fn grads_planned(
     Ok(out)
 }
 
-/// Bytes of the f32 working copies the runtime keeps for gradients of `(shape, torch dtype)`
-/// returned in bf16/f16 (an f32 gradient is accumulated in its own buffer).
-pub fn working_copies<'a>(grads: impl IntoIterator<Item = (&'a [usize], &'a str)>) -> usize {
+/// Bytes of the f32 working copies the runtime keeps for gradients `(grad.<head>.<part>,
+/// shape, torch dtype)` returned in bf16/f16 (an f32 gradient is accumulated in its own
+/// buffer; with [`liger::WAccum::Output`] so is a `grad W` in its head's GEMM dtype, which
+/// `input_dtype` gives for `<head>.x`).
+pub fn working_copies<'a>(
+    grads: impl IntoIterator<Item = (&'a str, &'a [usize], &'a str)>,
+    w_accum: liger::WAccum,
+    input_dtype: impl Fn(&str) -> Option<&'a str>,
+) -> usize {
     grads
         .into_iter()
-        .filter(|(_, d)| *d != "float32")
-        .map(|(s, _)| s.iter().product::<usize>() * 4)
+        .filter(|(name, _, d)| {
+            let in_place = w_accum == liger::WAccum::Output
+                && name
+                    .strip_prefix("grad.")
+                    .and_then(|n| n.strip_suffix(".w"))
+                    .and_then(|head| input_dtype(&format!("{head}.x")))
+                    == Some(*d);
+            *d != "float32" && !in_place
+        })
+        .map(|(_, s, _)| s.iter().product::<usize>() * 4)
         .sum()
 }
 

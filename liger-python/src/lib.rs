@@ -129,6 +129,8 @@ pub struct CallOptions {
     /// The budget is for the chunks only: the f32 accumulators of the gradients returned in
     /// bf16/f16 come on top of it.
     pub budget_beyond_grads: bool,
+    /// Where `grad W` is accumulated: `f32` or `output` ([`liger::WAccum`]).
+    pub w_accum: String,
 }
 
 impl CallOptions {
@@ -155,14 +157,23 @@ impl CallOptions {
                 chunk,
                 stage: self.stage_rows,
             }),
+            w_accum: liger::WAccum::from_name(&self.w_accum).ok_or_else(|| {
+                liger::Error::BadVariant {
+                    param: "w_accum".into(),
+                    value: self.w_accum.clone(),
+                    allowed: "f32, output".into(),
+                }
+            })?,
             ..RunOptions::default()
         })
     }
 }
 
 /// One runtime per device, made on first use (a CUDA runtime holds its context and caches).
+/// The runtimes made so far, by device.
+static RUNTIMES: OnceLock<Mutex<HashMap<String, Arc<Runtime>>>> = OnceLock::new();
+
 fn runtime(device: &str) -> Result<Arc<Runtime>, liger::Error> {
-    static RUNTIMES: OnceLock<Mutex<HashMap<String, Arc<Runtime>>>> = OnceLock::new();
     let mut map = match RUNTIMES.get_or_init(Default::default).lock() {
         Ok(m) => m,
         Err(poisoned) => poisoned.into_inner(),
@@ -210,7 +221,16 @@ pub fn call(
             .map(|t| (t.name.clone(), t.shape.clone()))
             .collect();
         let planned = device::grads_planned(loss, params, &shapes, &ro)?;
-        ro.chunk_memory += device::working_copies(planned.iter().map(|(_, s, d)| (&s[..], *d)));
+        ro.chunk_memory += device::working_copies(
+            planned.iter().map(|(n, s, d)| (n.as_str(), &s[..], *d)),
+            ro.w_accum,
+            |n| {
+                inputs
+                    .iter()
+                    .find(|t| t.name == n)
+                    .map(|t| t.dtype.as_str())
+            },
+        );
     }
     let rt = runtime(&opts.device).map_err(|e| e.to_string())?;
     let out = liger::run(loss, &rt, &set, params, &ro).map_err(|e| e.to_string())?;
@@ -465,8 +485,13 @@ impl NativeLoss {
         let co = call_options(options)?;
         let mut ro = co.run_options().map_err(|e| err(e.to_string()))?;
         if co.budget_beyond_grads {
-            ro.chunk_memory +=
-                device::working_copies(targets.iter().map(|(_, _, _, d, s)| (&s[..], d.as_str())));
+            ro.chunk_memory += device::working_copies(
+                targets
+                    .iter()
+                    .map(|(n, _, _, d, s)| (n.as_str(), &s[..], d.as_str())),
+                ro.w_accum,
+                |n| inputs.iter().find(|t| t.0 == n).map(|t| t.3.as_str()),
+            );
         }
         let dev = |v: Vec<(String, u64, usize, String, Vec<usize>)>| -> Vec<device::DevTensor> {
             v.into_iter()
@@ -513,6 +538,10 @@ fn call_options(options: &Bound<'_, PyDict>) -> PyResult<CallOptions> {
         budget_beyond_grads: match options.get_item("budget_beyond_grads")? {
             Some(v) => v.extract()?,
             None => false,
+        },
+        w_accum: match options.get_item("w_accum")? {
+            Some(v) => v.extract()?,
+            None => "f32".into(),
         },
     })
 }
@@ -561,6 +590,21 @@ impl NativeRun {
     fn report(&self) -> Vec<(&'static str, String)> {
         report_pairs(self.out.report())
     }
+}
+
+/// Returns the GPU memory the runtimes' device pools keep between runs (their working
+/// memory, kept so that the next run maps nothing) to the system.
+#[pyfunction]
+fn empty_cache(py: Python<'_>) -> PyResult<()> {
+    let runtimes: Vec<Arc<Runtime>> = match RUNTIMES.get() {
+        Some(m) => match m.lock() {
+            Ok(m) => m.values().cloned().collect(),
+            Err(poisoned) => poisoned.into_inner().values().cloned().collect(),
+        },
+        None => Vec::new(),
+    };
+    py.detach(|| runtimes.iter().try_for_each(|r| r.trim_memory()))
+        .map_err(|e| err(e.to_string()))
 }
 
 /// The kernel cache at `root`, or at the default root (`LIGER_CACHE_DIR`, then
@@ -707,6 +751,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeRun>()?;
     m.add_function(wrap_pyfunction!(builtin_names, m)?)?;
     m.add_function(wrap_pyfunction!(compile_source, m)?)?;
+    m.add_function(wrap_pyfunction!(empty_cache, m)?)?;
     for f in [
         wrap_pyfunction!(cache_root, m)?,
         wrap_pyfunction!(cache_entries, m)?,
@@ -781,6 +826,7 @@ mod tests {
             chunk_rows: None,
             stage_rows: None,
             budget_beyond_grads: false,
+            w_accum: "f32".into(),
         };
         let r = call(&which, &ps, &inputs, &opts).expect("call");
         let names: Vec<&str> = r.tensors.iter().map(|t| t.name.as_str()).collect();

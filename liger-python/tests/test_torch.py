@@ -159,25 +159,35 @@ class TorchCudaTest(unittest.TestCase):
         t = torch.randint(0, v, (n,), generator=self.g)
         t[::7] = -100
         t = t.cuda()
-        side = torch.cuda.Stream()
-        with torch.cuda.stream(side):
-            mod = self.lt.LigerFusedLinearCrossEntropyLoss(label_smoothing=0.1)
-            loss = mod(w, x, t, b)
-            self.assertTrue(loss.is_cuda)
-            (3.0 * loss).backward()
-        side.synchronize()
-        self.assertEqual(mod.check(), [])
-        for p_ in (x, w, b):
-            self.assertEqual(p_.grad.dtype, torch.bfloat16)
-            self.assertTrue(p_.grad.is_cuda)
         xd, wd, bd = (p_.detach().double().cpu().requires_grad_(True) for p_ in (x, w, b))
         want = F.cross_entropy(xd @ wd.T + bd, t.cpu(), ignore_index=-100, label_smoothing=0.1)
         gx, gw, gb = torch.autograd.grad(3.0 * want, (xd, wd, bd))
-        close(self, loss.cpu(), want, "loss", atol=1e-4, rtol=1e-4)
-        # bf16 gradients: rounding of the result (2^-8 relative) on top of f32 accumulation.
-        close(self, x.grad.cpu(), gx, "dx", atol=2e-4, rtol=1e-2)
-        close(self, w.grad.cpu(), gw, "dW", atol=2e-4, rtol=1e-2)
-        close(self, b.grad.cpu(), gb, "db", atol=2e-4, rtol=1e-2)
+        # grad W accumulated in bf16 across stages (Liger Kernel's default) and in f32; small
+        # chunks (a 1 MiB budget) make several stages.
+        for accum in (None, torch.float32):
+            x.grad = w.grad = b.grad = None
+            side = torch.cuda.Stream()
+            with torch.cuda.stream(side):
+                mod = self.lt.LigerFusedLinearCrossEntropyLoss(label_smoothing=0.1,
+                                                               accum_dtype=accum,
+                                                               budget="1MiB")
+                loss = mod(w, x, t, b)
+                self.assertTrue(loss.is_cuda)
+                (3.0 * loss).backward()
+            side.synchronize()
+            self.assertEqual(mod.check(), [])
+            self.assertGreater(int(mod.last_result.report["chunks"]), 1)
+            for p_ in (x, w, b):
+                self.assertEqual(p_.grad.dtype, torch.bfloat16)
+                self.assertTrue(p_.grad.is_cuda)
+            what = f"accum_dtype={accum}"
+            close(self, loss.cpu(), want, f"loss {what}", atol=1e-4, rtol=1e-4)
+            # bf16 gradients: the result's rounding (2^-8 relative), a few more for dW in bf16.
+            close(self, x.grad.cpu(), gx, f"dx {what}", atol=2e-4, rtol=1e-2)
+            close(self, w.grad.cpu(), gw, f"dW {what}", atol=2e-4, rtol=2e-2)
+            close(self, b.grad.cpu(), gb, f"db {what}", atol=2e-4, rtol=1e-2)
+        with self.assertRaisesRegex(liger_rs.LigerError, "accum_dtype"):
+            self.lt.LigerFusedLinearCrossEntropyLoss(accum_dtype=torch.float16)
 
     def test_loss_returns_cuda_tensors_and_frozen_parts_cost_nothing(self):
         n, h, v = 47, 32, 123

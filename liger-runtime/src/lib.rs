@@ -41,7 +41,7 @@ pub use host::Arr;
 pub use inputs::{InputSet, InputValue};
 pub use liger_ir::{Pipeline, Strategy};
 pub use output::{GradBuf, HeadGrads, LossOutput, MetricOutput, PhaseTime, Report};
-pub use plan::{Footprint, ForcedRows, GradDTypes, MemoryModel, Plan, RunOptions, Wanted};
+pub use plan::{Footprint, ForcedRows, GradDTypes, MemoryModel, Plan, RunOptions, WAccum, Wanted};
 pub use tensor::{DType, Head, TensorData, TensorView};
 
 use std::collections::BTreeMap;
@@ -131,6 +131,16 @@ impl Runtime {
     /// [`Runtime::run_device`] with it.
     pub fn cuda_context(&self) -> Option<&std::sync::Arc<cudarc::driver::CudaContext>> {
         self.cuda.as_ref().map(|e| &e.gpu.ctx)
+    }
+
+    /// Returns the working memory a CUDA runtime's device pool keeps between runs to the
+    /// system (the pool keeps what runs freed, so the next run maps nothing; memory of work
+    /// still queued is released once it has run). Nothing to do on the CPU.
+    pub fn trim_memory(&self) -> Result<(), Error> {
+        match &self.cuda {
+            Some(e) => e.gpu.trim_pool(0),
+            None => Ok(()),
+        }
     }
 
     /// Drops what the runtime keeps for `stream` (its cuBLAS handle and workspace); call it

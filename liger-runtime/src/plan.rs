@@ -62,6 +62,45 @@ pub struct RunOptions {
     /// the strategy (whole groups for group-aligned; a stage deeper than a chunk only where
     /// the backend stages, for fused and two passes). `None`: the planner chooses.
     pub rows: Option<ForcedRows>,
+    /// Where `grad W` is accumulated across gradient stages ([`WAccum`]; f32 by default).
+    pub w_accum: WAccum,
+}
+
+/// Where `grad W` is accumulated across the gradient stages of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WAccum {
+    /// In f32 (the default): each stage's GEMM adds into an f32 buffer, rounded once at the
+    /// end into the returned dtype; a bf16/f16 `grad W` costs a 4-byte working copy per
+    /// element, counted in the budget.
+    #[default]
+    F32,
+    /// In the dtype `grad W` is returned in: each stage's GEMM (f32 inside) adds into the
+    /// bf16/f16 gradient and rounds it, so no working copy exists (Liger Kernel's default for
+    /// bf16 weights; one rounding per gradient stage instead of one per run). Only where the
+    /// gradient's dtype is the GEMM inputs' dtype (bf16 weights with a bf16 `grad W`, f16
+    /// with f16): cuBLAS writes a 16-bit result only in its inputs' dtype, so other pairs,
+    /// and an f32 `grad W`, accumulate in f32. CUDA only: the CPU executor accumulates in
+    /// f32 either way (its result is at least as exact) and counts the copy.
+    Output,
+}
+
+impl WAccum {
+    /// `f32` or `output`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WAccum::F32 => "f32",
+            WAccum::Output => "output",
+        }
+    }
+
+    /// The choice called `name` (`f32` or `output`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "f32" => Some(WAccum::F32),
+            "output" => Some(WAccum::Output),
+            _ => None,
+        }
+    }
 }
 
 /// A chunk size, and optionally a gradient-stage size, forced on the planner.
@@ -143,6 +182,7 @@ impl Default for RunOptions {
             grads: Wanted::ALL,
             skip_dead_rows: true,
             rows: None,
+            w_accum: WAccum::F32,
         }
     }
 }

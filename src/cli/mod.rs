@@ -91,6 +91,11 @@ enum Command {
         /// reduction is masked), which are skipped by default.
         #[arg(long)]
         all_rows: bool,
+        /// Where `grad W` is accumulated across gradient stages: `f32` (default; a bf16/f16
+        /// `grad W` keeps an f32 working copy) or `output` (in its returned dtype, no copy;
+        /// CUDA only).
+        #[arg(long, default_value = "f32")]
+        w_accum: String,
     },
     /// Show the IR stages of a built-in loss or a `.lir` file.
     Ir {
@@ -316,6 +321,7 @@ pub fn main() -> ExitCode {
             vocab_prefix,
             grads,
             all_rows,
+            w_accum,
         } => target::resolve(name.as_deref(), loss_file.as_deref(), func.as_deref()).and_then(
             |loss| {
                 run::run(
@@ -333,6 +339,7 @@ pub fn main() -> ExitCode {
                     vocab_prefix,
                     &grads,
                     all_rows,
+                    &w_accum,
                 )
             },
         ),

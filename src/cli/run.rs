@@ -62,6 +62,7 @@ pub(crate) fn run(
     vocab_prefix: bool,
     grads: &str,
     all_rows: bool,
+    w_accum: &str,
 ) -> Result<(), Error> {
     let mut ps = ParamSet::new();
     for kv in params {
@@ -100,6 +101,11 @@ pub(crate) fn run(
         grads: crate::Wanted::parse(grads)?,
         skip_dead_rows: !all_rows,
         rows: None,
+        w_accum: crate::WAccum::from_name(w_accum).ok_or_else(|| Error::BadVariant {
+            param: "--w-accum".into(),
+            value: w_accum.into(),
+            allowed: "f32, output".into(),
+        })?,
     };
     if let Some(o) = out {
         check_output(o, inputs)?;

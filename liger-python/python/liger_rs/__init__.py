@@ -21,9 +21,12 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 
 from ._native import LigerError, NativeLoss, builtin_names, compile_source, __version__
+from ._native import empty_cache
 from . import cache
 
-__all__ = ["Loss", "Result", "LigerError", "compile", "losses", "cache", "__version__"]
+__all__ = [
+    "Loss", "Result", "LigerError", "compile", "losses", "cache", "empty_cache", "__version__",
+]
 
 _DTYPES = {
     np.dtype(np.float32): "float32",
@@ -226,7 +229,11 @@ class Loss:
     - ``budget_beyond_grads``: the budget is for the chunks only, and the f32 accumulators of
       gradients returned in bf16/f16 (4 bytes per element of each such gradient: 2 GiB for a
       128256 x 4096 head) come on top (off: they count against the budget; ``liger_rs.torch``
-      turns it on).
+      turns it on);
+    - ``w_accum``: where ``grad W`` is accumulated across the run's gradient stages: ``"f32"``
+      (default: rounded once at the end) or ``"output"`` (in its returned dtype when that is
+      the weight's dtype, bf16 or f16: no f32 copy, one rounding per stage, as Liger Kernel
+      does; GPU only, the CPU accumulates in f32).
     """
 
     def __init__(self, name: str, **hyper: Any):
@@ -271,14 +278,15 @@ class Loss:
                  schedule: str = "auto", ignore_index: int = -100, grads: str = "x,w,b",
                  grad_dtype: str = "f32", all_rows: bool = False,
                  vocab_prefix: bool = False, chunk_rows: Optional[int] = None,
-                 stage_rows: Optional[int] = None, budget_beyond_grads: bool = False) -> Result:
+                 stage_rows: Optional[int] = None, budget_beyond_grads: bool = False,
+                 w_accum: str = "f32") -> Result:
         options = {
             "device": device, "budget": str(budget), "schedule": schedule,
             "ignore_index": int(ignore_index), "grads": grads, "grad_dtype": grad_dtype,
             "all_rows": bool(all_rows), "vocab_prefix": bool(vocab_prefix),
             "chunk_rows": None if chunk_rows is None else int(chunk_rows),
             "stage_rows": None if stage_rows is None else int(stage_rows),
-            "budget_beyond_grads": bool(budget_beyond_grads),
+            "budget_beyond_grads": bool(budget_beyond_grads), "w_accum": str(w_accum),
         }
         if any(_is_cuda(v) for v in inputs.values()):
             return _cuda_call(self._native, inputs, options)

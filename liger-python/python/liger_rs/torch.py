@@ -11,7 +11,10 @@ CUDA tensors are read in place and the work is queued on PyTorch's current strea
 gradients (in each input's dtype), loss and metrics are CUDA tensors from PyTorch's caching
 allocator, and nothing synchronises. The working-memory ``budget`` (256 MiB by default) is
 for the chunks: the f32 accumulators of gradients returned in bf16/f16 (4 bytes per weight
-element) come on top of it; an f32 weight's gradient is accumulated in its own buffer. The device checks (token ids in range, finite inputs and
+element) come on top of it; an f32 weight's gradient is accumulated in its own buffer.
+As Liger Kernel does, a bf16/f16 weight's gradient is accumulated in its own dtype across the
+run's gradient stages (no f32 copy; ``accum_dtype=torch.float32`` accumulates in f32 and
+rounds once, at 4 bytes per weight element of working memory on top of the budget). The device checks (token ids in range, finite inputs and
 results) poison the loss with NaN; ``module.check()`` (or ``last_result.check()``) waits and
 raises what they found. CPU tensors run on the CPU executor (or with ``device="cuda"``, copied
 to the GPU by the runtime).
@@ -91,7 +94,7 @@ def _apply(loss: Loss, inputs: Mapping[str, torch.Tensor], options: Mapping[str,
                              "requires_grad_(False) on the inputs whose gradient is not wanted")
     base = {"device": "cpu", "budget": "256MiB", "schedule": "auto", "ignore_index": -100,
             "all_rows": False, "vocab_prefix": False, "chunk_rows": None, "stage_rows": None,
-            "budget_beyond_grads": True}
+            "budget_beyond_grads": True, "w_accum": "output"}
     base.update(options)
     names = list(inputs)
     out: Dict[str, Any] = {"metrics": {}, "result": None}
@@ -115,6 +118,16 @@ class _Checked(torch.nn.Module):
         if self.last_result is None:
             raise LigerError("nothing has run yet")
         return self.last_result.check()
+
+
+def _w_accum(accum_dtype: Any) -> str:
+    """Liger Kernel's ``accum_dtype`` as a ``w_accum`` choice."""
+    if accum_dtype is None:
+        return "output"
+    if accum_dtype == torch.float32:
+        return "f32"
+    raise LigerError(f"accum_dtype={accum_dtype}: take None (the weight's dtype) or "
+                     "torch.float32")
 
 
 def _camel(s: str) -> str:
@@ -165,7 +178,8 @@ class LigerFusedLinearCrossEntropyLoss(_Checked):
         self.ce_weight = ce_weight
         self.return_z_loss = return_z_loss
         self.return_token_accuracy = return_token_accuracy
-        self.options = {"ignore_index": ignore_index, "budget": budget, "device": device}
+        self.options = {"ignore_index": ignore_index, "budget": budget, "device": device,
+                        "w_accum": _w_accum(accum_dtype)}
 
     def forward(self, lin_weight, _input, target, bias=None):
         n, h = _input.shape
@@ -192,21 +206,24 @@ class LigerFusedLinearDPOLoss(_Checked):
     rejected_logits_mean, nll_loss, chosen_rewards, rejected_rewards))``. Every TRL loss type
     (``loss_type``: sigmoid, hinge, ipo, robust, exo_pair, nca_pair, bco_pair, sppo_hard,
     apo_zero, apo_down, discopop); unlike Liger Kernel, ``ipo`` is implemented and
-    ``label_smoothing`` is applied for ``sigmoid`` as TRL does."""
+    ``label_smoothing`` is applied for ``sigmoid`` as TRL does. Extra keyword arguments:
+    ``budget``, ``device``, ``accum_dtype`` (as Liger Kernel's FLCE takes it: ``None``
+    accumulates ``grad W`` in the weight's dtype, ``torch.float32`` in f32)."""
 
     def __init__(self, ignore_index: int = -100, beta: float = 0.1, alpha: float = 1.0,
                  compute_nll_loss: bool = False, compiled: bool = True,
                  use_ref_model: bool = True, average_log_prob: bool = False,
                  chunk_size: int = 1, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
                  discopop_tau: float = 0.05, *, budget: str = "256MiB",
-                 device: str = "cpu"):
+                 device: str = "cpu", accum_dtype: Any = None):
         super().__init__()
         self.loss = Loss("dpo", beta=beta, alpha=alpha, label_smoothing=label_smoothing,
                          discopop_tau=discopop_tau, average=average_log_prob,
                          nll=compute_nll_loss, logits_metrics=True,
                          loss_type=_camel(loss_type))
         self.use_ref_model = use_ref_model
-        self.options = {"ignore_index": ignore_index, "budget": budget, "device": device}
+        self.options = {"ignore_index": ignore_index, "budget": budget, "device": device,
+                        "w_accum": _w_accum(accum_dtype)}
 
     def forward(self, lin_weight, _input, target, bias=None, ref_input=None, ref_weight=None,
                 ref_bias=None):
@@ -233,19 +250,20 @@ class LigerFusedLinearJSDLoss(_Checked):
     teacher_bias=None)`` with inputs ``[N, H]``; returns the loss, or ``(loss, soft, hard)``
     with ``return_soft_hard_loss``. A teacher with more vocabulary rows than the student is
     refused unless ``vocab_prefix=True`` (its first V rows are read; Liger Kernel pads the
-    student with zeros instead)."""
+    student with zeros instead). Extra keyword arguments: ``budget``, ``device``,
+    ``vocab_prefix``, ``accum_dtype`` (as for the DPO module)."""
 
     def __init__(self, weight_hard_loss: float = 0.5, weight_soft_loss: float = 0.5,
                  beta: float = 0.5, ignore_index: int = -100, temperature: float = 1.0,
                  compiled: bool = True, chunk_size: int = 1024,
                  return_soft_hard_loss: bool = False, *, budget: str = "256MiB",
-                 device: str = "cpu", vocab_prefix: bool = False):
+                 device: str = "cpu", vocab_prefix: bool = False, accum_dtype: Any = None):
         super().__init__()
         self.loss = Loss("jsd", beta=beta, temperature=temperature,
                          weight_hard=weight_hard_loss, weight_soft=weight_soft_loss)
         self.return_soft_hard_loss = return_soft_hard_loss
         self.options = {"ignore_index": ignore_index, "budget": budget, "device": device,
-                        "vocab_prefix": vocab_prefix}
+                        "vocab_prefix": vocab_prefix, "w_accum": _w_accum(accum_dtype)}
 
     def forward(self, student_input, student_weight, teacher_input, teacher_weight, true_labels,
                 student_bias=None, teacher_bias=None):

@@ -456,13 +456,107 @@ impl Drop for Acc {
     }
 }
 
+/// `grad W`'s accumulator: f32 (an [`Acc`]), or with [`crate::WAccum::Output`] a bf16/f16
+/// buffer in the dtype it is returned in (the runtime's own, or a caller's target zeroed and
+/// accumulated in place), which each dW GEMM adds into and rounds.
+enum WAcc {
+    /// f32.
+    F32(Acc),
+    /// 16-bit: the address, its dtype, and the runtime's own buffer (`None`: a caller's).
+    Half {
+        ptr: u64,
+        dtype: HDType,
+        own: Option<DeviceGrad>,
+    },
+}
+
+impl WAcc {
+    /// Whether a `grad W` returned in `dtype` is accumulated in it under `accum`, for GEMMs
+    /// whose inputs are `gemm`: cuBLAS writes a 16-bit `C` only of its inputs' dtype, so
+    /// another pair (f32 inputs, or f16 inputs with a bf16 gradient) accumulates in f32.
+    fn in_output(accum: crate::WAccum, dtype: HDType, gemm: HDType) -> bool {
+        accum == crate::WAccum::Output && dtype != HDType::F32 && dtype == gemm
+    }
+
+    /// The accumulator for `n` elements of a gradient returned in `dtype` into `target` (if
+    /// any) under `accum` with GEMM inputs in `gemm`, zeroed on `st`.
+    fn new(
+        st: &Arc<CudaStream>,
+        n: usize,
+        (dtype, gemm): (HDType, HDType),
+        accum: crate::WAccum,
+        target: Option<&GradInto>,
+    ) -> Result<Self, Error> {
+        let half = Self::in_output(accum, dtype, gemm);
+        let alloc = drv("allocating a gradient accumulator");
+        match (half, target) {
+            (false, Some(t)) if t.dtype == HDType::F32 => Ok(WAcc::F32(Acc::borrowed(st, t)?)),
+            (false, _) => Ok(WAcc::F32(Acc::own(st, n)?)),
+            (true, Some(t)) => {
+                // SAFETY: the device API checked that `t.ptr` addresses `t.len` elements of
+                // `t.dtype` in this stream's context, alive for the queued work.
+                unsafe {
+                    cudarc::driver::result::memset_d8_async(
+                        t.ptr,
+                        0,
+                        t.len * t.dtype.size(),
+                        st.cu_stream(),
+                    )
+                }
+                .map_err(drv("zeroing a gradient buffer"))?;
+                Ok(WAcc::Half {
+                    ptr: t.ptr,
+                    dtype: t.dtype,
+                    own: None,
+                })
+            }
+            (true, None) => {
+                let g = if dtype == HDType::F16 {
+                    DeviceGrad::F16(st.alloc_zeros(n).map_err(&alloc)?)
+                } else {
+                    DeviceGrad::BF16(st.alloc_zeros(n).map_err(&alloc)?)
+                };
+                let ptr = match &g {
+                    DeviceGrad::F16(x) => dptr(x, st),
+                    DeviceGrad::BF16(x) => dptr(x, st),
+                    DeviceGrad::F32(x) => dptr(x, st),
+                };
+                Ok(WAcc::Half {
+                    ptr,
+                    dtype,
+                    own: Some(g),
+                })
+            }
+        }
+    }
+
+    /// Its device address.
+    fn ptr(&self, st: &CudaStream) -> u64 {
+        match self {
+            WAcc::F32(a) => dptr(a, st),
+            WAcc::Half { ptr, .. } => *ptr,
+        }
+    }
+
+    /// The cuBLAS dtype of the GEMMs' `C`.
+    fn c_type(&self) -> cudaDataType {
+        match self {
+            WAcc::Half {
+                dtype: HDType::F16, ..
+            } => cudaDataType::CUDA_R_16F,
+            WAcc::Half { .. } => cudaDataType::CUDA_R_16BF,
+            WAcc::F32(_) => cudaDataType::CUDA_R_32F,
+        }
+    }
+}
+
 /// A head's device state: its chunk logits, `dlogits` and f32 gradient accumulators.
 struct DevState<'h> {
     head: &'h DevHead,
     z: CudaSlice<f32>,
     dz: Option<CudaSlice<u8>>,
     dx: Option<Acc>,
-    dw: Option<Acc>,
+    dw: Option<WAcc>,
     db: Option<Acc>,
     /// A chunk's or gradient stage's x rows gathered into one block (GEMM dtype, stage rows)
     /// and the stage's dx rows before they are scattered (f32), where chunks can span several
@@ -835,8 +929,9 @@ impl Backend for Cuda<'_> {
                 }
             }
             if let Some(dw) = &d.dw {
+                let gemm = self.gemm.with_c(dw.c_type());
                 self.prof.time("dW GEMM", || {
-                    self.gemm.run(
+                    gemm.run(
                         false,
                         true,
                         h.h,
@@ -847,7 +942,7 @@ impl Backend for Cuda<'_> {
                         dzp,
                         v,
                         1.0,
-                        dptr(dw, self.st),
+                        dw.ptr(self.st),
                         h.h,
                     )
                 })?;
@@ -937,8 +1032,9 @@ impl Backend for Cuda<'_> {
             }
             if let Some(dw) = &d.dw {
                 let (xsp, up) = (dptr(&u.xs, self.st), dptr(&u.u, self.st));
+                let gemm = self.gemm.with_c(dw.c_type());
                 self.prof.time("dW GEMM", || {
-                    self.gemm.run(
+                    gemm.run(
                         false,
                         true,
                         h.h,
@@ -949,7 +1045,7 @@ impl Backend for Cuda<'_> {
                         up,
                         v,
                         1.0,
-                        dptr(dw, self.st),
+                        dw.ptr(self.st),
                         h.h,
                     )
                 })?;
@@ -1104,9 +1200,16 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
                     target(&h.name, part).map_or(default, |t| t.dtype)
                 };
                 let d = &opts.grad_dtypes;
+                // `grad W` accumulated in its returned dtype keeps no f32 copy.
+                let w = of(GradPart::W, d.w);
+                let w = if WAcc::in_output(opts.w_accum, w, hd) {
+                    HDType::F32
+                } else {
+                    w
+                };
                 crate::plan::GradDTypes {
                     x: of(GradPart::X, d.x),
-                    w: of(GradPart::W, d.w),
+                    w,
                     b: of(GradPart::B, d.b),
                 }
                 .working_bytes(r, h.h, v, h.b.is_some(), opts.grads)
@@ -1194,7 +1297,9 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
                 None
             },
             dw: if grad && opts.grads.w {
-                Some(accumulator(GradPart::W, v * h.h)?)
+                let t = target(&h.name, GradPart::W);
+                let dtype = t.map_or(opts.grad_dtypes.w, |t| t.dtype);
+                Some(WAcc::new(st, v * h.h, (dtype, hd), opts.w_accum, t)?)
             } else {
                 None
             },
@@ -1341,9 +1446,26 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
     for d in dev.into_iter().filter(|d| d.head.grad) {
         let name = d.head.name.clone();
         let mut parts: [Option<DeviceGrad>; 3] = [None, None, None];
+        // A 16-bit `grad W` accumulator holds the result already: returned, or in the target.
+        let dw = match d.dw {
+            Some(WAcc::Half { ptr, dtype, own }) => {
+                match (own, target(&name, GradPart::W)) {
+                    (Some(g), None) => parts[1] = Some(g),
+                    (None, Some(t)) => written.push((format!("grad {name}.w"), ptr, dtype, t.len)),
+                    _ => {
+                        return Err(Error::Internal(format!(
+                            "gradient {name}.w: a 16-bit accumulator without its buffer"
+                        )));
+                    }
+                }
+                None
+            }
+            Some(WAcc::F32(a)) => Some(a),
+            None => None,
+        };
         let accs = [
             (GradPart::X, d.dx, xdt),
-            (GradPart::W, d.dw, wdt),
+            (GradPart::W, dw, wdt),
             (GradPart::B, d.db, bdt),
         ];
         for (slot, (part, acc, to)) in parts.iter_mut().zip(accs) {

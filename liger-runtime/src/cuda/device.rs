@@ -49,7 +49,41 @@ impl Gpu {
         }
         let ctx = CudaContext::new(ordinal).map_err(drv("creating the context"))?;
         let stream = ctx.default_stream();
-        Ok(Gpu { ctx, stream })
+        let gpu = Gpu { ctx, stream };
+        gpu.keep_pool()?;
+        Ok(gpu)
+    }
+
+    /// Lets the device's memory pool keep the memory freed by a run for the next one (the
+    /// driver's default returns it to the system at every synchronisation, so each run would
+    /// map its working memory again, which costs milliseconds per GiB on the host): the
+    /// pool then holds at most the largest working set of any run, as PyTorch's caching
+    /// allocator does; [`Gpu::trim_pool`] gives it back.
+    fn keep_pool(&self) -> Result<(), Error> {
+        let pool = self.pool()?;
+        let mut keep: u64 = u64::MAX;
+        // SAFETY: `pool` is the device's pool; the attribute takes a u64 through the pointer,
+        // which points to a live local.
+        unsafe {
+            cudarc::driver::sys::cuMemPoolSetAttribute(
+                pool,
+                cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut keep as *mut u64).cast(),
+            )
+        }
+        .result()
+        .map_err(drv("setting the memory pool's release threshold"))
+    }
+
+    /// Returns the memory the device's pool holds beyond `keep` bytes to the system (memory
+    /// still used by queued work is kept until that work has run: synchronise first to
+    /// release everything).
+    pub fn trim_pool(&self, keep: usize) -> Result<(), Error> {
+        let pool = self.pool()?;
+        // SAFETY: `pool` is the device's pool.
+        unsafe { cudarc::driver::sys::cuMemPoolTrimTo(pool, keep) }
+            .result()
+            .map_err(drv("trimming the memory pool"))
     }
 
     /// A GPU running on a stream the caller owns (kernels are queued on it; nothing else in

@@ -44,6 +44,8 @@ pub struct Engine {
     /// The kernel cache.
     pub cache: Cache,
     modules: Mutex<HashMap<String, Arc<CudaModule>>>,
+    /// The I/O module's kernels by name, once loaded (every run launches several).
+    io: Mutex<HashMap<String, CudaFunction>>,
     blas: Mutex<Vec<(usize, Arc<Mutex<Blas>>)>>,
 }
 
@@ -54,6 +56,7 @@ impl Engine {
             gpu,
             cache,
             modules: Mutex::new(HashMap::new()),
+            io: Mutex::new(HashMap::new()),
             blas: Mutex::new(Vec::new()),
         }
     }
@@ -73,11 +76,18 @@ impl Engine {
 
     /// A function of the runtime's I/O module (compiled once per arch through the cache).
     pub(crate) fn io_fn(&self, name: &str) -> Result<CudaFunction, Error> {
+        if let Some(f) = self.io.lock().ok().and_then(|m| m.get(name).cloned()) {
+            return Ok(f);
+        }
         let (parts, bin, _) = crate::cuda::compile::io_module(&self.gpu.arch()?, &self.cache)?;
         let module = self.module(&parts.key(), &bin)?;
-        module
+        let f = module
             .load_function(name)
-            .map_err(drv("loading an I/O kernel"))
+            .map_err(drv("loading an I/O kernel"))?;
+        if let Ok(mut m) = self.io.lock() {
+            m.insert(name.to_string(), f.clone());
+        }
+        Ok(f)
     }
 
     /// The cuBLAS handle of `stream` (created with its workspace the first time). Lock it

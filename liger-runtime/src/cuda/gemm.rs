@@ -1,7 +1,8 @@
 //! The one cuBLAS GEMM call of the crate: the executor's lm-head GEMMs and the benchmark's
 //! GEMM floor go through it, so both measure the same call.
 //!
-//! Invariant: inputs in one dtype (`ab`), output in `c`, compute in fp32.
+//! Invariant: inputs in one dtype (`ab`), output in `c` (fp32, or the inputs' 16-bit dtype),
+//! compute in fp32.
 
 use std::ffi::c_void;
 
@@ -11,6 +12,7 @@ use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation
 use crate::Error;
 
 /// A cuBLAS handle with the dtypes of its GEMMs.
+#[derive(Clone, Copy)]
 pub(crate) struct Gemm<'a> {
     /// The handle (bound to the stream the GEMMs run on).
     pub blas: &'a CudaBlas,
@@ -21,6 +23,11 @@ pub(crate) struct Gemm<'a> {
 }
 
 impl Gemm<'_> {
+    /// The same GEMMs writing `C` in `c` (a 16-bit `C` is rounded from the f32 result).
+    pub fn with_c(&self, c: cudaDataType) -> Self {
+        Gemm { c, ..*self }
+    }
+
     /// Column-major `C[m,n] = op(A) op(B) + beta C` with raw device pointers.
     #[allow(clippy::too_many_arguments)]
     pub fn run(
