@@ -124,6 +124,14 @@ pub enum Error {
     /// A benchmark that cannot be measured or drawn.
     #[error("bench: {0}")]
     Bench(String),
+    /// A candle tensor that cannot be used (feature `candle`).
+    #[error("candle tensor `{input}`: {why}")]
+    Candle {
+        /// The input's name (`policy.x`, …).
+        input: String,
+        /// Why.
+        why: String,
+    },
     /// A file that cannot be read or written, or that is malformed.
     #[error("{path}: {why}")]
     File {

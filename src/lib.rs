@@ -33,6 +33,8 @@
 extern crate self as liger;
 
 pub mod bench;
+#[cfg(feature = "candle")]
+pub mod candle;
 #[cfg(feature = "cli")]
 #[doc(hidden)]
 pub mod cli;
