@@ -173,3 +173,26 @@ pub fn run_device(
     let (p, hyper) = pipeline_for(loss, &inputs.names().collect::<Vec<_>>(), params)?;
     Ok(runtime.run_device(&p, inputs, &hyper, options, stream)?)
 }
+
+/// Runs `loss` as one rank of a data-parallel group on the CPU executor: `inputs` are this
+/// rank's sequences, whole-batch values are combined over `comm`'s ranks, and `dW`/`db` are
+/// returned as `share` says (see [`Runtime::run_data_parallel`]).
+pub fn run_data_parallel(
+    loss: &dyn ChunkedLoss,
+    runtime: &Runtime,
+    inputs: &InputSet<'_>,
+    params: &ParamSet,
+    options: &RunOptions,
+    comm: &dyn crate::runtime::comm::Communicator,
+    share: crate::runtime::comm::GradShare,
+) -> Result<LossOutput, Error> {
+    // A rank whose specialisation fails must still meet the others: it aborts the group.
+    let (p, hyper) = match pipeline_for(loss, &inputs.names().collect::<Vec<_>>(), params) {
+        Ok(x) => x,
+        Err(e) => {
+            comm.abort(&e.to_string());
+            return Err(e);
+        }
+    };
+    Ok(runtime.run_data_parallel(&p, inputs, &hyper, options, comm, share)?)
+}

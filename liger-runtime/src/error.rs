@@ -279,6 +279,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A run over several ranks that cannot go on ([`crate::comm`]): the ranks disagree on
+    /// the loss or its inputs, or a rank failed.
+    #[error("rank {rank}: {why}")]
+    Rank {
+        /// This rank.
+        rank: usize,
+        /// Why.
+        why: String,
+    },
     /// A broken invariant: a bug in liger, not in the caller's input.
     #[error("internal error (a bug in liger; please report it with the loss and the command): {0}")]
     Internal(String),

@@ -17,6 +17,7 @@
 
 pub mod cache;
 mod check;
+pub mod comm;
 pub mod cpu;
 pub mod cuda;
 mod driver;
@@ -131,6 +132,63 @@ impl Runtime {
     /// [`Runtime::run_device`] with it.
     pub fn cuda_context(&self) -> Option<&std::sync::Arc<cudarc::driver::CudaContext>> {
         self.cuda.as_ref().map(|e| &e.gpu.ctx)
+    }
+
+    /// Runs the gradient IR of `p` as rank `comm.rank()` of a data-parallel group: `inputs`
+    /// hold this rank's sequences (every rank the same `T`, heads, vocabulary and options;
+    /// pairs as usual, chosen first), and every whole-batch value (token and sequence counts,
+    /// the loss's means and sums, batch-level metrics) is the whole batch's, summed over the
+    /// ranks before use ([`comm`]). Each rank gets the global loss and batch-level metrics,
+    /// its own rows' row/sequence/pair metrics and `dx`, and `dW`/`db` as `share` says (by
+    /// default its share: their sum over ranks is the single-device gradient). A user-given
+    /// whole-batch input (a scalar such as GRPO's `num_items_in_batch`) is taken as global
+    /// and not summed. Ranks that disagree on the loss or inputs, or a rank that fails, make
+    /// every rank return [`Error::Rank`] (no rank waits forever). CPU only: the CUDA
+    /// executor's group kernels do not call the communicator yet.
+    pub fn run_data_parallel(
+        &self,
+        p: &Pipeline,
+        inputs: &InputSet<'_>,
+        hyper: &BTreeMap<String, f32>,
+        options: &RunOptions,
+        comm: &dyn comm::Communicator,
+        share: comm::GradShare,
+    ) -> Result<LossOutput, Error> {
+        let local = match (&self.device, &self.cuda) {
+            (Device::Cuda, Some(_)) => Err(Error::Device {
+                device: "cuda".into(),
+                why: "data-parallel runs use the CPU executor in this build (the CUDA \
+                      executor's group kernels do not combine across ranks yet)"
+                    .into(),
+            }),
+            _ => Ok(()),
+        };
+        let fp = comm::fingerprint(p, inputs, hyper, options);
+        comm::agree(comm, fp, &local)?;
+        let run = || -> Result<LossOutput, Error> {
+            let mut out = cpu::run_ranked(p, inputs, hyper, options, Some(comm))?;
+            let scale = match share {
+                comm::GradShare::Share => return Ok(out),
+                comm::GradShare::ForAverage => comm.world() as f32,
+                comm::GradShare::Summed => 1.0,
+            };
+            for g in &mut out.grads {
+                for buf in [g.w.as_mut(), g.b.as_mut()].into_iter().flatten() {
+                    let mut v: Vec<f64> = buf.to_f32().iter().map(|&x| f64::from(x)).collect();
+                    if share == comm::GradShare::Summed {
+                        comm.all_reduce_sum(&mut v)?;
+                    }
+                    let f: Vec<f32> = v.iter().map(|&x| (x as f32) * scale).collect();
+                    *buf = GradBuf::from_f32(f, buf.dtype());
+                }
+            }
+            Ok(out)
+        };
+        let out = run();
+        if let Err(e) = &out {
+            comm.abort(&e.to_string());
+        }
+        out
     }
 
     /// Returns the working memory a CUDA runtime's device pool keeps between runs to the

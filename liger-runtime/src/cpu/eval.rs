@@ -101,6 +101,8 @@ pub struct Eval<'f> {
     pub vals: Vec<Option<Arr>>,
     /// What the reductions found over no valid row ([`crate::policy`]).
     pub findings: Findings,
+    /// Data parallel: whole-batch values combine this rank's partial sums with the others'.
+    pub comm: Option<&'f dyn crate::comm::Communicator>,
 }
 
 impl<'f> Eval<'f> {
@@ -113,7 +115,16 @@ impl<'f> Eval<'f> {
             v,
             vals: vec![None; f.nodes.len()],
             findings: Findings::default(),
+            comm: None,
         }
+    }
+
+    /// `values` summed over every rank (as they are without a communicator).
+    fn across_ranks<const N: usize>(&self, mut values: [f64; N]) -> Result<[f64; N], Error> {
+        if let Some(c) = self.comm {
+            c.all_reduce_sum(&mut values)?;
+        }
+        Ok(values)
     }
 
     fn p(&self) -> usize {
@@ -194,12 +205,13 @@ impl<'f> Eval<'f> {
             Op::Size(sz) => Arr::F(vec![match sz {
                 Size::Vocab => self.v as f32,
                 Size::SeqLen => self.t as f32,
-                Size::NumSeqs => self.s as f32,
+                // The whole batch's, over every rank.
+                Size::NumSeqs => self.across_ranks([self.s as f64])?[0] as f32,
                 Size::NumPairs => {
                     if !self.s.is_multiple_of(2) {
                         return Err(Error::OddSequenceCount { num_seqs: self.s });
                     }
-                    self.p() as f32
+                    self.across_ranks([self.p() as f64])?[0] as f32
                 }
             }]),
             Op::Unary(u) => float(FloatFn::Unary(u)),
@@ -309,19 +321,22 @@ impl<'f> Eval<'f> {
                         count += 1;
                     }
                 }
+                // Over every rank's rows (data parallel): partial sums and counts combined.
+                let [sum, count] = self.across_ranks([sum, count as f64])?;
                 let out = match node.op {
-                    Op::Mean if lv(0) == Level::Row && count == 0 => {
+                    Op::Mean if lv(0) == Level::Row && count == 0.0 => {
                         self.findings.mean_no_rows = true;
                         0.0
                     }
-                    Op::Mean | Op::MeanAll => sum / count as f64,
+                    Op::Mean | Op::MeanAll => sum / count,
                     _ => sum,
                 };
                 Arr::F(vec![out as f32])
             }
-            Op::NumValid => Arr::F(vec![
-                self.bools(args[0]).iter().filter(|b| **b).count() as f32
-            ]),
+            Op::NumValid => {
+                let n = self.bools(args[0]).iter().filter(|b| **b).count() as f64;
+                Arr::F(vec![self.across_ranks([n])?[0] as f32])
+            }
             Op::Broadcast(_) => match &self.vals[args[0].index()] {
                 Some(Arr::F(x)) => Arr::F((0..n).map(|e| x[self.coarsen(e, lvl, lv(0))]).collect()),
                 Some(Arr::B(x)) => Arr::B((0..n).map(|e| x[self.coarsen(e, lvl, lv(0))]).collect()),

@@ -306,6 +306,18 @@ pub fn run(
     hyper: &BTreeMap<String, f32>,
     opts: &RunOptions,
 ) -> Result<LossOutput, Error> {
+    run_ranked(p, inputs, hyper, opts, None)
+}
+
+/// [`run`] as one rank of a data-parallel group when `comm` is given: the strategy is agreed
+/// between the ranks and every whole-batch value is the whole batch's ([`crate::comm`]).
+pub(crate) fn run_ranked(
+    p: &Pipeline,
+    inputs: &InputSet<'_>,
+    hyper: &BTreeMap<String, f32>,
+    opts: &RunOptions,
+    comm: Option<&dyn crate::comm::Communicator>,
+) -> Result<LossOutput, Error> {
     let start = Instant::now();
     opts.grad_dtypes.check()?;
     let g = p.grad();
@@ -360,13 +372,25 @@ pub fn run(
             })
             .sum(),
     };
-    let pl = plan(p, &dims, opts.chunk_memory, opts.schedule, opts.rows, &mem)?;
+    let mut pl = plan(p, &dims, opts.chunk_memory, opts.schedule, opts.rows, &mem)?;
+    if let Some(c) = comm {
+        // Every rank runs the same strategy (its array stages hold the collectives): the
+        // last in `Strategy::ALL` that any rank picked.
+        let ord = |s: Strategy| Strategy::ALL.iter().position(|x| *x == s).unwrap_or(0);
+        let mut v = [ord(pl.strategy) as f64];
+        c.all_reduce_max(&mut v)?;
+        let agreed = Strategy::ALL[(v[0] as usize).min(Strategy::ALL.len() - 1)];
+        if agreed != pl.strategy {
+            pl = plan(p, &dims, opts.chunk_memory, Some(agreed), opts.rows, &mem)?;
+        }
+    }
 
     let live = host::live_rows(sched, &loaded.values, r, opts)?;
     let skipped_rows = live
         .as_ref()
         .map_or(0, |l| l.iter().filter(|&&x| !x).count());
     let mut ev = Eval::new(g, s, t, v);
+    ev.comm = comm;
     for (node, arr) in loaded.values {
         ev.load(node, arr);
     }
