@@ -68,4 +68,4 @@ pub use liger_runtime::{
 };
 pub use loss::{ChunkedLoss, DefaultValue, ParamInfo, ParamKind, ParamRange, SpecInfo};
 pub use params::{ParamSet, ResolvedParams};
-pub use run::{pipeline, pipeline_for, run, run_data_parallel, run_device};
+pub use run::{pipeline, pipeline_for, run, run_data_parallel, run_device, run_vocab_parallel};

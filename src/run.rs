@@ -196,3 +196,24 @@ pub fn run_data_parallel(
     };
     Ok(runtime.run_data_parallel(&p, inputs, &hyper, options, comm, share)?)
 }
+
+/// Runs `loss` as one rank of a vocab-parallel group on the CPU executor: `inputs` hold every
+/// row and this rank's shard of each head's vocabulary rows, and the Vocab → Row reductions
+/// are combined over `comm`'s ranks (see [`Runtime::run_vocab_parallel`]).
+pub fn run_vocab_parallel(
+    loss: &dyn ChunkedLoss,
+    runtime: &Runtime,
+    inputs: &InputSet<'_>,
+    params: &ParamSet,
+    options: &RunOptions,
+    comm: &dyn crate::runtime::comm::Communicator,
+) -> Result<LossOutput, Error> {
+    let (p, hyper) = match pipeline_for(loss, &inputs.names().collect::<Vec<_>>(), params) {
+        Ok(x) => x,
+        Err(e) => {
+            comm.abort(&e.to_string());
+            return Err(e);
+        }
+    };
+    Ok(runtime.run_vocab_parallel(&p, inputs, &hyper, options, comm)?)
+}

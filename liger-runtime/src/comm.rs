@@ -101,42 +101,83 @@ pub(crate) fn fingerprint(
     hyper: &std::collections::BTreeMap<String, f32>,
     opts: &crate::RunOptions,
 ) -> u64 {
+    fingerprint_with(p, inputs, hyper, opts, false)
+}
+
+/// [`fingerprint`] for vocab parallel: every shape must agree (every rank holds every row)
+/// except the heads' vocabulary rows (`W`'s first dimension, the bias) and per-vocabulary
+/// inputs, which are each rank's shard.
+pub(crate) fn fingerprint_vocab(
+    p: &liger_ir::Pipeline,
+    inputs: &crate::InputSet<'_>,
+    hyper: &std::collections::BTreeMap<String, f32>,
+    opts: &crate::RunOptions,
+) -> u64 {
+    fingerprint_with(p, inputs, hyper, opts, true)
+}
+
+fn fingerprint_with(
+    p: &liger_ir::Pipeline,
+    inputs: &crate::InputSet<'_>,
+    hyper: &std::collections::BTreeMap<String, f32>,
+    opts: &crate::RunOptions,
+    vocab: bool,
+) -> u64 {
     use std::fmt::Write;
     let mut text = String::from(p.canonical());
     for (k, v) in hyper {
         let _ = write!(text, "\n{k}={:08x}", v.to_bits());
     }
-    let tail = |t: &crate::TensorView<'_>, per_seq: bool| {
+    // A shape from dimension `from` on (data parallel: past S; vocab parallel: past V).
+    let tail = |t: &crate::TensorView<'_>, from: usize| {
         let sh = t.shape();
-        let from = usize::from(per_seq && !sh.is_empty());
-        format!("{}{:?}", t.dtype(), &sh[from..])
+        format!("{}{:?}", t.dtype(), &sh[from.min(sh.len())..])
+    };
+    let kind = |name: &str| {
+        p.grad()
+            .input_by_name(name)
+            .map(|id| p.grad().inputs[id.0 as usize].kind)
     };
     for name in inputs.names() {
         let _ = match inputs.get(name) {
+            Some(crate::InputValue::Head(h)) if vocab => write!(
+                text,
+                "\n{name}: x {} w {} b {}",
+                tail(&h.x, 0),
+                tail(&h.w, 1),
+                if h.b.is_some() { "given" } else { "-" }
+            ),
             Some(crate::InputValue::Head(h)) => write!(
                 text,
                 "\n{name}: x {} w {} b {}",
-                tail(&h.x, true),
-                tail(&h.w, false),
-                h.b.as_ref().map_or("-".into(), |b| tail(b, false))
+                tail(&h.x, 1),
+                tail(&h.w, 0),
+                h.b.as_ref().map_or("-".into(), |b| tail(b, 0))
             ),
             Some(crate::InputValue::Tensor(t)) => {
-                // Per-sequence inputs lead with S; a scalar or per-vocab input does not.
-                let per_seq = t.shape().len() > 1
-                    || p.grad()
-                        .input_by_name(name)
-                        .map(|id| p.grad().inputs[id.0 as usize].kind)
-                        .is_some_and(|k| {
-                            matches!(
-                                k,
-                                liger_ir::InputKind::SeqInput | liger_ir::InputKind::SeqMask
-                            )
-                        });
-                write!(text, "\n{name}: {}", tail(t, per_seq))
+                let k = kind(name);
+                let from = if vocab {
+                    // A per-vocabulary input is this rank's shard.
+                    if k == Some(liger_ir::InputKind::VocabInput) {
+                        1
+                    } else {
+                        0
+                    }
+                } else {
+                    // Per-sequence inputs lead with S; a scalar or per-vocab input does not.
+                    let per_seq = t.shape().len() > 1
+                        || matches!(
+                            k,
+                            Some(liger_ir::InputKind::SeqInput | liger_ir::InputKind::SeqMask)
+                        );
+                    usize::from(per_seq)
+                };
+                write!(text, "\n{name}: {}", tail(t, from))
             }
             None => Ok(()),
         };
     }
+    let _ = write!(text, "\nmode {}", if vocab { "vocab" } else { "data" });
     let _ = write!(
         text,
         "\nignore {} grads {:?} dtypes {:?} schedule {:?} accum {:?} skip {}",

@@ -153,7 +153,20 @@ pub(crate) fn side_inputs(
     inputs: &InputSet<'_>,
     hyper: &BTreeMap<String, f32>,
     opts: &RunOptions,
+    dims: (usize, usize, usize),
+) -> Result<BTreeMap<ValueId, Arr>, Error> {
+    side_inputs_ids(g, inputs, hyper, opts, dims, dims.2)
+}
+
+/// [`side_inputs`] with token ids checked against a vocabulary of `ids` (the whole
+/// vocabulary where the heads hold one shard of it: vocab parallel).
+pub(crate) fn side_inputs_ids(
+    g: &LossFn,
+    inputs: &InputSet<'_>,
+    hyper: &BTreeMap<String, f32>,
+    opts: &RunOptions,
     (s, t, v): (usize, usize, usize),
+    vocab_ids: usize,
 ) -> Result<BTreeMap<ValueId, Arr>, Error> {
     let mut out = BTreeMap::new();
     for (k, input) in g.inputs.iter().enumerate() {
@@ -200,13 +213,13 @@ pub(crate) fn side_inputs(
                 for (i, &id) in ids.iter().enumerate() {
                     if input.kind == InputKind::Target && id == opts.ignore_index {
                         ix.push(None);
-                    } else if id < 0 || id as u64 >= v as u64 {
+                    } else if id < 0 || id as u64 >= vocab_ids as u64 {
                         return Err(Error::TargetOutOfRange {
                             input: name.into(),
                             seq: i / t,
                             pos: i % t,
                             value: id,
-                            vocab: v,
+                            vocab: vocab_ids,
                             ignore_index: opts.ignore_index,
                         });
                     } else {
@@ -242,6 +255,19 @@ pub(crate) fn load<'a>(
     inputs: &InputSet<'a>,
     hyper: &BTreeMap<String, f32>,
     opts: &RunOptions,
+) -> Result<HostInputs<'a>, Error> {
+    load_ids(g, sched, inputs, hyper, opts, None)
+}
+
+/// [`load`], with token ids checked against a vocabulary of `ids` when given (vocab parallel:
+/// the heads hold one shard).
+pub(crate) fn load_ids<'a>(
+    g: &LossFn,
+    sched: &Schedule,
+    inputs: &InputSet<'a>,
+    hyper: &BTreeMap<String, f32>,
+    opts: &RunOptions,
+    ids: Option<usize>,
 ) -> Result<HostInputs<'a>, Error> {
     let mut heads = Vec::new();
     let mut dims: Option<(usize, usize, usize)> = None;
@@ -311,7 +337,7 @@ pub(crate) fn load<'a>(
             kind: "logits",
         });
     };
-    let values = side_inputs(g, inputs, hyper, opts, dims)?;
+    let values = side_inputs_ids(g, inputs, hyper, opts, dims, ids.unwrap_or(dims.2))?;
     check::names_and_pairs(g, sched, inputs.names(), dims.0)?;
     Ok(HostInputs {
         dims,

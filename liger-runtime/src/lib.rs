@@ -166,7 +166,8 @@ impl Runtime {
         let fp = comm::fingerprint(p, inputs, hyper, options);
         comm::agree(comm, fp, &local)?;
         let run = || -> Result<LossOutput, Error> {
-            let mut out = cpu::run_ranked(p, inputs, hyper, options, Some(comm))?;
+            let mut out =
+                cpu::run_ranked(p, inputs, hyper, options, Some(cpu::Ranked::Data(comm)))?;
             let scale = match share {
                 comm::GradShare::Share => return Ok(out),
                 comm::GradShare::ForAverage => comm.world() as f32,
@@ -180,6 +181,95 @@ impl Runtime {
                     }
                     let f: Vec<f32> = v.iter().map(|&x| (x as f32) * scale).collect();
                     *buf = GradBuf::from_f32(f, buf.dtype());
+                }
+            }
+            Ok(out)
+        };
+        let out = run();
+        if let Err(e) = &out {
+            comm.abort(&e.to_string());
+        }
+        out
+    }
+
+    /// Runs the gradient IR of `p` as rank `comm.rank()` of a vocab-parallel group (the
+    /// lm heads sharded by vocabulary rows, as tensor-parallel training does): every rank
+    /// holds every row (`x`, targets and other inputs the same on every rank) and its own
+    /// shard of each head's `W` (and `b`, and any per-vocabulary input), rank 0 the first
+    /// entries, rank 1 the next, and so on (shards of any sizes, at least one entry each).
+    /// Each stream's Vocab → Row reductions (`max`, `sum`, `logsumexp`, target logits,
+    /// log-probabilities, `argmax`) and the normalisers of `log_softmax`/`softmax` combine
+    /// the ranks' partial results chunk by chunk, so no rank ever holds the whole
+    /// vocabulary's logits; which reductions those are comes from the IR, for every built-in
+    /// and custom loss. Every rank returns the loss and metrics, the whole `dx` (summed over
+    /// the ranks' partial products), and its shard's `dW`/`db`. Disagreeing ranks or a failing
+    /// rank make every rank return [`Error::Rank`]. CPU only in this build.
+    pub fn run_vocab_parallel(
+        &self,
+        p: &Pipeline,
+        inputs: &InputSet<'_>,
+        hyper: &BTreeMap<String, f32>,
+        options: &RunOptions,
+        comm: &dyn comm::Communicator,
+    ) -> Result<LossOutput, Error> {
+        let local = match (&self.device, &self.cuda) {
+            (Device::Cuda, Some(_)) => Err(Error::Device {
+                device: "cuda".into(),
+                why: "vocab-parallel runs use the CPU executor in this build (the CUDA \
+                      executor's stream kernels do not combine across ranks yet)"
+                    .into(),
+            }),
+            _ => Ok(()),
+        };
+        let fp = comm::fingerprint_vocab(p, inputs, hyper, options);
+        comm::agree(comm, fp, &local)?;
+        // This rank's vocabulary rows (its first head's W), and every rank's, for the offsets.
+        let v_r = p
+            .schedule()
+            .heads
+            .first()
+            .and_then(|h| match inputs.get(&h.name) {
+                Some(InputValue::Head(head)) => head.w.shape().first().copied(),
+                _ => None,
+            })
+            .unwrap_or(0);
+        let run = || -> Result<LossOutput, Error> {
+            let mut sizes = vec![0.0; comm.world()];
+            if let Some(s) = sizes.get_mut(comm.rank()) {
+                *s = v_r as f64;
+            }
+            comm.all_reduce_sum(&mut sizes)?;
+            let offset = sizes[..comm.rank()].iter().sum::<f64>() as usize;
+            let vocab = sizes.iter().sum::<f64>() as usize;
+            if sizes.iter().any(|&n| n < 1.0) {
+                return Err(Error::Rank {
+                    rank: comm.rank(),
+                    why: format!(
+                        "every rank needs at least one vocabulary entry; the shards are {sizes:?}"
+                    ),
+                });
+            }
+            // dx is summed over the ranks in f32, then rounded to the dtype asked for.
+            let want_x = options.grad_dtypes.x;
+            let mut opts = *options;
+            opts.grad_dtypes.x = tensor::DType::F32;
+            let mut out = cpu::run_ranked(
+                p,
+                inputs,
+                hyper,
+                &opts,
+                Some(cpu::Ranked::Vocab {
+                    comm,
+                    offset,
+                    vocab,
+                }),
+            )?;
+            // dx = Σ_r dz_r W_r: the ranks' partial products summed.
+            for g in &mut out.grads {
+                if let Some(x) = g.x.as_mut() {
+                    let mut v: Vec<f64> = x.to_f32().iter().map(|&a| f64::from(a)).collect();
+                    comm.all_reduce_sum(&mut v)?;
+                    *x = GradBuf::from_f32(v.iter().map(|&a| a as f32).collect(), want_x);
                 }
             }
             Ok(out)

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use liger_ir::op::{Binary, SeqReduce, Size, Unary};
+use liger_ir::op::{Binary, SeqReduce, Size, Unary, VocabReduce};
 use liger_ir::scalar;
 use liger_ir::{DType, Level, LossFn, Op, ValueId};
 use rayon::prelude::*;
@@ -103,6 +103,20 @@ pub struct Eval<'f> {
     pub findings: Findings,
     /// Data parallel: whole-batch values combine this rank's partial sums with the others'.
     pub comm: Option<&'f dyn crate::comm::Communicator>,
+    /// Vocab parallel: this rank holds vocabulary entries `offset..offset + v` of `vocab`;
+    /// every Vocab → Row reduction combines the ranks' partial results.
+    pub shard: Option<Shard<'f>>,
+}
+
+/// This rank's shard of the vocabulary (vocab parallel).
+#[derive(Clone, Copy)]
+pub struct Shard<'f> {
+    /// The group.
+    pub comm: &'f dyn crate::comm::Communicator,
+    /// Its first vocabulary entry.
+    pub offset: usize,
+    /// The whole vocabulary.
+    pub vocab: usize,
 }
 
 impl<'f> Eval<'f> {
@@ -116,7 +130,63 @@ impl<'f> Eval<'f> {
             vals: vec![None; f.nodes.len()],
             findings: Findings::default(),
             comm: None,
+            shard: None,
         }
+    }
+
+    /// Column of global vocabulary entry `k` in this rank's logits (`None`: another rank's).
+    fn column(&self, k: u32) -> Option<usize> {
+        let k = k as usize;
+        match self.shard {
+            None => Some(k),
+            Some(sh) => (k >= sh.offset && k < sh.offset + self.v).then(|| k - sh.offset),
+        }
+    }
+
+    /// Per-row `(max, log Σ exp(x − max))` of the whole vocabulary from this rank's parts.
+    fn lse_across(&self, parts: &mut [(f32, f32)]) -> Result<(), Error> {
+        let Some(sh) = self.shard else {
+            return Ok(());
+        };
+        let mut m: Vec<f64> = parts.iter().map(|p| f64::from(p.0)).collect();
+        sh.comm.all_reduce_max(&mut m)?;
+        let mut s: Vec<f64> = parts
+            .iter()
+            .zip(&m)
+            .map(|(p, &mx)| {
+                if p.0 == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    (f64::from(p.1) + f64::from(p.0) - mx).exp()
+                }
+            })
+            .collect();
+        sh.comm.all_reduce_sum(&mut s)?;
+        for ((p, mx), sum) in parts.iter_mut().zip(&m).zip(&s) {
+            *p = if *mx == f64::NEG_INFINITY {
+                (f32::NEG_INFINITY, 0.0)
+            } else {
+                (*mx as f32, sum.ln() as f32)
+            };
+        }
+        Ok(())
+    }
+
+    /// Per-row values combined over the vocabulary shards with `max` or a sum.
+    fn rows_across(&self, vals: &mut [f32], max: bool) -> Result<(), Error> {
+        let Some(sh) = self.shard else {
+            return Ok(());
+        };
+        let mut v: Vec<f64> = vals.iter().map(|&x| f64::from(x)).collect();
+        if max {
+            sh.comm.all_reduce_max(&mut v)?;
+        } else {
+            sh.comm.all_reduce_sum(&mut v)?;
+        }
+        for (o, x) in vals.iter_mut().zip(v) {
+            *o = x as f32;
+        }
+        Ok(())
     }
 
     /// `values` summed over every rank (as they are without a communicator).
@@ -203,7 +273,7 @@ impl<'f> Eval<'f> {
             Op::Input(_) => return Ok(()),
             Op::Const(c) => Arr::F(vec![c as f32]),
             Op::Size(sz) => Arr::F(vec![match sz {
-                Size::Vocab => self.v as f32,
+                Size::Vocab => self.shard.map_or(self.v, |sh| sh.vocab) as f32,
                 Size::SeqLen => self.t as f32,
                 // The whole batch's, over every rank.
                 Size::NumSeqs => self.across_ranks([self.s as f64])?[0] as f32,
@@ -489,13 +559,21 @@ impl<'f> Eval<'f> {
             Op::LogSoftmax | Op::Softmax => {
                 let mut out = vec![0f32; c * v];
                 let soft = node.op == Op::Softmax;
+                // The rows' normalisers, over every vocabulary shard.
+                let mut parts: Vec<(f32, f32)> = (0..c)
+                    .into_par_iter()
+                    .map(|i| match self.opnd(args[0], i, rows[i], bufs) {
+                        Opnd::F(z) => scalar::lse_parts(z),
+                        _ => (f32::NAN, f32::NAN),
+                    })
+                    .collect();
+                self.lse_across(&mut parts)?;
                 out.par_chunks_mut(v).enumerate().for_each(|(i, o)| {
                     let Opnd::F(z) = self.opnd(args[0], i, rows[i], bufs) else {
                         return;
                     };
-                    let parts = scalar::lse_parts(z);
                     for (ov, zv) in o.iter_mut().zip(z) {
-                        let y = scalar::log_softmax_at(*zv, parts);
+                        let y = scalar::log_softmax_at(*zv, parts[i]);
                         *ov = if soft { y.exp() } else { y };
                     }
                 });
@@ -505,8 +583,8 @@ impl<'f> Eval<'f> {
                 let mut out = vec![0f32; c * v];
                 let t = self.idx(args[0]);
                 for (i, &r) in rows.iter().enumerate() {
-                    if let Some(k) = t[r] {
-                        out[i * v + k as usize] = 1.0;
+                    if let Some(k) = t[r].and_then(|k| self.column(k)) {
+                        out[i * v + k] = 1.0;
                     }
                 }
                 VBuf::F(out)
@@ -594,34 +672,57 @@ impl<'f> Eval<'f> {
             )
         };
         let col = match node.op {
-            Op::VocabReduce(red) => Col::F(
-                (0..rows.len())
+            Op::VocabReduce(VocabReduce::LogSumExp) if self.shard.is_some() => {
+                let mut parts = (0..rows.len())
+                    .into_par_iter()
+                    .map(|i| row_vocab(i).map(scalar::lse_parts))
+                    .collect::<Result<Vec<(f32, f32)>, Error>>()?;
+                self.lse_across(&mut parts)?;
+                Col::F(
+                    parts
+                        .iter()
+                        .map(|&(m, ls)| if m == f32::NEG_INFINITY { m } else { m + ls })
+                        .collect(),
+                )
+            }
+            Op::VocabReduce(red) => {
+                let mut vals = (0..rows.len())
                     .into_par_iter()
                     .map(|i| row_vocab(i).map(|z| scalar::vocab_reduce(red, z)))
-                    .collect::<Result<Vec<f32>, Error>>()?,
-            ),
+                    .collect::<Result<Vec<f32>, Error>>()?;
+                self.rows_across(&mut vals, red == VocabReduce::Max)?;
+                Col::F(vals)
+            }
             Op::AtTarget | Op::LogProb => {
                 let t: Vec<Option<u32>> = rows.iter().map(|&r| self.idx(args[1])[r]).collect();
                 let logprob = node.op == Op::LogProb;
-                Col::F(
-                    (0..rows.len())
+                // `z_t` where this rank holds it, 0 elsewhere: summed over the shards.
+                let mut zt = (0..rows.len())
+                    .into_par_iter()
+                    .map(|i| {
+                        let z = row_vocab(i)?;
+                        Ok(t[i].and_then(|k| self.column(k)).map_or(0.0, |k| z[k]))
+                    })
+                    .collect::<Result<Vec<f32>, Error>>()?;
+                self.rows_across(&mut zt, false)?;
+                if logprob {
+                    // `(z_t − m) − log Σ exp(z − m)`: a common offset cancels.
+                    let mut parts = (0..rows.len())
                         .into_par_iter()
-                        .map(|i| {
-                            let z = row_vocab(i)?;
-                            Ok(match t[i] {
-                                None => 0.0,
-                                // `(z_t − m) − log Σ exp(z − m)`: a common offset cancels.
-                                Some(k) if logprob => {
-                                    scalar::log_softmax_at(z[k as usize], scalar::lse_parts(z))
-                                }
-                                Some(k) => z[k as usize],
-                            })
-                        })
-                        .collect::<Result<Vec<f32>, Error>>()?,
-                )
+                        .map(|i| row_vocab(i).map(scalar::lse_parts))
+                        .collect::<Result<Vec<(f32, f32)>, Error>>()?;
+                    self.lse_across(&mut parts)?;
+                    for (i, z) in zt.iter_mut().enumerate() {
+                        *z = match t[i] {
+                            None => 0.0,
+                            Some(_) => scalar::log_softmax_at(*z, parts[i]),
+                        };
+                    }
+                }
+                Col::F(zt)
             }
-            Op::ArgMax => Col::I(
-                (0..rows.len())
+            Op::ArgMax => {
+                let best = (0..rows.len())
                     .into_par_iter()
                     .map(|i| {
                         let z = row_vocab(i)?;
@@ -631,10 +732,31 @@ impl<'f> Eval<'f> {
                                 best = (k, x);
                             }
                         }
-                        Ok(Some(best.0 as u32))
+                        Ok(best)
                     })
-                    .collect::<Result<Vec<Option<u32>>, Error>>()?,
-            ),
+                    .collect::<Result<Vec<(usize, f32)>, Error>>()?;
+                let off = self.shard.map_or(0, |sh| sh.offset);
+                let mut idx: Vec<u32> = best.iter().map(|b| (b.0 + off) as u32).collect();
+                if self.shard.is_some() {
+                    // The largest value over the shards, then the first entry holding it.
+                    let mut top: Vec<f32> = best.iter().map(|b| b.1).collect();
+                    self.rows_across(&mut top, true)?;
+                    let mut neg: Vec<f32> = best
+                        .iter()
+                        .zip(&top)
+                        .map(|(b, &m)| {
+                            if b.1 == m {
+                                -((b.0 + off) as f32)
+                            } else {
+                                f32::NEG_INFINITY
+                            }
+                        })
+                        .collect();
+                    self.rows_across(&mut neg, true)?;
+                    idx = neg.iter().map(|&x| (-x) as u32).collect();
+                }
+                Col::I(idx.into_iter().map(Some).collect())
+            }
             Op::Select => Col::F(
                 rows.iter()
                     .enumerate()

@@ -309,20 +309,47 @@ pub fn run(
     run_ranked(p, inputs, hyper, opts, None)
 }
 
-/// [`run`] as one rank of a data-parallel group when `comm` is given: the strategy is agreed
-/// between the ranks and every whole-batch value is the whole batch's ([`crate::comm`]).
+/// How a rank's run relates to the others' ([`crate::comm`]).
+#[derive(Clone, Copy)]
+pub(crate) enum Ranked<'c> {
+    /// Data parallel: this rank's sequences; whole-batch values combined.
+    Data(&'c dyn crate::comm::Communicator),
+    /// Vocab parallel: every row, the heads' vocabulary entries `offset..offset + V_r` of
+    /// `vocab`; Vocab → Row reductions combined.
+    Vocab {
+        comm: &'c dyn crate::comm::Communicator,
+        offset: usize,
+        vocab: usize,
+    },
+}
+
+impl Ranked<'_> {
+    fn comm(&self) -> &dyn crate::comm::Communicator {
+        match self {
+            Ranked::Data(c) | Ranked::Vocab { comm: c, .. } => *c,
+        }
+    }
+}
+
+/// [`run`] as one rank of a group when `ranked` is given: the strategy (and for vocab parallel
+/// the chunk size) is agreed between the ranks, and whole-batch values (data parallel) or
+/// Vocab → Row reductions (vocab parallel) combine the ranks' parts ([`crate::comm`]).
 pub(crate) fn run_ranked(
     p: &Pipeline,
     inputs: &InputSet<'_>,
     hyper: &BTreeMap<String, f32>,
     opts: &RunOptions,
-    comm: Option<&dyn crate::comm::Communicator>,
+    ranked: Option<Ranked<'_>>,
 ) -> Result<LossOutput, Error> {
     let start = Instant::now();
     opts.grad_dtypes.check()?;
     let g = p.grad();
     let sched = p.schedule();
-    let loaded = host::load(g, sched, inputs, hyper, opts)?;
+    let ids = match ranked {
+        Some(Ranked::Vocab { vocab, .. }) => Some(vocab),
+        _ => None,
+    };
+    let loaded = host::load_ids(g, sched, inputs, hyper, opts, ids)?;
     let (s, t, v) = loaded.dims;
     let r = s * t;
     let mut converted = 0;
@@ -373,15 +400,23 @@ pub(crate) fn run_ranked(
             .sum(),
     };
     let mut pl = plan(p, &dims, opts.chunk_memory, opts.schedule, opts.rows, &mem)?;
-    if let Some(c) = comm {
-        // Every rank runs the same strategy (its array stages hold the collectives): the
-        // last in `Strategy::ALL` that any rank picked.
+    if let Some(rk) = ranked {
+        // Every rank runs the same strategy (its stages hold the collectives): the last in
+        // `Strategy::ALL` that any rank picked; vocab parallel also the same chunks (each
+        // stream's reductions are combined chunk by chunk): the smallest any rank picked.
         let ord = |s: Strategy| Strategy::ALL.iter().position(|x| *x == s).unwrap_or(0);
-        let mut v = [ord(pl.strategy) as f64];
-        c.all_reduce_max(&mut v)?;
+        let mut v = [ord(pl.strategy) as f64, -(pl.chunk_rows as f64)];
+        rk.comm().all_reduce_max(&mut v)?;
         let agreed = Strategy::ALL[(v[0] as usize).min(Strategy::ALL.len() - 1)];
-        if agreed != pl.strategy {
-            pl = plan(p, &dims, opts.chunk_memory, Some(agreed), opts.rows, &mem)?;
+        let chunk = (-v[1]) as usize;
+        let vocab = matches!(rk, Ranked::Vocab { .. });
+        if agreed != pl.strategy || (vocab && chunk != pl.chunk_rows) {
+            let rows = if vocab {
+                Some(crate::plan::ForcedRows { chunk, stage: None })
+            } else {
+                opts.rows
+            };
+            pl = plan(p, &dims, opts.chunk_memory, Some(agreed), rows, &mem)?;
         }
     }
 
@@ -390,7 +425,21 @@ pub(crate) fn run_ranked(
         .as_ref()
         .map_or(0, |l| l.iter().filter(|&&x| !x).count());
     let mut ev = Eval::new(g, s, t, v);
-    ev.comm = comm;
+    match ranked {
+        Some(Ranked::Data(c)) => ev.comm = Some(c),
+        Some(Ranked::Vocab {
+            comm,
+            offset,
+            vocab,
+        }) => {
+            ev.shard = Some(eval::Shard {
+                comm,
+                offset,
+                vocab,
+            })
+        }
+        None => {}
+    }
     for (node, arr) in loaded.values {
         ev.load(node, arr);
     }

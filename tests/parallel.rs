@@ -1,9 +1,15 @@
-//! Data parallel on the CPU, ranks simulated as threads (`LocalGroup`): every built-in loss
-//! (and a custom one from source) split by sequences (by pairs for the preference losses)
-//! over 2 and 3 ranks gives every rank the single-device loss and batch-level metrics, its own
-//! rows' metrics and `dx`, and `dW`/`db` shares that add up to the single-device gradient;
-//! a rank whose rows are all masked changes nothing; ranks that disagree get a typed error
-//! each, never a hang.
+//! Several ranks on the CPU, simulated as threads (`LocalGroup`).
+//!
+//! Data parallel: every built-in loss (and a custom one from source) split by sequences (by
+//! pairs for the preference losses) over 2 and 3 ranks gives every rank the single-device
+//! loss and batch-level metrics, its own rows' metrics and `dx`, and `dW`/`db` shares that add
+//! up to the single-device gradient; a rank whose rows are all masked changes nothing.
+//!
+//! Vocab parallel: the same losses with every head's vocabulary rows split over 2 and 3 ranks
+//! (V = 37: shards of unequal sizes) give every rank the single-device loss, metrics and `dx`,
+//! and its shard's rows of `dW`/`db`.
+//!
+//! Ranks that disagree get a typed error each, never a hang.
 
 mod common;
 
@@ -457,4 +463,186 @@ fn ranks_that_disagree_all_get_a_typed_error() {
         .collect();
     assert!(msgs[1].contains("99"), "{}", msgs[1]);
     assert!(msgs[0].contains("rank 1"), "{}", msgs[0]);
+}
+
+/// The batch with every head's vocabulary rows `a..b` (and the bias and per-vocabulary inputs').
+fn shard(b: &Batch, a: usize, e: usize) -> Batch {
+    let mut out = b.clone();
+    out.v = e - a;
+    for (_, h, _, w) in &mut out.heads {
+        *w = w[a * *h..e * *h].to_vec();
+    }
+    for (name, d, _, tail) in &mut out.side {
+        if *name == "class_weight" {
+            if let Data::F(x) = d {
+                *x = x[a..e].to_vec();
+            }
+            *tail = vec![e - a];
+        }
+    }
+    out
+}
+
+fn run_vocab_ranks(
+    loss: &(dyn ChunkedLoss + Sync),
+    params: &ParamSet,
+    parts: &[Batch],
+    opts: &RunOptions,
+) -> Vec<Result<LossOutput, liger::Error>> {
+    let ranks = LocalGroup::ranks(parts.len());
+    let rt = liger::Runtime::cpu();
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = ranks
+            .iter()
+            .zip(parts)
+            .map(|(comm, part)| {
+                let rt = &rt;
+                sc.spawn(move || {
+                    with_inputs(part, |set| {
+                        liger::run_vocab_parallel(loss, rt, set, params, opts, comm)
+                    })
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("a rank thread"))
+            .collect()
+    })
+}
+
+fn check_vocab(loss: &(dyn ChunkedLoss + Sync), params: &ParamSet, b: &Batch, world: usize) {
+    let opts = RunOptions::default();
+    let what = format!("{} vocab x{world}", loss.name());
+    let full = with_inputs(b, |set| {
+        liger::run(loss, &liger::Runtime::cpu(), set, params, &opts).expect("single device")
+    });
+    let bounds: Vec<(usize, usize)> = (0..world)
+        .map(|r| (r * b.v / world, (r + 1) * b.v / world))
+        .collect();
+    let parts: Vec<Batch> = bounds.iter().map(|&(a, e)| shard(b, a, e)).collect();
+    let outs: Vec<LossOutput> = run_vocab_ranks(loss, params, &parts, &opts)
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|e| panic!("{what}: {e}")))
+        .collect();
+    for (r, (out, &(a, e))) in outs.iter().zip(&bounds).enumerate() {
+        close(&format!("{what} rank {r} loss"), out.loss, full.loss);
+        for (m, fm) in out.metrics.iter().zip(&full.metrics) {
+            assert_eq!(m.values.len(), fm.values.len(), "{what}: metric {}", m.name);
+            for (i, (x, y)) in m.values.iter().zip(&fm.values).enumerate() {
+                close(&format!("{what} rank {r} metric {}[{i}]", m.name), *x, *y);
+            }
+        }
+        for (g, fg) in out.grads.iter().zip(&full.grads) {
+            let h = b.heads.iter().find(|x| x.0 == g.head).expect("head").1;
+            let pairs: [(
+                &str,
+                Option<&liger::GradBuf>,
+                Option<&liger::GradBuf>,
+                usize,
+            ); 3] = [
+                ("x", g.x.as_ref(), fg.x.as_ref(), 0),
+                ("w", g.w.as_ref(), fg.w.as_ref(), a * h),
+                ("b", g.b.as_ref(), fg.b.as_ref(), a),
+            ];
+            for (part, got, want, from) in pairs {
+                let (Some(got), Some(want)) = (got, want) else {
+                    assert!(got.is_none() == want.is_none(), "{what}: {part}");
+                    continue;
+                };
+                let (got, want) = (got.to_f32(), want.to_f32());
+                let n = match part {
+                    "x" => want.len(),
+                    "w" => (e - a) * h,
+                    _ => e - a,
+                };
+                assert_eq!(got.len(), n, "{what} rank {r} d{part} length");
+                for (i, x) in got.iter().enumerate() {
+                    close(
+                        &format!("{what} rank {r} d{part} {}[{i}]", g.head),
+                        *x,
+                        want[from + i],
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_builtin_loss_splits_over_vocabulary_shards() {
+    for loss in liger::losses::builtin() {
+        let loss = builtin(loss.name());
+        let pairs = matches!(loss.name(), "dpo" | "cpo" | "simpo" | "orpo");
+        let s = if pairs { 4 } else { 3 };
+        let b = batch(loss.name(), s, 9, 6, 37, 21);
+        for world in [2, 3] {
+            check_vocab(loss, &ParamSet::new(), &b, world);
+        }
+    }
+    // Variants with every vocab reduction kind: label smoothing (a sum over the vocabulary),
+    // z-loss and softcap (logsumexp of a transformed row), class weights (a per-vocabulary
+    // input, sharded), the accuracy metric (argmax); GRPO with DAPO.
+    let mut b = batch("flce", 3, 9, 6, 37, 22);
+    let mut rng = fastrand::Rng::with_seed(23);
+    let cw: Vec<f32> = (0..37).map(|_| 0.5 + rng.f32()).collect();
+    b.side.push(("class_weight", Data::F(cw), 0, vec![37]));
+    let ps = ParamSet::new()
+        .float("label_smoothing", 0.1)
+        .float("z_loss_scale", 1e-3)
+        .variant("softcap", "true")
+        .float("softcap_value", 5.0);
+    check_vocab(builtin("flce"), &ps, &b, 3);
+    let b = batch("grpo", 3, 9, 6, 37, 24);
+    check_vocab(
+        builtin("grpo"),
+        &ParamSet::new().variant("loss_type", "Dapo"),
+        &b,
+        2,
+    );
+    let src = "use liger::prelude::*;\n\
+        #[chunked_loss]\n\
+        pub fn tempered_ce(logits: Logits, target: Target, #[default(2.0)] temperature: f32) -> Loss {\n\
+            mean(-logprob(logits / temperature, target)) + 0.1 * mean(seq_sum(logsumexp(logits), valid(target)))\n\
+        }\n";
+    let custom = liger::compile_loss(src, "test")
+        .expect("compiles")
+        .remove(0);
+    let b = batch("custom", 3, 7, 4, 29, 25);
+    check_vocab(&custom, &ParamSet::new().float("temperature", 0.7), &b, 3);
+}
+
+#[test]
+fn vocabulary_shards_that_disagree_are_refused_on_every_rank() {
+    let b = batch("flce", 2, 5, 4, 23, 26);
+    let flce = builtin("flce");
+    let same = vec![shard(&b, 0, 11), shard(&b, 11, 23)];
+    let ok = run_vocab_ranks(flce, &ParamSet::new(), &same, &RunOptions::default());
+    assert!(ok.iter().all(Result::is_ok));
+    // Another T on one rank.
+    let mut longer = batch("flce", 2, 6, 4, 23, 26);
+    longer = shard(&longer, 11, 23);
+    let res = run_vocab_ranks(
+        flce,
+        &ParamSet::new(),
+        &[shard(&b, 0, 11), longer],
+        &RunOptions::default(),
+    );
+    for r in &res {
+        assert!(
+            matches!(r, Err(liger::Error::Runtime(RtError::Rank { .. }))),
+            "{r:?}"
+        );
+    }
+    // A target beyond the whole vocabulary is refused; one beyond a shard is not.
+    let mut bad = b.clone();
+    if let Some((_, Data::I(t), _, _)) = bad.side.iter_mut().find(|s| s.0 == "target") {
+        t[0] = 23;
+    }
+    let res = run_vocab_ranks(
+        flce,
+        &ParamSet::new(),
+        &[shard(&bad, 0, 11), shard(&bad, 11, 23)],
+        &RunOptions::default(),
+    );
+    assert!(res.iter().all(Result::is_err));
 }
