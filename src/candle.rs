@@ -230,9 +230,11 @@ pub fn run(
             }
             let e = candle_err(&name);
             let grad = to_tensor(buf, input.dims(), input, &name)?;
-            let term = (input * &grad)
+            // In f32: a 16-bit product could overflow, and `s − s` of an infinity is NaN.
+            let term = input
+                .to_dtype(CDType::F32)
+                .and_then(|i| i.mul(&grad.to_dtype(CDType::F32)?))
                 .and_then(|p| p.sum_all())
-                .and_then(|p| p.to_dtype(CDType::F32))
                 .map_err(&e)?;
             surrogate = Some(match surrogate {
                 Some(acc) => (acc + term).map_err(e)?,

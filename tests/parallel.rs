@@ -646,3 +646,54 @@ fn vocabulary_shards_that_disagree_are_refused_on_every_rank() {
     );
     assert!(res.iter().all(Result::is_err));
 }
+
+#[test]
+fn data_parallel_over_many_chunks_with_unequal_ranks_runs_two_passes() {
+    // Chunks of one sequence, ranks of 1, 2 and 2 pairs: a group-aligned or deferred run
+    // would evaluate its group stage a different number of times on each rank.
+    let opts = RunOptions {
+        rows: Some(liger::ForcedRows {
+            chunk: 9,
+            stage: None,
+        }),
+        ..RunOptions::default()
+    };
+    for name in ["dpo", "kto", "orpo"] {
+        let s = if name == "kto" { 7 } else { 10 };
+        let b = batch(name, s, 9, 6, 37, 31);
+        check(builtin(name), &ParamSet::new(), &b, 3, &opts);
+    }
+    // A rank whose pairs carry no token at all.
+    let mut b = batch("dpo", 10, 9, 6, 37, 32);
+    if let Some((_, Data::I(t), _, _)) = b.side.iter_mut().find(|s| s.0 == "target") {
+        for q in [0usize, 5] {
+            for x in &mut t[q * 9..(q + 1) * 9] {
+                *x = -100;
+            }
+        }
+    }
+    check(
+        builtin("dpo"),
+        &ParamSet::new(),
+        &b,
+        3,
+        &RunOptions::default(),
+    );
+    // Forcing a per-group schedule is refused on every rank, saying why.
+    let forced = RunOptions {
+        schedule: Some(liger::Strategy::GroupAligned),
+        ..RunOptions::default()
+    };
+    let b = batch("dpo", 4, 9, 6, 37, 33);
+    let parts: Vec<Batch> = split(4, 2, true).iter().map(|q| select(&b, q)).collect();
+    for r in run_ranks(
+        builtin("dpo"),
+        &ParamSet::new(),
+        &parts,
+        &forced,
+        GradShare::Share,
+    ) {
+        let e = r.expect_err("refused").to_string();
+        assert!(e.contains("two passes") || e.contains("gave up"), "{e}");
+    }
+}

@@ -215,15 +215,22 @@ pub fn call(
     })
     .map_err(|e| e.to_string())??;
     let mut ro = opts.run_options().map_err(|e| e.to_string())?;
+    let rt = runtime(&opts.device).map_err(|e| e.to_string())?;
     if opts.budget_beyond_grads {
         let shapes: Vec<(String, Vec<usize>)> = inputs
             .iter()
             .map(|t| (t.name.clone(), t.shape.clone()))
             .collect();
         let planned = device::grads_planned(loss, params, &shapes, &ro)?;
+        // The CPU executor accumulates `grad W` in f32 whatever `w_accum` says.
+        let accum = if rt.device() == liger::runtime::Device::Cuda {
+            ro.w_accum
+        } else {
+            liger::WAccum::F32
+        };
         ro.chunk_memory += device::working_copies(
             planned.iter().map(|(n, s, d)| (n.as_str(), &s[..], *d)),
-            ro.w_accum,
+            accum,
             |n| {
                 inputs
                     .iter()
@@ -232,7 +239,6 @@ pub fn call(
             },
         );
     }
-    let rt = runtime(&opts.device).map_err(|e| e.to_string())?;
     let out = liger::run(loss, &rt, &set, params, &ro).map_err(|e| e.to_string())?;
     let report = report_pairs(&out.report);
     // A row-level metric is [S, T]: the first head's x gives S and T.

@@ -193,6 +193,38 @@ fn fingerprint_with(
     u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
 }
 
+/// Runs `f` as this rank's part of a collective run: a rank that fails (an error or a panic)
+/// aborts the group, and a rank that succeeds waits at a last collective for the others, so
+/// a failure anywhere, even after every other collective, reaches every rank.
+pub(crate) fn guarded<T>(
+    comm: &dyn Communicator,
+    f: impl FnOnce() -> Result<T, Error>,
+) -> Result<T, Error> {
+    /// Aborts the group when dropped armed (an unwinding panic).
+    struct Guard<'c>(&'c dyn Communicator, bool);
+    impl Drop for Guard<'_> {
+        fn drop(&mut self) {
+            if self.1 {
+                self.0.abort("a rank panicked");
+            }
+        }
+    }
+    let mut guard = Guard(comm, true);
+    let out = f();
+    guard.1 = false;
+    match out {
+        Err(e) => {
+            comm.abort(&e.to_string());
+            Err(e)
+        }
+        Ok(v) => {
+            let mut done = [0.0];
+            comm.all_reduce_max(&mut done)?;
+            Ok(v)
+        }
+    }
+}
+
 /// Ranks as threads of one process: [`LocalGroup::ranks`] makes `world` communicators, one per
 /// thread, that meet at each collective.
 #[derive(Debug)]
@@ -206,7 +238,7 @@ impl LocalGroup {
             state: Mutex::new(State {
                 arrived: 0,
                 generation: 0,
-                slots: vec![Vec::new(); world],
+                slots: vec![(Reduce::Sum, Vec::new()); world],
                 result: Vec::new(),
                 aborted: None,
             }),
@@ -241,15 +273,15 @@ struct State {
     arrived: usize,
     /// Completed collectives (a rank waits for this to move past the one it joined).
     generation: u64,
-    /// Each rank's values for the current collective.
-    slots: Vec<Vec<f64>>,
+    /// Each rank's operation and values for the current collective.
+    slots: Vec<(Reduce, Vec<f64>)>,
     /// The last collective's result (or an error message when lengths differed).
     result: Vec<f64>,
     /// Why the group was aborted, and by which rank.
     aborted: Option<(usize, String)>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Reduce {
     Sum,
     Max,
@@ -272,27 +304,31 @@ impl LocalRank {
         if st.aborted.is_some() {
             return Err(aborted(&st, self.rank));
         }
-        st.slots[self.rank] = values.to_vec();
+        st.slots[self.rank] = (op, values.to_vec());
         st.arrived += 1;
         let generation = st.generation;
         if st.arrived == sh.world {
             // The last to arrive reduces, in rank order (the same bits for everyone).
-            let n = st.slots[0].len();
-            if st.slots.iter().any(|s| s.len() != n) {
+            let n = st.slots[0].1.len();
+            if st.slots.iter().any(|s| s.1.len() != n || s.0 != op) {
                 st.aborted = Some((
                     self.rank,
-                    "the ranks called a collective with different lengths".into(),
+                    "the ranks called different collectives (operation or length): a bug in \
+                     liger, or ranks running different losses"
+                        .into(),
                 ));
             } else {
-                let mut out = st.slots[0].clone();
-                for s in &st.slots[1..] {
-                    for (o, x) in out.iter_mut().zip(s) {
+                let slots = std::mem::take(&mut st.slots);
+                let mut out = slots[0].1.clone();
+                for s in &slots[1..] {
+                    for (o, x) in out.iter_mut().zip(&s.1) {
                         *o = match op {
                             Reduce::Sum => *o + x,
                             Reduce::Max => o.max(*x),
                         };
                     }
                 }
+                st.slots = vec![(Reduce::Sum, Vec::new()); sh.world];
                 st.result = out;
             }
             st.arrived = 0;

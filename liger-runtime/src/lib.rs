@@ -185,11 +185,7 @@ impl Runtime {
             }
             Ok(out)
         };
-        let out = run();
-        if let Err(e) = &out {
-            comm.abort(&e.to_string());
-        }
-        out
+        comm::guarded(comm, run)
     }
 
     /// Runs the gradient IR of `p` as rank `comm.rank()` of a vocab-parallel group (the
@@ -274,11 +270,7 @@ impl Runtime {
             }
             Ok(out)
         };
-        let out = run();
-        if let Err(e) = &out {
-            comm.abort(&e.to_string());
-        }
-        out
+        comm::guarded(comm, run)
     }
 
     /// Returns the working memory a CUDA runtime's device pool keeps between runs to the

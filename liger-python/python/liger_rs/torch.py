@@ -62,19 +62,28 @@ class _LossFunction(torch.autograd.Function):
             opts["grad_dtype"] = ",".join(f"{p}={d}" for p, d in sorted(wanted.items()))
         r = loss(dict(zip(names, tensors)), **opts)
         out["result"] = r
+        # The result object must not hold the gradients past this call: `ctx` does, until
+        # the backward hands them over.
         for k, v in r.metrics.items():
             out["metrics"][k] = _to_torch(v)
         ctx.grads = [
             _to_torch(r.grads[n], t) if ctx.needs_input_grad[4 + i] and n in r.grads else None
             for i, (n, t) in enumerate(zip(names, tensors))
         ]
-        if isinstance(r.loss, torch.Tensor):
-            return r.loss
-        return torch.tensor(r.loss, dtype=torch.float32)
+        loss_t = r.loss if isinstance(r.loss, torch.Tensor) else torch.tensor(r.loss,
+                                                                             dtype=torch.float32)
+        r.grads, r.loss = {}, None
+        return loss_t
 
     @staticmethod
     def backward(ctx, grad_loss):  # type: ignore[override]
-        scaled = [None if g is None else g * grad_loss.to(g.dtype) for g in ctx.grads]
+        grads, ctx.grads = ctx.grads, None
+        if grads is None:
+            raise LigerError("backward through a liger_rs loss ran twice: its gradients are "
+                             "computed in the forward and handed over once; call the loss "
+                             "again for another backward")
+        # Scaled in place: the stored gradients are ours, and no second copy is made.
+        scaled = [None if g is None else g.mul_(grad_loss.to(g.dtype)) for g in grads]
         return (None, None, None, None, *scaled)
 
 
@@ -102,13 +111,30 @@ def _apply(loss: Loss, inputs: Mapping[str, torch.Tensor], options: Mapping[str,
     return loss_t, out["metrics"], out["result"]
 
 
+class _LastRun:
+    """What :meth:`_Checked.check` needs of the last call: its report and device checks, not
+    its tensors (holding the result would keep its gradients alive until the next call)."""
+
+    def __init__(self, result: Any):
+        self.report = dict(result.report)
+        self._run = result._run
+
+    def check(self):
+        if self._run is None:
+            w = self.report.get("warnings", "")
+            return [x for x in w.split("\n") if x]
+        return list(self._run.check())
+
+
 class _Checked(torch.nn.Module):
-    """The drop-ins' common part: the last call's result, for :meth:`check`."""
+    """The drop-ins' common part: the last call's report and device checks, for
+    :meth:`check`."""
 
     last_result: Any = None
 
     def _run(self, loss: Loss, inputs: Mapping[str, torch.Tensor], options: Mapping[str, Any]):
-        value, metrics, self.last_result = _apply(loss, inputs, options)
+        value, metrics, result = _apply(loss, inputs, options)
+        self.last_result = _LastRun(result)
         return value, metrics
 
     def check(self):

@@ -391,8 +391,13 @@ impl<'f> Eval<'f> {
                         count += 1;
                     }
                 }
-                // Over every rank's rows (data parallel): partial sums and counts combined.
-                let [sum, count] = self.across_ranks([sum, count as f64])?;
+                // Over every rank's rows (data parallel): partial sums and counts combined
+                // (a whole-batch operand is every rank's already).
+                let [sum, count] = if lv(0) == Level::Batch {
+                    [sum, count as f64]
+                } else {
+                    self.across_ranks([sum, count as f64])?
+                };
                 let out = match node.op {
                     Op::Mean if lv(0) == Level::Row && count == 0.0 => {
                         self.findings.mean_no_rows = true;
@@ -753,7 +758,11 @@ impl<'f> Eval<'f> {
                         })
                         .collect();
                     self.rows_across(&mut neg, true)?;
-                    idx = neg.iter().map(|&x| (-x) as u32).collect();
+                    // A row of NaNs matches nowhere: entry 0, as on one device.
+                    idx = neg
+                        .iter()
+                        .map(|&x| if x.is_finite() { (-x) as u32 } else { 0 })
+                        .collect();
                 }
                 Col::I(idx.into_iter().map(Some).collect())
             }

@@ -399,24 +399,50 @@ pub(crate) fn run_ranked(
             })
             .sum(),
     };
+    // Data parallel runs fused or two passes: group-aligned and deferred evaluate the group
+    // stage once per pack or group, a count that differs between ranks holding different
+    // sequences, and the stage's whole-batch values are collectives.
+    let per_group = |s: Strategy| matches!(s, Strategy::GroupAligned | Strategy::Deferred);
+    let data = matches!(ranked, Some(Ranked::Data(_)));
+    if let (true, Some(s)) = (data, opts.schedule.filter(|s| per_group(*s))) {
+        return Err(Error::Schedule {
+            schedule: s.name(),
+            why: "data-parallel runs use fused or two passes (the group stage of this one \
+                  runs once per group, a number that differs between ranks)"
+                .into(),
+        });
+    }
     let mut pl = plan(p, &dims, opts.chunk_memory, opts.schedule, opts.rows, &mem)?;
+    if data && per_group(pl.strategy) {
+        pl = plan(
+            p,
+            &dims,
+            opts.chunk_memory,
+            Some(Strategy::TwoPass),
+            opts.rows,
+            &mem,
+        )?;
+    }
     if let Some(rk) = ranked {
         // Every rank runs the same strategy (its stages hold the collectives): the last in
-        // `Strategy::ALL` that any rank picked; vocab parallel also the same chunks (each
-        // stream's reductions are combined chunk by chunk): the smallest any rank picked.
+        // `Strategy::ALL` that any rank picked, planned again where it differs.
         let ord = |s: Strategy| Strategy::ALL.iter().position(|x| *x == s).unwrap_or(0);
-        let mut v = [ord(pl.strategy) as f64, -(pl.chunk_rows as f64)];
+        let mut v = [ord(pl.strategy) as f64];
         rk.comm().all_reduce_max(&mut v)?;
         let agreed = Strategy::ALL[(v[0] as usize).min(Strategy::ALL.len() - 1)];
-        let chunk = (-v[1]) as usize;
-        let vocab = matches!(rk, Ranked::Vocab { .. });
-        if agreed != pl.strategy || (vocab && chunk != pl.chunk_rows) {
-            let rows = if vocab {
-                Some(crate::plan::ForcedRows { chunk, stage: None })
-            } else {
-                opts.rows
-            };
-            pl = plan(p, &dims, opts.chunk_memory, Some(agreed), rows, &mem)?;
+        if agreed != pl.strategy {
+            pl = plan(p, &dims, opts.chunk_memory, Some(agreed), opts.rows, &mem)?;
+        }
+        // Vocab parallel combines each stream's reductions chunk by chunk: the same chunks
+        // everywhere, the smallest any rank planned under the agreed strategy.
+        if matches!(rk, Ranked::Vocab { .. }) {
+            let mut c = [-(pl.chunk_rows as f64)];
+            rk.comm().all_reduce_max(&mut c)?;
+            let chunk = (-c[0]) as usize;
+            if chunk != pl.chunk_rows {
+                let rows = Some(crate::plan::ForcedRows { chunk, stage: None });
+                pl = plan(p, &dims, opts.chunk_memory, Some(agreed), rows, &mem)?;
+            }
         }
     }
 

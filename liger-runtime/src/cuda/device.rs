@@ -50,7 +50,9 @@ impl Gpu {
         let ctx = CudaContext::new(ordinal).map_err(drv("creating the context"))?;
         let stream = ctx.default_stream();
         let gpu = Gpu { ctx, stream };
-        gpu.keep_pool()?;
+        // Best effort: a device without stream-ordered pools (or a driver that refuses the
+        // attribute) runs as before, mapping its working memory on every run.
+        let _ = gpu.keep_pool();
         Ok(gpu)
     }
 
@@ -58,7 +60,10 @@ impl Gpu {
     /// driver's default returns it to the system at every synchronisation, so each run would
     /// map its working memory again, which costs milliseconds per GiB on the host): the
     /// pool then holds at most the largest working set of any run, as PyTorch's caching
-    /// allocator does; [`Gpu::trim_pool`] gives it back.
+    /// allocator does; [`Gpu::trim_pool`] gives it back. The pool is the device's default
+    /// one, which other users of stream-ordered allocation in the process share (PyTorch's
+    /// own allocator does not use it unless configured to; its `cudaMallocAsync` backend sets
+    /// the same threshold).
     fn keep_pool(&self) -> Result<(), Error> {
         let pool = self.pool()?;
         let mut keep: u64 = u64::MAX;
