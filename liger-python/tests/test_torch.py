@@ -135,6 +135,118 @@ class TorchTest(unittest.TestCase):
         close(self, ws.grad, gw, "jsd dW")
 
 
+@unittest.skipIf(torch is None, "torch is not installed")
+class TorchFamiliesTest(unittest.TestCase):
+    """The CPO, SimPO, ORPO, KTO and GRPO drop-ins against their formulas written here in
+    torch (float64), gradients by torch's autograd of those formulas."""
+
+    def setUp(self):
+        from liger_rs import torch as lt
+        self.lt = lt
+        self.g = torch.Generator().manual_seed(4)
+        self.p, self.t, self.h, self.v = 2, 7, 5, 29
+
+    def data(self, s):
+        x = torch.randn(s, self.t, self.h, generator=self.g).requires_grad_(True)
+        w = (0.4 * torch.randn(self.v, self.h, generator=self.g)).requires_grad_(True)
+        tg = torch.randint(0, self.v, (s, self.t), generator=self.g)
+        tg[:, :2] = -100
+        return x, w, tg
+
+    def token_logps(self, x, w, tg):
+        valid = tg != -100
+        lp = torch.log_softmax(x.double() @ w.double().T, -1)
+        return lp.gather(-1, tg.clamp(min=0)[..., None])[..., 0] * valid, valid
+
+    def check(self, what, loss, want, x, w):
+        close(self, loss, want, f"{what} loss")
+        gx, gw = torch.autograd.grad(want, (x, w))
+        loss.backward()
+        close(self, x.grad, gx, f"{what} dx")
+        close(self, w.grad, gw, f"{what} dW")
+
+    def pairs(self, lp, valid, average):
+        p = self.p
+        per = lp.sum(1) / (valid.sum(1) if average else 1)
+        return per[:p], per[p:]
+
+    def nll(self, lp, valid):
+        p = self.p
+        return -lp[:p].sum() / valid[:p].sum()
+
+    def test_cpo_and_simpo(self):
+        import torch.nn.functional as F
+        beta, alpha, eps = 0.2, 0.7, 0.1
+        x, w, tg = self.data(2 * self.p)
+        loss, aux = self.lt.LigerFusedLinearCPOLoss(beta=beta, alpha=alpha,
+                                                    label_smoothing=eps)(w, x, tg)
+        lp, valid = self.token_logps(x, w, tg)
+        c, r = self.pairs(lp, valid, False)
+        d = beta * (c - r)
+        want = (-(1 - eps) * F.logsigmoid(d) - eps * F.logsigmoid(-d)).mean()
+        want = want + alpha * self.nll(lp, valid)
+        close(self, aux[0], c, "cpo chosen_logps")
+        close(self, aux[5], beta * c, "cpo chosen_rewards")
+        self.check("cpo", loss, want, x, w)
+
+        gamma = 0.3
+        x, w, tg = self.data(2 * self.p)
+        loss, aux = self.lt.LigerFusedLinearSimPOLoss(beta=beta, gamma=gamma)(w, x, tg)
+        lp, valid = self.token_logps(x, w, tg)
+        c, r = self.pairs(lp, valid, True)
+        d = beta * (c - r) - gamma
+        want = -F.logsigmoid(d).mean() + self.nll(lp, valid)
+        close(self, aux[1], r, "simpo rejected_logps")
+        self.check("simpo", loss, want, x, w)
+
+    def test_orpo(self):
+        import torch.nn.functional as F
+        beta = 0.15
+        x, w, tg = self.data(2 * self.p)
+        loss, aux = self.lt.LigerFusedLinearORPOLoss(beta=beta)(w, x, tg)
+        lp, valid = self.token_logps(x, w, tg)
+        c, r = self.pairs(lp, valid, True)
+        o = (c - r) - (torch.log1p(-torch.exp(c)) - torch.log1p(-torch.exp(r)))
+        want = self.nll(lp, valid) + beta * (-F.logsigmoid(o)).mean()
+        close(self, aux[7], F.logsigmoid(o).mean(), "orpo log_odds_ratio")
+        self.check("orpo", loss, want, x, w)
+        with self.assertRaisesRegex(liger_rs.LigerError, "NLL"):
+            self.lt.LigerFusedLinearORPOLoss(compute_nll_loss=False)
+
+    def test_kto_reference_free_with_a_kl_estimate(self):
+        beta, kl = 0.3, 0.05
+        s = 5
+        x, w, tg = self.data(s)
+        pref = torch.tensor([True, False, True, True, False])
+        loss, aux = self.lt.LigerFusedLinearKTOLoss(beta=beta)(
+            x, w, tg, preference_labels=pref, kl=torch.tensor(kl))
+        lp, valid = self.token_logps(x, w, tg)
+        rho = lp.sum(1)
+        per = torch.where(pref, 1 - torch.sigmoid(beta * (rho - kl)),
+                          1 - torch.sigmoid(beta * (kl - rho)))
+        close(self, aux[0], rho[pref].sum(), "kto chosen_logps_sum")
+        close(self, aux[4], (beta * rho)[pref].sum(), "kto chosen_rewards_sum")
+        self.check("kto", loss, per.mean(), x, w)
+
+    def test_grpo_dapo_with_old_logps(self):
+        s, el, eh = 3, 0.2, 0.28
+        x, w, _ = self.data(s)
+        tokens = torch.randint(0, self.v, (s, self.t), generator=self.g)
+        mask = torch.rand(s, self.t, generator=self.g) < 0.8
+        adv = torch.tensor([1.0, -0.5, 0.25])
+        old = -3.0 + 0.1 * torch.randn(s, self.t, generator=self.g)
+        mod = self.lt.LigerFusedLinearGRPOLoss(beta=0.0, epsilon_low=el, epsilon_high=eh)
+        loss, metrics = mod(x, w, tokens, mask, adv, old_per_token_logps=old)
+        self.assertEqual(len(metrics), 1, "no KL metric when beta = 0, as Liger's")
+        lp = torch.log_softmax(x.double() @ w.double().T, -1).gather(
+            -1, tokens[..., None])[..., 0]
+        rho = torch.exp(lp - old.double())
+        a = adv.double()[:, None]
+        per = -torch.min(rho * a, torch.clamp(rho, 1 - el, 1 + eh) * a)
+        want = (per * mask).sum() / mask.sum()
+        self.check("grpo", loss, want, x, w)
+
+
 def _cuda() -> bool:
     return torch is not None and torch.cuda.is_available()
 

@@ -34,6 +34,11 @@ __all__ = [
     "LigerFusedLinearCrossEntropyLoss",
     "LigerFusedLinearDPOLoss",
     "LigerFusedLinearJSDLoss",
+    "LigerFusedLinearCPOLoss",
+    "LigerFusedLinearSimPOLoss",
+    "LigerFusedLinearORPOLoss",
+    "LigerFusedLinearKTOLoss",
+    "LigerFusedLinearGRPOLoss",
 ]
 
 
@@ -305,3 +310,201 @@ class LigerFusedLinearJSDLoss(_Checked):
         if self.return_soft_hard_loss:
             return loss, m["soft_loss"], m["hard_loss"]
         return loss
+
+
+def _preference_aux(m: Dict[str, torch.Tensor], device: Any, extra=()) -> Tuple:
+    """Liger Kernel's auxiliary outputs of a paired preference loss: (chosen_logps,
+    rejected_logps, chosen_logits_mean, rejected_logits_mean, nll_loss, chosen_rewards,
+    rejected_rewards, *extra)."""
+    zero = torch.zeros((), dtype=torch.float32, device=device)
+    return (m["chosen_logps"], m["rejected_logps"], m.get("chosen_logits_mean", zero),
+            m.get("rejected_logits_mean", zero), m.get("nll_loss", zero), m["chosen_rewards"],
+            m["rejected_rewards"], *[m[k] for k in extra])
+
+
+class _PairedPolicyOnly(_Checked):
+    """CPO, SimPO and ORPO: ``forward(lin_weight, _input, target, bias=None)`` with ``_input
+    [2P, T, H]`` (chosen rows first), returning ``(loss, aux)`` as Liger Kernel does."""
+
+    _extra: Tuple[str, ...] = ()
+
+    def _call(self, lin_weight, _input, target, bias, more=None):
+        inputs = {"policy.x": _input, "policy.w": lin_weight, "target": target}
+        if bias is not None:
+            inputs["policy.b"] = bias
+        inputs.update(more or {})
+        loss, m = self._run(self.loss, inputs, self.options)
+        return loss, _preference_aux(m, loss.device, self._extra)
+
+
+class LigerFusedLinearCPOLoss(_PairedPolicyOnly):
+    """CPO with Liger Kernel's arguments: ``forward(lin_weight, _input, target, bias=None)``;
+    returns ``(loss, (chosen_logps, rejected_logps, chosen_logits_mean, rejected_logits_mean,
+    nll_loss, chosen_rewards, rejected_rewards))``. Extra keyword arguments: ``budget``,
+    ``device``, ``accum_dtype``."""
+
+    def __init__(self, ignore_index: int = -100, beta: float = 0.1, alpha: float = 1.0,
+                 label_smoothing: float = 0.0, compute_nll_loss: bool = True,
+                 compiled: bool = True, average_log_prob: bool = False, chunk_size: int = 1, *,
+                 budget: str = "256MiB", device: str = "cpu", accum_dtype: Any = None):
+        super().__init__()
+        self.loss = Loss("cpo", beta=beta, alpha=alpha, label_smoothing=label_smoothing,
+                         nll=compute_nll_loss, average=average_log_prob, logits_metrics=True)
+        self.options = {"ignore_index": ignore_index, "budget": budget, "device": device,
+                        "w_accum": _w_accum(accum_dtype)}
+
+    def forward(self, lin_weight, _input, target, bias=None):
+        return self._call(lin_weight, _input, target, bias)
+
+
+class LigerFusedLinearSimPOLoss(_PairedPolicyOnly):
+    """SimPO with Liger Kernel's arguments (the NLL term on by default, as Liger's module has
+    it): ``forward(lin_weight, _input, target, bias=None)``; returns ``(loss, aux)`` as the CPO
+    module does. Extra keyword arguments: ``budget``, ``device``, ``accum_dtype``."""
+
+    def __init__(self, ignore_index: int = -100, beta: float = 0.1, alpha: float = 1.0,
+                 label_smoothing: float = 0.0, compute_nll_loss: bool = True,
+                 compiled: bool = True, gamma: float = 0.5, chunk_size: int = 1, *,
+                 budget: str = "256MiB", device: str = "cpu", accum_dtype: Any = None):
+        super().__init__()
+        self.loss = Loss("simpo", beta=beta, gamma=gamma, alpha=alpha,
+                         label_smoothing=label_smoothing, nll=compute_nll_loss,
+                         logits_metrics=True)
+        self.options = {"ignore_index": ignore_index, "budget": budget, "device": device,
+                        "w_accum": _w_accum(accum_dtype)}
+
+    def forward(self, lin_weight, _input, target, bias=None):
+        return self._call(lin_weight, _input, target, bias)
+
+
+class LigerFusedLinearORPOLoss(_PairedPolicyOnly):
+    """ORPO with Liger Kernel's arguments: ``forward(lin_weight, _input, target, bias=None,
+    nll_target=None)``; returns ``(loss, aux)`` as the CPO module does, followed by
+    ``log_odds_ratio`` and ``log_odds_chosen``. ORPO's loss is defined with its NLL term:
+    ``compute_nll_loss=False`` is refused. Extra keyword arguments: ``budget``, ``device``,
+    ``accum_dtype``."""
+
+    _extra = ("log_odds_ratio", "log_odds_chosen")
+
+    def __init__(self, ignore_index: int = -100, beta: float = 0.1,
+                 compute_nll_loss: bool = True, compiled: bool = True, chunk_size: int = 1, *,
+                 budget: str = "256MiB", device: str = "cpu", accum_dtype: Any = None):
+        super().__init__()
+        if not compute_nll_loss:
+            raise LigerError("compute_nll_loss=False: liger_rs' ORPO always includes its NLL "
+                             "term (the odds-ratio term alone is liger_rs.Loss('orpo') minus "
+                             "its `nll_loss` metric)")
+        self.loss = Loss("orpo", beta=beta, logits_metrics=True)
+        self.options = {"ignore_index": ignore_index, "budget": budget, "device": device,
+                        "w_accum": _w_accum(accum_dtype)}
+
+    def forward(self, lin_weight, _input, target, bias=None, nll_target=None):
+        more = None if nll_target is None else {"nll_target": nll_target}
+        return self._call(lin_weight, _input, target, bias, more)
+
+
+class LigerFusedLinearKTOLoss(_Checked):
+    """KTO with Liger Kernel's arguments: ``forward(_input, lin_weight, target, bias=None,
+    preference_labels=None, ref_input=None, ref_weight=None, ref_bias=None, kl=None)`` (note
+    the order: input first, as Liger's module has it) with ``_input [B, T, H]`` and
+    ``preference_labels [B]`` (bool); returns ``(loss, (chosen_logps_sum, rejected_logps_sum,
+    chosen_logits_sum, rejected_logits_sum, chosen_rewards_sum, rejected_rewards_sum))``.
+    Extra keyword arguments: ``budget``, ``device``, ``accum_dtype``."""
+
+    def __init__(self, ignore_index: int = -100, beta: float = 0.1, compiled: bool = True,
+                 use_ref_model: bool = False, average_log_prob: bool = False,
+                 chunk_size: int = 1, *, budget: str = "256MiB", device: str = "cpu",
+                 accum_dtype: Any = None):
+        super().__init__()
+        self.loss = Loss("kto", beta=beta, average=average_log_prob, logits_metrics=True)
+        self.use_ref_model = use_ref_model
+        self.options = {"ignore_index": ignore_index, "budget": budget, "device": device,
+                        "w_accum": _w_accum(accum_dtype)}
+
+    def forward(self, _input, lin_weight, target, bias=None, preference_labels=None,
+                ref_input=None, ref_weight=None, ref_bias=None, kl=None):
+        if preference_labels is None:
+            raise LigerError("preference_labels is required: a bool per sequence, True for "
+                             "the desirable ones")
+        inputs = {"policy.x": _input, "policy.w": lin_weight, "target": target,
+                  "preference": preference_labels.to(torch.bool)}
+        if bias is not None:
+            inputs["policy.b"] = bias
+        if self.use_ref_model:
+            if ref_input is None or ref_weight is None:
+                raise LigerError("use_ref_model=True needs ref_input and ref_weight")
+            inputs.update({"reference.x": ref_input, "reference.w": ref_weight})
+            if ref_bias is not None:
+                inputs["reference.b"] = ref_bias
+        if kl is not None:
+            inputs["kl"] = torch.as_tensor(kl, dtype=torch.float32,
+                                           device=_input.device).reshape(())
+        loss, m = self._run(self.loss, inputs, self.options)
+        zero = torch.zeros((), dtype=torch.float32, device=loss.device)
+        return loss, (m["chosen_logps_sum"], m["rejected_logps_sum"],
+                      m.get("chosen_logits_sum", zero), m.get("rejected_logits_sum", zero),
+                      m["chosen_rewards_sum"], m["rejected_rewards_sum"])
+
+
+class LigerFusedLinearGRPOLoss(_Checked):
+    """GRPO with Liger Kernel's arguments: ``forward(_input, lin_weight, selected_token_ids,
+    attention_mask, advantages, bias=None, ref_per_token_logps=None,
+    old_per_token_logps=None, ref_input=None, ref_weight=None, ref_bias=None,
+    vllm_is_ratio=None, num_items_in_batch=None)`` with ``_input [B, T, H]``; returns ``(loss,
+    (kl_mean, clip_ratio))`` (``kl_mean`` only when ``beta != 0``, as Liger's). Every loss
+    type (grpo, bnpo, dr_grpo, dapo, cispo, sapo, luspo, vespo) and both importance-sampling
+    levels. Extra keyword arguments: ``budget``, ``device``, ``accum_dtype``."""
+
+    def __init__(self, beta: float = 0.04, compiled: bool = True, use_ref_model: bool = True,
+                 chunk_size: int = 1, epsilon_low: float = 0.2, epsilon_high: float = 0.2,
+                 loss_type: str = "dapo", max_completion_length: Optional[int] = None,
+                 importance_sampling_level: str = "token", sapo_temperature_pos: float = 1.0,
+                 sapo_temperature_neg: float = 1.05, temperature: float = 1.0,
+                 delta: Optional[float] = None, use_bias_correction_kl: bool = False,
+                 vespo_k_pos: float = 2.0, vespo_lambda_pos: float = 3.0,
+                 vespo_k_neg: float = 3.0, vespo_lambda_neg: float = 2.0, *,
+                 budget: str = "256MiB", device: str = "cpu", accum_dtype: Any = None):
+        super().__init__()
+        self.hyper: Dict[str, Any] = dict(
+            beta=beta, epsilon_low=epsilon_low, epsilon_high=epsilon_high,
+            temperature=temperature, delta=0.0 if delta is None else delta,
+            max_completion_length=0.0 if max_completion_length is None
+            else float(max_completion_length),
+            sapo_temperature_pos=sapo_temperature_pos,
+            sapo_temperature_neg=sapo_temperature_neg, vespo_k_pos=vespo_k_pos,
+            vespo_lambda_pos=vespo_lambda_pos, vespo_k_neg=vespo_k_neg,
+            vespo_lambda_neg=vespo_lambda_neg, loss_type=_camel(loss_type),
+            importance_sampling_level=_camel(importance_sampling_level),
+            bias_correction_kl=use_bias_correction_kl)
+        self.loss = Loss("grpo", **self.hyper)
+        self.beta = beta
+        self.use_ref_model = use_ref_model
+        self.options = {"budget": budget, "device": device, "w_accum": _w_accum(accum_dtype)}
+
+    def forward(self, _input, lin_weight, selected_token_ids, attention_mask, advantages,
+                bias=None, ref_per_token_logps=None, old_per_token_logps=None, ref_input=None,
+                ref_weight=None, ref_bias=None, vllm_is_ratio=None, num_items_in_batch=None):
+        inputs = {"policy.x": _input, "policy.w": lin_weight, "target": selected_token_ids,
+                  "mask": attention_mask.to(torch.bool), "advantages": advantages}
+        if bias is not None:
+            inputs["policy.b"] = bias
+        if self.use_ref_model and self.beta != 0.0:
+            if ref_input is not None and ref_weight is not None:
+                inputs.update({"reference.x": ref_input, "reference.w": ref_weight})
+                if ref_bias is not None:
+                    inputs["reference.b"] = ref_bias
+            elif ref_per_token_logps is not None:
+                inputs["ref_logps"] = ref_per_token_logps
+            else:
+                raise LigerError("use_ref_model=True with beta != 0 needs ref_input and "
+                                 "ref_weight, or ref_per_token_logps")
+        if old_per_token_logps is not None:
+            inputs["old_logps"] = old_per_token_logps
+        if vllm_is_ratio is not None:
+            inputs["is_ratio"] = vllm_is_ratio.expand_as(attention_mask).contiguous()
+        loss_fn = self.loss
+        if num_items_in_batch is not None:
+            loss_fn = Loss("grpo", **self.hyper, num_items_in_batch=float(num_items_in_batch))
+        loss, m = self._run(loss_fn, inputs, self.options)
+        metrics = ((m["kl_mean"],) if self.beta != 0.0 else ()) + (m["clip_ratio"],)
+        return loss, metrics
