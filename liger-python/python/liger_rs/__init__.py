@@ -148,7 +148,7 @@ def _cuda_call(native: NativeLoss, inputs: Mapping[str, Any],
     del keep
     loss = values.pop("loss")
     metrics = {k[len("metric."):]: v for k, v in values.items()}
-    return Result(loss, metrics, grads, dict(run.report()), {}, run)
+    return Result(loss, metrics, grads, dict(run.report()), {}, _DeviceRun(run, index))
 
 
 def _array(shape: List[int], dtype: str, data: bytes) -> np.ndarray:
@@ -157,6 +157,28 @@ def _array(shape: List[int], dtype: str, data: bytes) -> np.ndarray:
         bits = np.frombuffer(data, dtype=np.uint16).astype(np.uint32) << 16
         return bits.view(np.float32).reshape(shape)
     return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape)
+
+
+class _DeviceRun:
+    """A queued CUDA run and its device: waiting on it binds the runtime's CUDA context to
+    the calling thread, so it is done with PyTorch's current device set to the run's (and
+    restored after), never leaving another device current."""
+
+    def __init__(self, native: Any, index: int):
+        self._native = native
+        self._index = index
+
+    def check(self) -> List[str]:
+        import torch
+
+        with torch.cuda.device(self._index):
+            return list(self._native.check())
+
+    def device_ms(self) -> float:
+        import torch
+
+        with torch.cuda.device(self._index):
+            return float(self._native.device_ms())
 
 
 class Result:
