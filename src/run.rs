@@ -186,14 +186,7 @@ pub fn run_data_parallel(
     comm: &dyn crate::runtime::comm::Communicator,
     share: crate::runtime::comm::GradShare,
 ) -> Result<LossOutput, Error> {
-    // A rank whose specialisation fails must still meet the others: it aborts the group.
-    let (p, hyper) = match pipeline_for(loss, &inputs.names().collect::<Vec<_>>(), params) {
-        Ok(x) => x,
-        Err(e) => {
-            comm.abort(&e.to_string());
-            return Err(e);
-        }
-    };
+    let (p, hyper) = ranked_pipeline(loss, inputs, params, comm)?;
     Ok(runtime.run_data_parallel(&p, inputs, &hyper, options, comm, share)?)
 }
 
@@ -208,12 +201,19 @@ pub fn run_vocab_parallel(
     options: &RunOptions,
     comm: &dyn crate::runtime::comm::Communicator,
 ) -> Result<LossOutput, Error> {
-    let (p, hyper) = match pipeline_for(loss, &inputs.names().collect::<Vec<_>>(), params) {
-        Ok(x) => x,
-        Err(e) => {
-            comm.abort(&e.to_string());
-            return Err(e);
-        }
-    };
+    let (p, hyper) = ranked_pipeline(loss, inputs, params, comm)?;
     Ok(runtime.run_vocab_parallel(&p, inputs, &hyper, options, comm)?)
+}
+
+/// [`pipeline_for`] on one rank of a group: a rank whose specialisation fails must still meet
+/// the others, so it aborts the group.
+fn ranked_pipeline(
+    loss: &dyn ChunkedLoss,
+    inputs: &InputSet<'_>,
+    params: &ParamSet,
+    comm: &dyn crate::runtime::comm::Communicator,
+) -> Result<(Arc<Pipeline>, BTreeMap<String, f32>), Error> {
+    pipeline_for(loss, &inputs.names().collect::<Vec<_>>(), params).inspect_err(|e| {
+        comm.abort(&e.to_string());
+    })
 }

@@ -15,7 +15,7 @@ mod common;
 
 use common::{randn, targets};
 use liger::runtime::Error as RtError;
-use liger::runtime::comm::{Communicator, GradShare, LocalGroup};
+use liger::runtime::comm::{Communicator, GradShare, LocalGroup, LocalRank};
 use liger::{ChunkedLoss, Head, InputSet, LossOutput, ParamSet, RunOptions, TensorView};
 
 /// A side input's values.
@@ -186,6 +186,27 @@ fn builtin(name: &str) -> &'static (dyn ChunkedLoss + Sync) {
     }
 }
 
+/// Runs `f` on every rank's part in its own thread, with its communicator.
+fn on_ranks(
+    parts: &[Batch],
+    f: impl Fn(&InputSet<'_>, &LocalRank) -> Result<LossOutput, liger::Error> + Sync,
+) -> Vec<Result<LossOutput, liger::Error>> {
+    let ranks = LocalGroup::ranks(parts.len());
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = ranks
+            .iter()
+            .zip(parts)
+            .map(|(comm, part)| {
+                let f = &f;
+                sc.spawn(move || with_inputs(part, |set| f(set, comm)))
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("a rank thread"))
+            .collect()
+    })
+}
+
 fn run_ranks(
     loss: &(dyn ChunkedLoss + Sync),
     params: &ParamSet,
@@ -193,24 +214,9 @@ fn run_ranks(
     opts: &RunOptions,
     share: GradShare,
 ) -> Vec<Result<LossOutput, liger::Error>> {
-    let ranks = LocalGroup::ranks(parts.len());
     let rt = liger::Runtime::cpu();
-    std::thread::scope(|sc| {
-        let hs: Vec<_> = ranks
-            .iter()
-            .zip(parts)
-            .map(|(comm, part)| {
-                let rt = &rt;
-                sc.spawn(move || {
-                    with_inputs(part, |set| {
-                        liger::run_data_parallel(loss, rt, set, params, opts, comm, share)
-                    })
-                })
-            })
-            .collect();
-        hs.into_iter()
-            .map(|h| h.join().expect("a rank thread"))
-            .collect()
+    on_ranks(parts, |set, comm| {
+        liger::run_data_parallel(loss, &rt, set, params, opts, comm, share)
     })
 }
 
@@ -415,31 +421,11 @@ fn ranks_that_disagree_all_get_a_typed_error() {
         }
     }
     // Another hyperparameter on one rank: the threads pass different parameters.
-    let ranks = LocalGroup::ranks(2);
     let rt = liger::Runtime::cpu();
-    let res: Vec<_> = std::thread::scope(|sc| {
-        let hs: Vec<_> = ranks
-            .iter()
-            .zip(&parts)
-            .map(|(comm, part)| {
-                let rt = &rt;
-                sc.spawn(move || {
-                    let ps = ParamSet::new().float("label_smoothing", 0.1 * comm.rank() as f32);
-                    with_inputs(part, |set| {
-                        liger::run_data_parallel(
-                            flce,
-                            rt,
-                            set,
-                            &ps,
-                            &RunOptions::default(),
-                            comm,
-                            GradShare::Share,
-                        )
-                    })
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    let res = on_ranks(&parts, |set, comm| {
+        let ps = ParamSet::new().float("label_smoothing", 0.1 * comm.rank() as f32);
+        let opts = RunOptions::default();
+        liger::run_data_parallel(flce, &rt, set, &ps, &opts, comm, GradShare::Share)
     });
     assert!(
         res.iter()
@@ -489,24 +475,9 @@ fn run_vocab_ranks(
     parts: &[Batch],
     opts: &RunOptions,
 ) -> Vec<Result<LossOutput, liger::Error>> {
-    let ranks = LocalGroup::ranks(parts.len());
     let rt = liger::Runtime::cpu();
-    std::thread::scope(|sc| {
-        let hs: Vec<_> = ranks
-            .iter()
-            .zip(parts)
-            .map(|(comm, part)| {
-                let rt = &rt;
-                sc.spawn(move || {
-                    with_inputs(part, |set| {
-                        liger::run_vocab_parallel(loss, rt, set, params, opts, comm)
-                    })
-                })
-            })
-            .collect();
-        hs.into_iter()
-            .map(|h| h.join().expect("a rank thread"))
-            .collect()
+    on_ranks(parts, |set, comm| {
+        liger::run_vocab_parallel(loss, &rt, set, params, opts, comm)
     })
 }
 

@@ -93,30 +93,12 @@ pub enum GradShare {
 }
 
 /// A fingerprint of what every rank must agree on: the loss's gradient IR, the
-/// hyperparameters, each input's name, dtype and shape past its number of sequences (heads'
-/// `x`: `[T,H]`, `W`: all of it), and the options that change results.
+/// hyperparameters, each input's name, dtype and shape, and the options that change results.
+/// Data parallel (`vocab` false): shapes past the number of sequences (heads' `x`: `[T,H]`,
+/// `W`: all of it). Vocab parallel: every shape (every rank holds every row) except the
+/// heads' vocabulary rows (`W`'s first dimension, the bias) and per-vocabulary inputs, which
+/// are each rank's shard.
 pub(crate) fn fingerprint(
-    p: &liger_ir::Pipeline,
-    inputs: &crate::InputSet<'_>,
-    hyper: &std::collections::BTreeMap<String, f32>,
-    opts: &crate::RunOptions,
-) -> u64 {
-    fingerprint_with(p, inputs, hyper, opts, false)
-}
-
-/// [`fingerprint`] for vocab parallel: every shape must agree (every rank holds every row)
-/// except the heads' vocabulary rows (`W`'s first dimension, the bias) and per-vocabulary
-/// inputs, which are each rank's shard.
-pub(crate) fn fingerprint_vocab(
-    p: &liger_ir::Pipeline,
-    inputs: &crate::InputSet<'_>,
-    hyper: &std::collections::BTreeMap<String, f32>,
-    opts: &crate::RunOptions,
-) -> u64 {
-    fingerprint_with(p, inputs, hyper, opts, true)
-}
-
-fn fingerprint_with(
     p: &liger_ir::Pipeline,
     inputs: &crate::InputSet<'_>,
     hyper: &std::collections::BTreeMap<String, f32>,

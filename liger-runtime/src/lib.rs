@@ -154,17 +154,7 @@ impl Runtime {
         comm: &dyn comm::Communicator,
         share: comm::GradShare,
     ) -> Result<LossOutput, Error> {
-        let local = match (&self.device, &self.cuda) {
-            (Device::Cuda, Some(_)) => Err(Error::Device {
-                device: "cuda".into(),
-                why: "data-parallel runs use the CPU executor in this build (the CUDA \
-                      executor's group kernels do not combine across ranks yet)"
-                    .into(),
-            }),
-            _ => Ok(()),
-        };
-        let fp = comm::fingerprint(p, inputs, hyper, options);
-        comm::agree(comm, fp, &local)?;
+        self.agree_ranks(p, inputs, hyper, options, comm, false)?;
         let run = || -> Result<LossOutput, Error> {
             let mut out =
                 cpu::run_ranked(p, inputs, hyper, options, Some(cpu::Ranked::Data(comm)))?;
@@ -208,17 +198,7 @@ impl Runtime {
         options: &RunOptions,
         comm: &dyn comm::Communicator,
     ) -> Result<LossOutput, Error> {
-        let local = match (&self.device, &self.cuda) {
-            (Device::Cuda, Some(_)) => Err(Error::Device {
-                device: "cuda".into(),
-                why: "vocab-parallel runs use the CPU executor in this build (the CUDA \
-                      executor's stream kernels do not combine across ranks yet)"
-                    .into(),
-            }),
-            _ => Ok(()),
-        };
-        let fp = comm::fingerprint_vocab(p, inputs, hyper, options);
-        comm::agree(comm, fp, &local)?;
+        self.agree_ranks(p, inputs, hyper, options, comm, true)?;
         // This rank's vocabulary rows (its first head's W), and every rank's, for the offsets.
         let v_r = p
             .schedule()
@@ -271,6 +251,31 @@ impl Runtime {
             Ok(out)
         };
         comm::guarded(comm, run)
+    }
+
+    /// The ranks' first collective ([`comm::agree`]): the same loss, options and shapes on
+    /// every rank (past `S` for data parallel, past `V` for vocab parallel), and a runtime
+    /// that can take part (the CUDA executor does not combine across ranks yet).
+    fn agree_ranks(
+        &self,
+        p: &Pipeline,
+        inputs: &InputSet<'_>,
+        hyper: &BTreeMap<String, f32>,
+        options: &RunOptions,
+        comm: &dyn comm::Communicator,
+        vocab: bool,
+    ) -> Result<(), Error> {
+        let local = match (&self.device, &self.cuda) {
+            (Device::Cuda, Some(_)) => Err(Error::Device {
+                device: "cuda".into(),
+                why: "data- and vocab-parallel runs use the CPU executor in this build (the \
+                      CUDA executor's group and stream kernels do not combine across ranks yet)"
+                    .into(),
+            }),
+            _ => Ok(()),
+        };
+        let fp = comm::fingerprint(p, inputs, hyper, options, vocab);
+        comm::agree(comm, fp, &local)
     }
 
     /// Returns the working memory a CUDA runtime's device pool keeps between runs to the
