@@ -161,6 +161,15 @@ def _w_accum(accum_dtype: Any) -> str:
                      "torch.float32")
 
 
+def _reference(inputs: Dict[str, Any], x: Any, w: Any, b: Any) -> None:
+    """The frozen reference head's tensors, named as :class:`liger_rs.Loss` names them."""
+    if x is None or w is None:
+        raise LigerError("use_ref_model=True needs ref_input and ref_weight")
+    inputs.update({"reference.x": x, "reference.w": w})
+    if b is not None:
+        inputs["reference.b"] = b
+
+
 def _camel(s: str) -> str:
     return "".join(p[:1].upper() + p[1:] for p in s.split("_"))
 
@@ -262,17 +271,9 @@ class LigerFusedLinearDPOLoss(_Checked):
         if bias is not None:
             inputs["policy.b"] = bias
         if self.use_ref_model:
-            if ref_input is None or ref_weight is None:
-                raise LigerError("use_ref_model=True needs ref_input and ref_weight")
-            inputs.update({"reference.x": ref_input, "reference.w": ref_weight})
-            if ref_bias is not None:
-                inputs["reference.b"] = ref_bias
+            _reference(inputs, ref_input, ref_weight, ref_bias)
         loss, m = self._run(self.loss, inputs, self.options)
-        zero = torch.zeros((), dtype=torch.float32, device=loss.device)
-        aux = (m["chosen_logps"], m["rejected_logps"], m.get("chosen_logits_mean", zero),
-               m.get("rejected_logits_mean", zero), m.get("nll_loss", zero),
-               m["chosen_rewards"], m["rejected_rewards"])
-        return loss, aux
+        return loss, _preference_aux(m, loss.device)
 
 
 class LigerFusedLinearJSDLoss(_Checked):
@@ -431,11 +432,7 @@ class LigerFusedLinearKTOLoss(_Checked):
         if bias is not None:
             inputs["policy.b"] = bias
         if self.use_ref_model:
-            if ref_input is None or ref_weight is None:
-                raise LigerError("use_ref_model=True needs ref_input and ref_weight")
-            inputs.update({"reference.x": ref_input, "reference.w": ref_weight})
-            if ref_bias is not None:
-                inputs["reference.b"] = ref_bias
+            _reference(inputs, ref_input, ref_weight, ref_bias)
         if kl is not None:
             inputs["kl"] = torch.as_tensor(kl, dtype=torch.float32,
                                            device=_input.device).reshape(())
@@ -490,9 +487,7 @@ class LigerFusedLinearGRPOLoss(_Checked):
             inputs["policy.b"] = bias
         if self.use_ref_model and self.beta != 0.0:
             if ref_input is not None and ref_weight is not None:
-                inputs.update({"reference.x": ref_input, "reference.w": ref_weight})
-                if ref_bias is not None:
-                    inputs["reference.b"] = ref_bias
+                _reference(inputs, ref_input, ref_weight, ref_bias)
             elif ref_per_token_logps is not None:
                 inputs["ref_logps"] = ref_per_token_logps
             else:
