@@ -1250,6 +1250,8 @@ fn gpu_grad_w_accumulated_in_its_dtype() {
     assert_eq!(&got, gw_out, "accumulated in the caller's bf16 buffer");
 }
 
+/// Measures host time against a spinning kernel: run it apart from other GPU tests (their
+/// work on the same GPU can hold the call past the spin: `LIGER_GPU_SKIP=queues`).
 fn gpu_device_api_queues_on_the_callers_stream_without_synchronising() {
     if gpu_or_skip().is_none() {
         return;

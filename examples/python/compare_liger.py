@@ -9,6 +9,7 @@ that liger_rs' runtime allocates its working memory from; Liger Kernel and eager
 only PyTorch's allocator).
 
     python examples/python/compare_liger.py                 # FLCE, DPO, JSD at S1
+    python examples/python/compare_liger.py --cases cpo,simpo,orpo,kto,grpo
     python examples/python/compare_liger.py --small         # a quick run at small sizes
     python examples/python/compare_liger.py --json out.json
 
@@ -36,6 +37,14 @@ try:
 except Exception as e:  # pragma: no cover - depends on the machine
     print(f"Liger Kernel not available ({e}); its rows are left out", file=sys.stderr)
     LKDPO = LKJSD = LKFLCE = None
+try:
+    from liger_kernel.chunked_loss import LigerFusedLinearCPOLoss as LKCPO
+    from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss as LKGRPO
+    from liger_kernel.chunked_loss import LigerFusedLinearKTOLoss as LKKTO
+    from liger_kernel.chunked_loss import LigerFusedLinearORPOLoss as LKORPO
+    from liger_kernel.chunked_loss import LigerFusedLinearSimPOLoss as LKSimPO
+except Exception:  # pragma: no cover - depends on the machine
+    LKCPO = LKGRPO = LKKTO = LKORPO = LKSimPO = None
 
 
 # --- the CUDA memory pool liger_rs allocates from (stream-ordered allocations) -------------
@@ -344,6 +353,219 @@ def case_jsd(n, h, v, reps, budgets, beta=0.5, temp=1.0):
     return run_impls("jsd", impls, ref, reps)
 
 
+# --- the losses over per-token log-probabilities: CPO, SimPO, ORPO, KTO, GRPO --------------
+#
+# Each is a formula of the batch's token log-probabilities ``lp [B, T]`` (plus constants such
+# as a reference head's log-probs). The float64 reference computes every sequence's token
+# log-probs without a graph, differentiates the formula with respect to them, then
+# backpropagates each sequence's log-probs with that gradient: exact, one sequence's logits
+# in memory at a time. Eager PyTorch runs the same formula on float32 log-softmaxes of the
+# bf16 GEMM (the whole batch's logits at once).
+
+def seq_token_logps(x_, w_, idx, i):
+    return torch.log_softmax(x_[i] @ w_.T, -1).gather(-1, idx[i][:, None])[:, 0]
+
+
+def reference_from_tokens(x, w, idx, formula, consts):
+    xd, wd = leaf(x.double()), leaf(w.double())
+    with torch.no_grad():
+        lp = torch.stack([seq_token_logps(xd, wd, idx, i) for i in range(x.shape[0])])
+    lp.requires_grad_(True)
+    loss, metrics = formula(lp, consts)
+    loss.backward()
+    g = lp.grad
+    for i in range(x.shape[0]):
+        if g[i].abs().sum() > 0:
+            (seq_token_logps(xd, wd, idx, i) * g[i]).sum().backward()
+    return {"loss": loss.item(), "metrics": {k: m.detach() for k, m in metrics.items()},
+            "grads": {"x": xd.grad, "w": wd.grad}}
+
+
+def eager_tokens(x, w, idx, formula, consts):
+    def make():
+        xi, wi = leaf(x), leaf(w)
+
+        def step():
+            xi.grad = wi.grad = None
+            lp = torch.log_softmax((xi @ wi.T).float(), -1).gather(-1, idx[..., None])[..., 0]
+            out, m = formula(lp, consts)
+            out.backward()
+            return out.detach(), {k: t.detach() for k, t in m.items()}, {"x": xi.grad,
+                                                                        "w": wi.grad}
+        return step
+    return make
+
+
+def module_impl(x, w, mod_fn, call):
+    """A module (ours or Liger Kernel's) called by ``call(mod, x, w) -> (loss, metrics)``."""
+    def make():
+        mod = mod_fn()
+        if mod is None:
+            return None
+        xi, wi = leaf(x), leaf(w)
+
+        def step():
+            xi.grad = wi.grad = None
+            out, m = call(mod, xi, wi)
+            out.backward()
+            return out.detach(), m, {"x": xi.grad, "w": wi.grad}
+        return step
+    return make
+
+
+def family_impls(x, w, idx, formula, ours, liger, call, budgets):
+    """eager (f32 formula), ours at each budget (grad W in bf16, then f32), Liger Kernel."""
+    consts32 = {k: c.float() for k, c in formula.consts.items()}
+    impls = [("eager", eager_tokens(x, w, idx, formula, consts32))]
+    impls += [(f"liger_rs {b}", module_impl(x, w, lambda b=b: ours(budget=b), call))
+              for b in budgets]
+    impls += [(f"liger_rs {b} f32", module_impl(
+        x, w, lambda b=b: ours(budget=b, accum_dtype=torch.float32), call))
+        for b in F32_BUDGETS]
+    impls.append(("Liger Kernel", module_impl(x, w, liger, call)))
+    return impls
+
+
+class Formula:
+    """A loss formula ``fn(lp, consts) -> (loss, metrics)`` and its float64 constants."""
+
+    def __init__(self, fn, consts=None):
+        self.fn, self.consts = fn, consts or {}
+
+    def __call__(self, lp, consts):
+        return self.fn(lp, consts)
+
+
+def preference_data(seed, seqs, tlen, h, v):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(seqs, tlen, h, device="cuda", generator=g).bfloat16()
+    w = (torch.randn(v, h, device="cuda", generator=g) * h ** -0.5).bfloat16()
+    t = torch.randint(0, v, (seqs, tlen), device="cuda", generator=g)
+    t[:, : tlen // 8] = -100  # the prompt
+    return g, x, w, t
+
+
+def case_paired(kind, pairs, tlen, h, v, reps, budgets, beta=0.1, gamma=0.5):
+    """CPO (sums), SimPO and ORPO (length-averaged log-probs); each with its NLL term on the
+    chosen sequences, as Liger Kernel's modules have it by default."""
+    _, x, w, t = preference_data(3, 2 * pairs, tlen, h, v)
+    valid, idx = t != -100, t.clamp(min=0)
+
+    def seqs(lp, average):
+        s = (lp * valid).sum(1) / (valid.sum(1) if average else 1)
+        return s[:pairs], s[pairs:]
+
+    def nll(lp):
+        return -(lp * valid)[:pairs].sum() / valid[:pairs].sum()
+
+    def cpo(lp, _):
+        c, r = seqs(lp, False)
+        loss = -F.logsigmoid(beta * (c - r)).mean() + nll(lp)
+        return loss, {"chosen_logps": c, "rejected_logps": r}
+
+    def simpo(lp, _):
+        c, r = seqs(lp, True)
+        loss = -F.logsigmoid(beta * (c - r) - gamma).mean() + nll(lp)
+        return loss, {"chosen_logps": c, "rejected_logps": r}
+
+    def orpo(lp, _):
+        c, r = seqs(lp, True)
+        o = (c - r) - (torch.log1p(-torch.exp(c)) - torch.log1p(-torch.exp(r)))
+        loss = nll(lp) + beta * (-F.logsigmoid(o)).mean()
+        return loss, {"chosen_logps": c, "rejected_logps": r, "log_odds_ratio":
+                      F.logsigmoid(o).mean()}
+
+    fn, ours, lk = {
+        "cpo": (cpo, lambda **o: lt.LigerFusedLinearCPOLoss(beta=beta, **o),
+                lambda: LKCPO(beta=beta) if LKCPO else None),
+        "simpo": (simpo, lambda **o: lt.LigerFusedLinearSimPOLoss(beta=beta, gamma=gamma, **o),
+                  lambda: LKSimPO(beta=beta, gamma=gamma) if LKSimPO else None),
+        "orpo": (orpo, lambda **o: lt.LigerFusedLinearORPOLoss(beta=beta, **o),
+                 lambda: LKORPO(beta=beta) if LKORPO else None),
+    }[kind]
+    formula = Formula(fn)
+    ref = reference_from_tokens(x, w, idx, formula, {})
+
+    def call(mod, xi, wi):
+        out, aux = mod(wi, xi, t)
+        m = {"chosen_logps": aux[0], "rejected_logps": aux[1]}
+        if kind == "orpo":
+            m["log_odds_ratio"] = aux[7]
+        return out, m
+
+    return run_impls(kind, family_impls(x, w, idx, formula, ours, lk, call, budgets), ref,
+                     reps)
+
+
+def case_kto(seqs, tlen, h, v, reps, budgets, beta=0.1):
+    """KTO with a reference head, no KL estimate (Liger Kernel's ``kl=None``)."""
+    g, x, w, t = preference_data(4, seqs, tlen, h, v)
+    xr = torch.randn(seqs, tlen, h, device="cuda", generator=g).bfloat16()
+    wr = (w.float() + 0.1 * h ** -0.5 * torch.randn(v, h, device="cuda", generator=g)).bfloat16()
+    pref = torch.rand(seqs, device="cuda", generator=g) < 0.5
+    pref[0], pref[-1] = True, False
+    valid, idx = t != -100, t.clamp(min=0)
+
+    def kto(lp, c):
+        rho = (lp * valid).sum(1) - c["ref"]
+        per = torch.where(pref, 1 - torch.sigmoid(beta * rho), 1 - torch.sigmoid(-beta * rho))
+        pol = (lp * valid).sum(1)
+        return per.mean(), {"chosen_logps_sum": pol[pref].sum(),
+                            "rejected_logps_sum": pol[~pref].sum()}
+
+    def ref_sums(dtype):
+        with torch.no_grad():
+            lp = torch.stack([seq_token_logps(xr.to(dtype), wr.to(dtype), idx, i)
+                              for i in range(seqs)])
+        return (lp * valid).sum(1)
+
+    formula = Formula(kto, {"ref": ref_sums(torch.float64)})
+    ref = reference_from_tokens(x, w, idx, formula, formula.consts)
+    formula.consts = {"ref": ref_sums(torch.float32)}  # eager's reference head, as it runs
+
+    def call(mod, xi, wi):
+        out, aux = mod(xi, wi, t, preference_labels=pref, ref_input=xr, ref_weight=wr)
+        return out, {"chosen_logps_sum": aux[0], "rejected_logps_sum": aux[1]}
+
+    return run_impls("kto", family_impls(
+        x, w, idx, formula, lambda **o: lt.LigerFusedLinearKTOLoss(
+            beta=beta, use_ref_model=True, **o),
+        lambda: LKKTO(beta=beta, use_ref_model=True) if LKKTO else None, call, budgets),
+        ref, reps)
+
+
+def case_grpo(seqs, tlen, h, v, reps, budgets, el=0.2, eh=0.28):
+    """GRPO, DAPO's normalisation and clip range, no reference (beta = 0), with the old
+    policy's token log-probs (the policy's own, perturbed: ratios near 1, some clipped) and
+    completions of random lengths (the attention mask)."""
+    g, x, w, _ = preference_data(5, seqs, tlen, h, v)
+    tokens = torch.randint(0, v, (seqs, tlen), device="cuda", generator=g)
+    lens = torch.randint(tlen // 4, tlen + 1, (seqs,), device="cuda", generator=g)
+    mask = torch.arange(tlen, device="cuda")[None, :] < lens[:, None]
+    adv = torch.randn(seqs, device="cuda", generator=g)
+    with torch.no_grad():
+        old = torch.log_softmax((x @ w.T).float(), -1).gather(-1, tokens[..., None])[..., 0]
+    old = old + 0.1 * torch.randn(seqs, tlen, device="cuda", generator=g)
+
+    def dapo(lp, _):
+        rho = torch.exp(lp - old.to(lp.dtype))
+        a = adv.to(lp.dtype)[:, None]
+        per = -torch.min(rho * a, torch.clamp(rho, 1 - el, 1 + eh) * a)
+        return (per * mask).sum() / mask.sum(), {}
+
+    formula = Formula(dapo)
+    ref = reference_from_tokens(x, w, tokens, formula, {})
+
+    def call(mod, xi, wi):
+        out, _ = mod(xi, wi, tokens, mask.long(), adv, old_per_token_logps=old)
+        return out, {}
+
+    kw = dict(beta=0.0, use_ref_model=False, epsilon_low=el, epsilon_high=eh, loss_type="dapo")
+    return run_impls("grpo", family_impls(
+        x, w, tokens, formula, lambda **o: lt.LigerFusedLinearGRPOLoss(**kw, **o),
+        lambda: LKGRPO(**kw) if LKGRPO else None, call, budgets), ref, reps)
+
+
 def main():
     global POOL
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -375,8 +597,14 @@ def main():
             rows += case_dpo(s // 2, t, h, v, a.reps, budgets)
         elif c == "jsd":
             rows += case_jsd(s * t, h, v, a.reps, budgets)
+        elif c in ("cpo", "simpo", "orpo"):
+            rows += case_paired(c, s // 2, t, h, v, a.reps, budgets)
+        elif c == "kto":
+            rows += case_kto(s, t, h, v, a.reps, budgets)
+        elif c == "grpo":
+            rows += case_grpo(s, t, h, v, a.reps, budgets)
         else:
-            raise SystemExit(f"unknown case {c}: flce, dpo, jsd")
+            raise SystemExit(f"unknown case {c}: flce, dpo, jsd, cpo, simpo, orpo, kto, grpo")
         torch.cuda.empty_cache()
     print(f"done in {time.time() - t0:.0f} s")
     if a.json:
