@@ -114,12 +114,20 @@ pub struct Dims {
     pub dx: bool,
     /// Whether a trained head's `dW` GEMM runs.
     pub dw: bool,
+    /// The rows the chunk loop runs when a run leaves dead rows out (masked prompts; see
+    /// [`crate::rowskip`]); `None`: every row of the batch.
+    pub live_rows: Option<usize>,
 }
 
 impl Dims {
     /// Rows of the batch (`S·T`).
     pub fn rows(&self) -> usize {
         self.num_seqs * self.seq_len
+    }
+
+    /// Rows the chunk loop runs: the live rows where some are left out, else `S·T`.
+    pub fn loop_rows(&self) -> usize {
+        self.live_rows.map_or(self.rows(), |l| l.min(self.rows()))
     }
 }
 
@@ -553,7 +561,7 @@ impl Schedule {
 
     /// The cost of `s` at sizes `d`.
     pub fn cost(&self, f: &LossFn, s: Strategy, d: &Dims) -> Cost {
-        let (r, v) = (d.rows() as f64, d.vocab as f64);
+        let (r, v) = (d.loop_rows() as f64, d.vocab as f64);
         let mut flops = 0.0;
         for (k, h) in self.heads.iter().enumerate() {
             let hid = d.hidden.get(k).copied().unwrap_or(0) as f64;

@@ -403,7 +403,7 @@ fn over_pieces(rows: usize, size: usize, f: impl Fn(usize) -> f64) -> f64 {
 /// stage, a trained head's `dx` GEMM (reading all of `W`) and `dW` GEMM (reading and writing
 /// the f32 accumulator).
 fn loop_seconds(p: &Pipeline, dims: &Dims, c: usize, k: usize, e: usize) -> f64 {
-    let (r, v) = (dims.rows().max(1), dims.vocab);
+    let (r, v) = (dims.loop_rows().max(1), dims.vocab);
     let mut t = 0.0;
     for (hp, &h) in p.schedule().heads.iter().zip(&dims.hidden) {
         t += over_pieces(r, c, |c| {
@@ -439,7 +439,7 @@ fn staged(
     st: Staging,
     widest: usize,
 ) -> (usize, usize) {
-    let rows = dims.rows().max(1);
+    let rows = dims.loop_rows().max(1);
     let room = budget.saturating_sub(fp.fixed);
     let mut best = (
         widest,
@@ -487,7 +487,7 @@ pub fn plan(
         })?],
         None => sched.candidates.clone(),
     };
-    let rows = dims.rows().max(1);
+    let rows = dims.loop_rows().max(1);
     let mut best: Option<Plan> = None;
     let mut smallest: Option<Footprint> = None;
     // The least a forced chunk and stage need where they do not fit.

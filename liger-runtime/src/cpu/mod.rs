@@ -375,6 +375,7 @@ pub(crate) fn run_ranked(
             host: hh,
         });
     }
+    let live = host::live_rows(sched, &loaded.values, r, opts)?;
     let dims = Dims {
         num_seqs: s,
         seq_len: t,
@@ -382,6 +383,7 @@ pub(crate) fn run_ranked(
         hidden: heads.iter().map(|h| h.host.h).collect(),
         dx: opts.grads.x,
         dw: opts.grads.w,
+        live_rows: live.as_ref().map(|l| l.iter().filter(|&&x| x).count()),
     };
     let mem = CpuMemory {
         sched,
@@ -446,7 +448,6 @@ pub(crate) fn run_ranked(
         }
     }
 
-    let live = host::live_rows(sched, &loaded.values, r, opts)?;
     let skipped_rows = live
         .as_ref()
         .map_or(0, |l| l.iter().filter(|&&x| !x).count());

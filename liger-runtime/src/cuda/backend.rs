@@ -1178,6 +1178,7 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
         hidden: heads.iter().map(|h| h.h).collect(),
         dx: opts.grads.x,
         dw: opts.grads.w,
+        live_rows: live.as_ref().map(|l| l.iter().filter(|&&x| x).count()),
     };
     let group_rows = sched.group_rows(r, t);
     let target =
@@ -1650,7 +1651,7 @@ mod tests {
         sizes: (usize, usize, usize),
         budget: usize,
     ) -> Result<crate::plan::Plan, Error> {
-        plan_forced(m, sizes, budget, None)
+        plan_forced(m, sizes, budget, None, None)
     }
 
     /// FLCE's plan under `m` with chunk and stage sizes `forced` (or the planner's).
@@ -1659,6 +1660,7 @@ mod tests {
         (s, t, v): (usize, usize, usize),
         budget: usize,
         forced: Option<crate::plan::ForcedRows>,
+        live_rows: Option<usize>,
     ) -> Result<crate::plan::Plan, Error> {
         let p = flce();
         let dims = liger_ir::schedule::Dims {
@@ -1668,6 +1670,7 @@ mod tests {
             hidden: m.hidden.clone(),
             dx: true,
             dw: true,
+            live_rows,
         };
         crate::plan::plan(&p, &dims, budget, None, forced, m)
     }
@@ -1703,6 +1706,45 @@ mod tests {
     }
 
     #[test]
+    fn a_masked_batch_is_planned_over_its_live_rows() {
+        // FLCE at S1 with half the rows masked: chunks and stages are sized for the 4096
+        // rows the loop runs, not for 8192.
+        let (s, t, h, v) = (8, 1024, 4096, 128256);
+        let m = CudaMemory {
+            skipping: true,
+            ..mem(h, (s, t, v), 0)
+        };
+        let live = s * t / 2;
+        let roomy = plan_forced(&m, (s, t, v), 64 << 30, None, Some(live)).expect("fits");
+        assert_eq!(
+            (roomy.chunk_rows, roomy.stage_rows),
+            (live, live),
+            "{roomy:?}"
+        );
+        for budget in [512usize << 20, 1 << 30, 2 << 30] {
+            let all = plan_with(&m, (s, t, v), budget).expect("fits");
+            let half = plan_forced(&m, (s, t, v), budget, None, Some(live)).expect("fits");
+            eprintln!(
+                "{} MiB: every row {}/{}, half live {}/{}",
+                budget >> 20,
+                all.chunk_rows,
+                all.stage_rows,
+                half.chunk_rows,
+                half.stage_rows
+            );
+            assert!(half.estimate <= budget, "{half:?}");
+            assert!(
+                half.stage_rows <= live.next_multiple_of(half.chunk_rows),
+                "{half:?}"
+            );
+            assert!(
+                half.cost.gemm_flops < all.cost.gemm_flops * 0.51,
+                "{half:?} {all:?}"
+            );
+        }
+    }
+
+    #[test]
     fn forced_chunk_and_stage_sizes_are_checked_then_used() {
         let (s, t, h, v) = (8, 1024, 4096, 128256);
         let m = mem(h, (s, t, v), 0);
@@ -1711,7 +1753,7 @@ mod tests {
                 chunk,
                 stage: Some(stage),
             };
-            plan_forced(&m, (s, t, v), 1 << 30, Some(f))
+            plan_forced(&m, (s, t, v), 1 << 30, Some(f), None)
         };
         let pl = plan(512, 2048).expect("fits");
         assert_eq!((pl.chunk_rows, pl.stage_rows), (512, 2048));
