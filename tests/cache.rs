@@ -159,7 +159,14 @@ fn every_key_component_changes_the_key() {
     assert_eq!(
         names,
         [
-            "schema", "compiler", "ir", "schedule", "dtype", "arch", "nvrtc"
+            "schema",
+            "compiler",
+            "ir",
+            "schedule",
+            "dtype",
+            "arch",
+            "nvrtc",
+            "nvrtc_options"
         ]
     );
     for i in 0..p.components.len() {

@@ -50,6 +50,10 @@ pub fn module_key(
     }
     k.with("arch", target.arch.clone())
         .with("nvrtc", format!("{}.{}", target.nvrtc.0, target.nvrtc.1))
+        .with(
+            "nvrtc_options",
+            crate::cuda::nvrtc::COMPILE_OPTIONS.join(" "),
+        )
 }
 
 /// The key of the runtime's own I/O module (`io.cu`) for `target`.
@@ -62,4 +66,8 @@ pub fn io_key(source: &str, target: &Target) -> KeyParts {
         .with("source", hash_text(source))
         .with("arch", target.arch.clone())
         .with("nvrtc", format!("{}.{}", target.nvrtc.0, target.nvrtc.1))
+        .with(
+            "nvrtc_options",
+            crate::cuda::nvrtc::COMPILE_OPTIONS.join(" "),
+        )
 }

@@ -116,6 +116,13 @@ fn c_str_vec(v: Vec<std::ffi::c_char>) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// The options every module is compiled with besides its architecture; part of every cache
+/// key, so changing them recompiles. `--split-compile=8` runs NVRTC's optimiser and code
+/// generator on up to 8 threads (DPO's deferred module: 1.2 s -> 0.85 s on 2 cores). The
+/// count is fixed because the partition, and so the binary, depends on it: `0` ("every
+/// core") would compile different binaries on different machines.
+pub const COMPILE_OPTIONS: &[&str] = &["--std=c++17", "--split-compile=8"];
+
 /// Compiles `source` for `arch` (`sm_90` → CUBIN, `compute_90` → PTX).
 pub fn compile(source: &str, name: &str, arch: &str) -> Result<Compiled, Error> {
     crate::cuda::libs::nvrtc()?;
@@ -126,10 +133,8 @@ pub fn compile(source: &str, name: &str, arch: &str) -> Result<Compiled, Error> 
     let src = CString::new(source).map_err(|_| err("the source holds a NUL byte".into()))?;
     let cname = CString::new(name).map_err(|_| err("the name holds a NUL byte".into()))?;
     let cubin_target = arch.starts_with("sm_");
-    let mut opts = vec![
-        format!("--gpu-architecture={arch}"),
-        "--std=c++17".to_string(),
-    ];
+    let mut opts = vec![format!("--gpu-architecture={arch}")];
+    opts.extend(COMPILE_OPTIONS.iter().map(|o| o.to_string()));
     if cubin_target {
         opts.push("--ptxas-options=-v".into());
         opts.push("--ptxas-options=-warn-spills".into());
