@@ -2695,6 +2695,57 @@ fn trial(name: &'static str, f: fn()) -> libtest_mimic::Trial {
     })
 }
 
+/// Data parallel on the CUDA executor: every built-in loss split over 2 and 3 rank threads
+/// (each with its own runtime on this GPU; the array stages on the host, combined over the
+/// `LocalGroup`) equals the single-device CUDA run of the whole batch: the loss on every rank,
+/// its rows' metrics and `dx`, `dW`/`db` shares that add up; with many two-pass chunks of
+/// ranks of unequal sizes, a rank whose rows are all masked, and a custom loss from source.
+fn gpu_data_parallel_matches_one_device() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    use common::ranks::{Data, batch, builtin, check_data};
+    let opts = RunOptions::default();
+    for loss in liger::losses::builtin() {
+        let loss = builtin(loss.name());
+        let pairs = matches!(loss.name(), "dpo" | "cpo" | "simpo" | "orpo");
+        let b = batch(loss.name(), if pairs { 10 } else { 7 }, 9, 6, 37, 5);
+        for world in [2, 3] {
+            check_data(loss, &ParamSet::new(), &b, world, &opts, "cuda");
+        }
+    }
+    let chunks = RunOptions {
+        rows: Some(liger::ForcedRows {
+            chunk: 9,
+            stage: None,
+        }),
+        ..RunOptions::default()
+    };
+    for name in ["dpo", "kto", "flce"] {
+        let s = if name == "dpo" { 10 } else { 7 };
+        let b = batch(name, s, 9, 6, 37, 31);
+        check_data(builtin(name), &ParamSet::new(), &b, 3, &chunks, "cuda");
+    }
+    let mut b = batch("flce", 6, 9, 5, 41, 11);
+    if let Some((_, Data::I(t), _, _)) = b.side.iter_mut().find(|s| s.0 == "target") {
+        for x in &mut t[2 * 9..4 * 9] {
+            *x = -100;
+        }
+    }
+    check_data(builtin("flce"), &ParamSet::new(), &b, 3, &opts, "cuda");
+    let src = "use liger::prelude::*;\n\
+        #[chunked_loss]\n\
+        pub fn tempered_ce(logits: Logits, target: Target, #[default(2.0)] temperature: f32) -> Loss {\n\
+            mean(-logprob(logits / temperature, target)) + 0.1 * mean(seq_sum(logsumexp(logits), valid(target)))\n\
+        }\n";
+    let custom = liger::compile_loss(src, "gpu test")
+        .expect("compiles")
+        .remove(0);
+    let b = batch("custom", 5, 7, 4, 29, 12);
+    let params = ParamSet::new().float("temperature", 0.7);
+    check_data(&custom, &params, &b, 2, &opts, "cuda");
+}
+
 /// The GPU suite's harness (libtest-mimic, so that a test that cannot run here says
 /// `ignored` instead of looking like a pass): without a GPU every test is ignored with the
 /// reason printed first, unless `LIGER_REQUIRE_GPU=1` makes that a failure.
@@ -2789,6 +2840,10 @@ fn main() -> std::process::ExitCode {
         trial(
             "gpu_skipped_rows_match_every_row",
             gpu_skipped_rows_match_every_row,
+        ),
+        trial(
+            "gpu_data_parallel_matches_one_device",
+            gpu_data_parallel_matches_one_device,
         ),
     ];
     let tests = tests

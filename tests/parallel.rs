@@ -13,199 +13,10 @@
 
 mod common;
 
-use common::{randn, targets};
+use common::ranks::*;
 use liger::runtime::Error as RtError;
-use liger::runtime::comm::{Communicator, GradShare, LocalGroup, LocalRank};
-use liger::{ChunkedLoss, Head, InputSet, LossOutput, ParamSet, RunOptions, TensorView};
-
-/// A side input's values.
-#[derive(Clone, Debug)]
-enum Data {
-    F(Vec<f32>),
-    I(Vec<i64>),
-    B(Vec<bool>),
-}
-
-/// A batch: heads `(name, h, x [S,T,h], W [V,h])` and side inputs `(name, data, per-sequence
-/// block or 0 for a whole-batch input, shape past S)`.
-#[derive(Clone, Debug)]
-struct Batch {
-    s: usize,
-    t: usize,
-    v: usize,
-    heads: Vec<(&'static str, usize, Vec<f32>, Vec<f32>)>,
-    side: Vec<(&'static str, Data, usize, Vec<usize>)>,
-}
-
-fn batch(loss: &str, s: usize, t: usize, h: usize, v: usize, seed: u64) -> Batch {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let mut head = |name: &'static str| {
-        (
-            name,
-            h,
-            randn(&mut rng, s * t * h, 1.0),
-            randn(&mut rng, v * h, 0.6),
-        )
-    };
-    let heads = match loss {
-        "dpo" | "kto" => vec![head("policy"), head("reference")],
-        "cpo" | "simpo" | "orpo" | "grpo" => vec![head("policy")],
-        "jsd" | "kl_distill" | "cosine_distill" => vec![head("student"), head("teacher")],
-        _ => vec![head("logits")],
-    };
-    let mut rng = fastrand::Rng::with_seed(seed + 1);
-    let mut side = Vec::new();
-    if loss == "grpo" {
-        let tokens: Vec<i64> = (0..s * t).map(|_| rng.usize(0..v) as i64).collect();
-        let mask: Vec<bool> = (0..s * t).map(|i| i % t >= 2 && rng.f32() < 0.8).collect();
-        let adv: Vec<f32> = (0..s).map(|i| i as f32 * 0.7 - 2.0).collect();
-        side.push(("target", Data::I(tokens), t, vec![t]));
-        side.push(("mask", Data::B(mask), t, vec![t]));
-        side.push(("advantages", Data::F(adv), 1, vec![]));
-    } else {
-        side.push((
-            "target",
-            Data::I(targets(&mut rng, s, t, v, -100)),
-            t,
-            vec![t],
-        ));
-    }
-    if loss == "kto" {
-        let pref: Vec<bool> = (0..s).map(|i| i % 3 != 1).collect();
-        side.push(("preference", Data::B(pref), 1, vec![]));
-        side.push(("kl", Data::F(vec![0.3]), 0, vec![]));
-    }
-    Batch {
-        s,
-        t,
-        v,
-        heads,
-        side,
-    }
-}
-
-/// The sequences of each of `world` ranks: contiguous, or for pair losses the chosen and
-/// rejected sequences of contiguous pairs (chosen first, as every rank lays a batch out).
-fn split(s: usize, world: usize, pairs: bool) -> Vec<Vec<usize>> {
-    let n = if pairs { s / 2 } else { s };
-    (0..world)
-        .map(|r| {
-            let (a, b) = (r * n / world, (r + 1) * n / world);
-            if pairs {
-                (a..b).chain((a..b).map(|i| i + n)).collect()
-            } else {
-                (a..b).collect()
-            }
-        })
-        .collect()
-}
-
-/// The batch of sequences `seqs`.
-fn select(b: &Batch, seqs: &[usize]) -> Batch {
-    fn pick<T: Clone>(x: &[T], seqs: &[usize], block: usize) -> Vec<T> {
-        seqs.iter()
-            .flat_map(|&q| x[q * block..(q + 1) * block].to_vec())
-            .collect()
-    }
-    Batch {
-        s: seqs.len(),
-        t: b.t,
-        v: b.v,
-        heads: b
-            .heads
-            .iter()
-            .map(|(n, h, x, w)| (*n, *h, pick(x, seqs, b.t * h), w.clone()))
-            .collect(),
-        side: b
-            .side
-            .iter()
-            .map(|(n, d, block, tail)| {
-                let d = match (d, *block) {
-                    (d, 0) => d.clone(),
-                    (Data::F(x), k) => Data::F(pick(x, seqs, k)),
-                    (Data::I(x), k) => Data::I(pick(x, seqs, k)),
-                    (Data::B(x), k) => Data::B(pick(x, seqs, k)),
-                };
-                (*n, d, *block, tail.clone())
-            })
-            .collect(),
-    }
-}
-
-/// Runs `f` on the batch's inputs (shapes kept alive here).
-fn with_inputs<R>(b: &Batch, f: impl FnOnce(&InputSet<'_>) -> R) -> R {
-    let xs: Vec<[usize; 3]> = b.heads.iter().map(|h| [b.s, b.t, h.1]).collect();
-    let ws: Vec<[usize; 2]> = b.heads.iter().map(|h| [b.v, h.1]).collect();
-    let shapes: Vec<Vec<usize>> = b
-        .side
-        .iter()
-        .map(|(_, _, block, tail)| {
-            if *block == 0 {
-                tail.clone()
-            } else {
-                std::iter::once(b.s).chain(tail.iter().copied()).collect()
-            }
-        })
-        .collect();
-    let mut set = InputSet::new();
-    for (k, (name, _, x, w)) in b.heads.iter().enumerate() {
-        set = set.head(
-            name,
-            Head::new(
-                TensorView::new(x, &xs[k]).expect("x"),
-                TensorView::new(w, &ws[k]).expect("w"),
-            ),
-        );
-    }
-    for ((name, d, _, _), sh) in b.side.iter().zip(&shapes) {
-        let view = match d {
-            Data::F(x) => TensorView::new(x, sh),
-            Data::I(x) => TensorView::new(x, sh),
-            Data::B(x) => TensorView::new(x, sh),
-        };
-        set = set.tensor(name, view.expect("side input"));
-    }
-    f(&set)
-}
-
-/// The built-in loss `name`, shareable between the rank threads.
-fn builtin(name: &str) -> &'static (dyn ChunkedLoss + Sync) {
-    use liger::losses::*;
-    match name {
-        "dpo" => &Dpo,
-        "cpo" => &Cpo,
-        "simpo" => &Simpo,
-        "orpo" => &Orpo,
-        "kto" => &Kto,
-        "grpo" => &Grpo,
-        "flce" => &Flce,
-        "jsd" => &Jsd,
-        "kl_distill" => &KlDistill,
-        "cosine_distill" => &CosineDistill,
-        other => panic!("no built-in {other}"),
-    }
-}
-
-/// Runs `f` on every rank's part in its own thread, with its communicator.
-fn on_ranks(
-    parts: &[Batch],
-    f: impl Fn(&InputSet<'_>, &LocalRank) -> Result<LossOutput, liger::Error> + Sync,
-) -> Vec<Result<LossOutput, liger::Error>> {
-    let ranks = LocalGroup::ranks(parts.len());
-    std::thread::scope(|sc| {
-        let hs: Vec<_> = ranks
-            .iter()
-            .zip(parts)
-            .map(|(comm, part)| {
-                let f = &f;
-                sc.spawn(move || with_inputs(part, |set| f(set, comm)))
-            })
-            .collect();
-        hs.into_iter()
-            .map(|h| h.join().expect("a rank thread"))
-            .collect()
-    })
-}
+use liger::runtime::comm::{Communicator, GradShare};
+use liger::{ChunkedLoss, LossOutput, ParamSet, RunOptions};
 
 fn run_ranks(
     loss: &(dyn ChunkedLoss + Sync),
@@ -214,81 +25,7 @@ fn run_ranks(
     opts: &RunOptions,
     share: GradShare,
 ) -> Vec<Result<LossOutput, liger::Error>> {
-    let rt = liger::Runtime::cpu();
-    on_ranks(parts, |set, comm| {
-        liger::run_data_parallel(loss, &rt, set, params, opts, comm, share)
-    })
-}
-
-fn close(what: &str, got: f32, want: f32) {
-    let (g, w) = (f64::from(got), f64::from(want));
-    assert!(
-        (g - w).abs() <= 2e-6 + 2e-5 * w.abs(),
-        "{what}: {got} vs single device {want}"
-    );
-}
-
-/// Every rank's outputs against the single-device run of the whole batch.
-fn compare(what: &str, full: &LossOutput, b: &Batch, seqs: &[Vec<usize>], outs: &[LossOutput]) {
-    let t = b.t;
-    for (r, out) in outs.iter().enumerate() {
-        assert_eq!(
-            out.loss.to_bits(),
-            outs[0].loss.to_bits(),
-            "{what}: every rank has the same loss"
-        );
-        close(&format!("{what} rank {r} loss"), out.loss, full.loss);
-        for (m, fm) in out.metrics.iter().zip(&full.metrics) {
-            assert_eq!(m.name, fm.name);
-            let at = |i: usize| -> usize {
-                // This rank's element i as an element of the whole batch.
-                match m.level {
-                    liger::ir::Level::Batch => 0,
-                    liger::ir::Level::Row => seqs[r][i / t] * t + i % t,
-                    liger::ir::Level::Seq => seqs[r][i],
-                    liger::ir::Level::Pair => seqs[r][i],
-                    liger::ir::Level::Vocab => i,
-                }
-            };
-            for (i, v) in m.values.iter().enumerate() {
-                close(
-                    &format!("{what} rank {r} metric {}[{i}]", m.name),
-                    *v,
-                    fm.values[at(i)],
-                );
-            }
-        }
-        for (g, fg) in out.grads.iter().zip(&full.grads) {
-            let h = b.heads.iter().find(|x| x.0 == g.head).expect("head").1;
-            if let (Some(gx), Some(fx)) = (&g.x, &fg.x) {
-                let (gx, fx) = (gx.to_f32(), fx.to_f32());
-                for (i, v) in gx.iter().enumerate() {
-                    let row = seqs[r][i / (t * h)] * t * h + i % (t * h);
-                    close(&format!("{what} rank {r} dx {}[{i}]", g.head), *v, fx[row]);
-                }
-            }
-        }
-    }
-    // dW and db: the ranks' shares add up to the single device's.
-    for (k, fg) in full.grads.iter().enumerate() {
-        for (part, f) in [("w", &fg.w), ("b", &fg.b)] {
-            let Some(f) = f else { continue };
-            let f = f.to_f32();
-            let mut sum = vec![0f32; f.len()];
-            for out in outs {
-                let g = match part {
-                    "w" => out.grads[k].w.as_ref(),
-                    _ => out.grads[k].b.as_ref(),
-                };
-                for (s, x) in sum.iter_mut().zip(g.expect("a share").to_f32()) {
-                    *s += x;
-                }
-            }
-            for (i, (a, b)) in sum.iter().zip(&f).enumerate() {
-                close(&format!("{what} d{part} {}[{i}]", fg.head), *a, *b);
-            }
-        }
-    }
+    run_data_ranks(loss, params, parts, opts, share, "cpu")
 }
 
 fn check(
@@ -298,17 +35,7 @@ fn check(
     world: usize,
     opts: &RunOptions,
 ) {
-    let pairs = matches!(loss.name(), "dpo" | "cpo" | "simpo" | "orpo");
-    let full = with_inputs(b, |set| {
-        liger::run(loss, &liger::Runtime::cpu(), set, params, opts).expect("single device")
-    });
-    let seqs = split(b.s, world, pairs);
-    let parts: Vec<Batch> = seqs.iter().map(|q| select(b, q)).collect();
-    let outs: Vec<LossOutput> = run_ranks(loss, params, &parts, opts, GradShare::Share)
-        .into_iter()
-        .map(|o| o.unwrap_or_else(|e| panic!("{}: {e}", loss.name())))
-        .collect();
-    compare(&format!("{} x{world}", loss.name()), &full, b, &seqs, &outs);
+    check_data(loss, params, b, world, opts, "cpu");
 }
 
 #[test]
@@ -666,5 +393,41 @@ fn data_parallel_over_many_chunks_with_unequal_ranks_runs_two_passes() {
     ) {
         let e = r.expect_err("refused").to_string();
         assert!(e.contains("two passes") || e.contains("gave up"), "{e}");
+    }
+}
+
+#[test]
+fn every_builtin_specialisation_can_run_data_parallel_on_cuda() {
+    // The CUDA executor's data-parallel path evaluates whole-batch values on the host and
+    // refuses a loss whose vocabulary streams read a batch size directly: no built-in does.
+    for loss in liger::losses::builtin() {
+        for spec in loss.specializations() {
+            let p = match liger::pipeline(loss, spec) {
+                Ok(p) => p,
+                // A combination the loss refuses (DPO with neither reference kind).
+                Err(liger::Error::Refused { .. }) => continue,
+                Err(e) => panic!("{} [{}]: {e}", loss.name(), spec.describe()),
+            };
+            if let Err(e) = liger::runtime::cuda::backend::data_parallel_ready(&p) {
+                panic!("{} [{}]: {e}", loss.name(), spec.describe());
+            }
+        }
+    }
+    // A custom loss whose stream reads the number of sequences is refused by name.
+    let src = "use liger::prelude::*;\n\
+        #[chunked_loss]\n\
+        pub fn per_seq(logits: Logits, target: Target) -> Loss {\n\
+            mean(-logprob(logits, target) / num_seqs())\n\
+        }\n";
+    let custom = liger::compile_loss(src, "test")
+        .expect("compiles")
+        .remove(0);
+    let (p, _) =
+        liger::pipeline_for(&custom, &["logits", "target"], &ParamSet::new()).expect("pipeline");
+    match liger::runtime::cuda::backend::data_parallel_ready(&p) {
+        Err(RtError::Device { why, .. }) => {
+            assert!(why.contains("number of sequences"), "{why}")
+        }
+        other => panic!("a stream reading num_seqs must be refused, got {other:?}"),
     }
 }

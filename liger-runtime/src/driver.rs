@@ -35,6 +35,18 @@ pub(crate) enum ArrayStage {
     Group,
 }
 
+impl ArrayStage {
+    /// The nodes the stage computes, in order (the schedule's lists).
+    pub(crate) fn nodes(self, sched: &liger_ir::Schedule) -> &[liger_ir::ValueId] {
+        match self {
+            ArrayStage::Pre => &sched.pre,
+            ArrayStage::PreLate => &sched.pre_late,
+            ArrayStage::GroupNeeded => &sched.group_needed,
+            ArrayStage::Group => &sched.group,
+        }
+    }
+}
+
 /// What an executor provides to the driver.
 pub(crate) trait Backend {
     /// Runs an array stage for the whole batch.

@@ -143,8 +143,10 @@ impl Runtime {
     /// default its share: their sum over ranks is the single-device gradient). A user-given
     /// whole-batch input (a scalar such as GRPO's `num_items_in_batch`) is taken as global
     /// and not summed. Ranks that disagree on the loss or inputs, or a rank that fails, make
-    /// every rank return [`Error::Rank`] (no rank waits forever). CPU only: the CUDA
-    /// executor's group kernels do not call the communicator yet.
+    /// every rank return [`Error::Rank`] (no rank waits forever). On a CUDA runtime the
+    /// GEMMs and vocabulary streams run on the GPU as for one device and the whole-batch
+    /// array stages (O(rows) values) on the host, where the ranks' values are combined; one
+    /// synchronisation per stage.
     pub fn run_data_parallel(
         &self,
         p: &Pipeline,
@@ -156,8 +158,12 @@ impl Runtime {
     ) -> Result<LossOutput, Error> {
         self.agree_ranks(p, inputs, hyper, options, comm, false)?;
         let run = || -> Result<LossOutput, Error> {
-            let mut out =
-                cpu::run_ranked(p, inputs, hyper, options, Some(cpu::Ranked::Data(comm)))?;
+            let mut out = match (&self.device, &self.cuda) {
+                (Device::Cuda, Some(e)) => {
+                    cuda::host::run_ranked(e, p, inputs, hyper, options, Some(comm))?
+                }
+                _ => cpu::run_ranked(p, inputs, hyper, options, Some(cpu::Ranked::Data(comm)))?,
+            };
             let scale = match share {
                 comm::GradShare::Share => return Ok(out),
                 comm::GradShare::ForAverage => comm.world() as f32,
@@ -189,7 +195,7 @@ impl Runtime {
     /// vocabulary's logits; which reductions those are comes from the IR, for every built-in
     /// and custom loss. Every rank returns the loss and metrics, the whole `dx` (summed over
     /// the ranks' partial products), and its shard's `dW`/`db`. Disagreeing ranks or a failing
-    /// rank make every rank return [`Error::Rank`]. CPU only in this build.
+    /// rank make every rank return [`Error::Rank`]. On the CPU executor only in this build.
     pub fn run_vocab_parallel(
         &self,
         p: &Pipeline,
@@ -255,7 +261,8 @@ impl Runtime {
 
     /// The ranks' first collective ([`comm::agree`]): the same loss, options and shapes on
     /// every rank (past `S` for data parallel, past `V` for vocab parallel), and a runtime
-    /// that can take part (the CUDA executor does not combine across ranks yet).
+    /// that can take part (the CUDA executor takes part in data parallel, not yet in vocab
+    /// parallel).
     fn agree_ranks(
         &self,
         p: &Pipeline,
@@ -266,12 +273,13 @@ impl Runtime {
         vocab: bool,
     ) -> Result<(), Error> {
         let local = match (&self.device, &self.cuda) {
-            (Device::Cuda, Some(_)) => Err(Error::Device {
+            (Device::Cuda, Some(_)) if vocab => Err(Error::Device {
                 device: "cuda".into(),
-                why: "data- and vocab-parallel runs use the CPU executor in this build (the \
-                      CUDA executor's group and stream kernels do not combine across ranks yet)"
+                why: "vocab-parallel runs use the CPU executor in this build (the CUDA \
+                      executor's vocabulary streams do not combine across ranks yet)"
                     .into(),
             }),
+            (Device::Cuda, Some(_)) => cuda::backend::data_parallel_ready(p),
             _ => Ok(()),
         };
         let fp = comm::fingerprint(p, inputs, hyper, options, vocab);

@@ -597,3 +597,65 @@ pub fn plan(
         }),
     }
 }
+
+/// How a rank's plan must agree with the others' ([`crate::comm`]).
+#[derive(Clone, Copy)]
+pub(crate) enum Ranks<'c> {
+    /// Data parallel: the same strategy on every rank, fused or two passes.
+    Data(&'c dyn crate::comm::Communicator),
+    /// Vocab parallel: the same strategy and the same chunks on every rank.
+    Vocab(&'c dyn crate::comm::Communicator),
+}
+
+/// [`plan`] with `opts`, and for a rank of a group the plan every rank runs (its stages hold
+/// the collectives, so every rank must reach them in the same order): data parallel runs fused
+/// or two passes (group-aligned and deferred evaluate the group stage once per pack or group,
+/// a count that differs between ranks holding different sequences); every rank takes the
+/// last strategy in `Strategy::ALL` that any rank picked, and vocab parallel also the smallest
+/// chunk any rank planned under it (its reductions combine chunk by chunk).
+pub(crate) fn plan_ranked(
+    p: &Pipeline,
+    dims: &Dims,
+    opts: &RunOptions,
+    mem: &dyn MemoryModel,
+    ranks: Option<Ranks<'_>>,
+) -> Result<Plan, Error> {
+    let per_group = |s: Strategy| matches!(s, Strategy::GroupAligned | Strategy::Deferred);
+    let data = matches!(ranks, Some(Ranks::Data(_)));
+    if let (true, Some(s)) = (data, opts.schedule.filter(|s| per_group(*s))) {
+        return Err(Error::Schedule {
+            schedule: s.name(),
+            why: "data-parallel runs use fused or two passes (the group stage of this one \
+                  runs once per group, a number that differs between ranks)"
+                .into(),
+        });
+    }
+    let budget = opts.chunk_memory;
+    let mut pl = plan(p, dims, budget, opts.schedule, opts.rows, mem)?;
+    if data && per_group(pl.strategy) {
+        pl = plan(p, dims, budget, Some(Strategy::TwoPass), opts.rows, mem)?;
+    }
+    let Some(rk) = ranks else {
+        return Ok(pl);
+    };
+    let comm = match rk {
+        Ranks::Data(c) | Ranks::Vocab(c) => c,
+    };
+    let ord = |s: Strategy| Strategy::ALL.iter().position(|x| *x == s).unwrap_or(0);
+    let mut v = [ord(pl.strategy) as f64];
+    comm.all_reduce_max(&mut v)?;
+    let agreed = Strategy::ALL[(v[0] as usize).min(Strategy::ALL.len() - 1)];
+    if agreed != pl.strategy {
+        pl = plan(p, dims, budget, Some(agreed), opts.rows, mem)?;
+    }
+    if matches!(rk, Ranks::Vocab(_)) {
+        let mut c = [-(pl.chunk_rows as f64)];
+        comm.all_reduce_max(&mut c)?;
+        let chunk = (-c[0]) as usize;
+        if chunk != pl.chunk_rows {
+            let rows = Some(ForcedRows { chunk, stage: None });
+            pl = plan(p, dims, budget, Some(agreed), rows, mem)?;
+        }
+    }
+    Ok(pl)
+}

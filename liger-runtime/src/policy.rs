@@ -52,6 +52,17 @@ impl Findings {
         }
     }
 
+    /// Both sets of findings (the first sequence of each kind).
+    pub fn merge(&mut self, other: Findings) {
+        if let Some(s) = other.empty_seq_mean {
+            self.empty_seq_mean(s);
+        }
+        if let Some(s) = other.empty_seq_sum {
+            self.empty_seq_sum(s);
+        }
+        self.mean_no_rows |= other.mean_no_rows;
+    }
+
     /// The policy: the error, or the warnings to report.
     pub fn outcome(&self) -> Result<Vec<String>, Error> {
         if let Some(seq) = self.empty_seq_mean {

@@ -108,3 +108,4 @@ pub mod ircommon;
 pub mod difftest;
 pub mod offset;
 pub mod preference;
+pub mod ranks;

@@ -24,7 +24,7 @@ use crate::driver::{self, ArrayStage, Backend, Rows};
 use crate::host::{self, Arr, HostHead};
 use crate::inputs::InputSet;
 use crate::output::{GradBuf, HeadGrads, LossOutput, MetricOutput, Report};
-use crate::plan::{Footprint, MemoryModel, RunOptions, plan};
+use crate::plan::{Footprint, MemoryModel, RunOptions};
 use crate::tensor::TensorData;
 use eval::{Eval, VBuf};
 
@@ -124,14 +124,7 @@ impl Cpu<'_, '_> {
 
 impl Backend for Cpu<'_, '_> {
     fn array(&mut self, stage: ArrayStage) -> Result<(), Error> {
-        let sched = self.p.schedule();
-        let ids = match stage {
-            ArrayStage::Pre => &sched.pre,
-            ArrayStage::PreLate => &sched.pre_late,
-            ArrayStage::GroupNeeded => &sched.group_needed,
-            ArrayStage::Group => &sched.group,
-        };
-        for id in ids {
+        for id in stage.nodes(self.p.schedule()) {
             self.ev.eval_array(*id)?;
         }
         Ok(())
@@ -323,14 +316,6 @@ pub(crate) enum Ranked<'c> {
     },
 }
 
-impl Ranked<'_> {
-    fn comm(&self) -> &dyn crate::comm::Communicator {
-        match self {
-            Ranked::Data(c) | Ranked::Vocab { comm: c, .. } => *c,
-        }
-    }
-}
-
 /// [`run`] as one rank of a group when `ranked` is given: the strategy (and for vocab parallel
 /// the chunk size) is agreed between the ranks, and whole-batch values (data parallel) or
 /// Vocab → Row reductions (vocab parallel) combine the ranks' parts ([`crate::comm`]).
@@ -401,52 +386,11 @@ pub(crate) fn run_ranked(
             })
             .sum(),
     };
-    // Data parallel runs fused or two passes: group-aligned and deferred evaluate the group
-    // stage once per pack or group, a count that differs between ranks holding different
-    // sequences, and the stage's whole-batch values are collectives.
-    let per_group = |s: Strategy| matches!(s, Strategy::GroupAligned | Strategy::Deferred);
-    let data = matches!(ranked, Some(Ranked::Data(_)));
-    if let (true, Some(s)) = (data, opts.schedule.filter(|s| per_group(*s))) {
-        return Err(Error::Schedule {
-            schedule: s.name(),
-            why: "data-parallel runs use fused or two passes (the group stage of this one \
-                  runs once per group, a number that differs between ranks)"
-                .into(),
-        });
-    }
-    let mut pl = plan(p, &dims, opts.chunk_memory, opts.schedule, opts.rows, &mem)?;
-    if data && per_group(pl.strategy) {
-        pl = plan(
-            p,
-            &dims,
-            opts.chunk_memory,
-            Some(Strategy::TwoPass),
-            opts.rows,
-            &mem,
-        )?;
-    }
-    if let Some(rk) = ranked {
-        // Every rank runs the same strategy (its stages hold the collectives): the last in
-        // `Strategy::ALL` that any rank picked, planned again where it differs.
-        let ord = |s: Strategy| Strategy::ALL.iter().position(|x| *x == s).unwrap_or(0);
-        let mut v = [ord(pl.strategy) as f64];
-        rk.comm().all_reduce_max(&mut v)?;
-        let agreed = Strategy::ALL[(v[0] as usize).min(Strategy::ALL.len() - 1)];
-        if agreed != pl.strategy {
-            pl = plan(p, &dims, opts.chunk_memory, Some(agreed), opts.rows, &mem)?;
-        }
-        // Vocab parallel combines each stream's reductions chunk by chunk: the same chunks
-        // everywhere, the smallest any rank planned under the agreed strategy.
-        if matches!(rk, Ranked::Vocab { .. }) {
-            let mut c = [-(pl.chunk_rows as f64)];
-            rk.comm().all_reduce_max(&mut c)?;
-            let chunk = (-c[0]) as usize;
-            if chunk != pl.chunk_rows {
-                let rows = Some(crate::plan::ForcedRows { chunk, stage: None });
-                pl = plan(p, &dims, opts.chunk_memory, Some(agreed), rows, &mem)?;
-            }
-        }
-    }
+    let ranks = ranked.map(|rk| match rk {
+        Ranked::Data(c) => crate::plan::Ranks::Data(c),
+        Ranked::Vocab { comm, .. } => crate::plan::Ranks::Vocab(comm),
+    });
+    let pl = crate::plan::plan_ranked(p, &dims, opts, &mem, ranks)?;
 
     let skipped_rows = live
         .as_ref()

@@ -34,7 +34,7 @@ use crate::cuda::launch::{Arg, i32_of, launch};
 use crate::cuda::profile::{Marks, Profiler};
 use crate::driver::{self, ArrayStage, Backend, Rows};
 use crate::output::{GradBuf, HeadGrads, MetricOutput, Report};
-use crate::plan::{Footprint, GradDTypes, MemoryModel, RunOptions, Staging, plan};
+use crate::plan::{Footprint, GradDTypes, MemoryModel, RunOptions, Staging};
 use crate::tensor::DType as HDType;
 
 /// A gradient on the device, in the dtype asked for.
@@ -175,6 +175,8 @@ pub(crate) struct Ran {
     pub work_bytes: usize,
     /// Phase events, when profiled.
     pub marks: Marks,
+    /// What array stages evaluated on the host found ([`HostArrays`]).
+    pub findings: crate::policy::Findings,
 }
 
 impl Ran {
@@ -192,7 +194,9 @@ impl Ran {
         let stat = st
             .clone_dtoh(&self.status)
             .map_err(drv("reading the status words"))?;
-        crate::policy::Findings::from_status(&stat).outcome()
+        let mut found = crate::policy::Findings::from_status(&stat);
+        found.merge(self.findings);
+        found.outcome()
     }
 
     /// The f32 values of node `id` (synchronises `st`).
@@ -288,6 +292,8 @@ pub(crate) struct Job<'a> {
     /// Gradients written into the caller's buffers instead of returned (checked by the
     /// device API).
     pub into: Vec<GradInto>,
+    /// Data parallel: this rank's group ([`HostArrays`]); `None` for a single device.
+    pub comm: Option<&'a dyn crate::comm::Communicator>,
 }
 
 /// A caller's buffer that one gradient is written into (`DeviceInputs::grad_into`): checked
@@ -580,8 +586,92 @@ struct Units {
     cf: CudaSlice<f32>,
 }
 
+/// Data parallel on CUDA: the array stages (whole-batch values over O(rows) elements) run on
+/// the host through the CPU executor's evaluator, whose whole-batch values combine every
+/// rank's partial sums ([`crate::comm`]), so the device needs no collective of its own. The
+/// values a stage reads come from the device (inputs, the streams' row values), what it
+/// computes goes back before the next kernel reads it: one synchronisation per stage. The
+/// stream kernels and GEMMs run as on one device.
+struct HostArrays<'a> {
+    g: &'a LossFn,
+    sched: &'a liger_ir::Schedule,
+    ev: crate::cpu::eval::Eval<'a>,
+    vals: &'a mut [Option<CudaSlice<u32>>],
+    /// The nodes evaluated here so far (no kernel writes them: their host copies stay exact).
+    done: std::collections::BTreeSet<ValueId>,
+}
+
+impl HostArrays<'_> {
+    /// Evaluates array stage `stage` on the host, reading its nodes' other arguments from
+    /// the device and writing their values back.
+    fn stage(&mut self, st: &Arc<CudaStream>, stage: ArrayStage) -> Result<(), Error> {
+        let ids = stage.nodes(self.sched);
+        let e = drv("moving a whole-batch value between the device and the host");
+        let input = |v: ValueId| matches!(self.g.node(v).op, Op::Input(_));
+        for &id in ids {
+            for &a in &self.g.node(id).args {
+                // Computed here (earlier in this stage or in an earlier one): already exact.
+                if self.done.contains(&a) || (ids.contains(&a) && !input(a)) {
+                    continue;
+                }
+                if matches!(self.g.node(a).op, Op::Const(_) | Op::Size(_)) {
+                    self.ev.eval_array(a)?;
+                    self.done.insert(a);
+                    continue;
+                }
+                // Inputs and the streams' values: read afresh at every stage (a stream may
+                // have written them since the last one).
+                let Some(buf) = &self.vals[a.index()] else {
+                    return Err(Error::Internal(format!(
+                        "array node {} reads value {} that has no device array",
+                        id.0, a.0
+                    )));
+                };
+                let words = st.clone_dtoh(buf).map_err(&e)?;
+                let arr = match self.g.ty(a).dtype {
+                    DType::F32 => {
+                        crate::host::Arr::F(words.into_iter().map(f32::from_bits).collect())
+                    }
+                    DType::Bool => crate::host::Arr::B(
+                        words
+                            .into_iter()
+                            .map(|w| f32::from_bits(w) != 0.0)
+                            .collect(),
+                    ),
+                    DType::Idx => crate::host::Arr::I(
+                        words
+                            .into_iter()
+                            .map(|w| u32::try_from(w as i32).ok())
+                            .collect(),
+                    ),
+                };
+                self.ev.load(a, arr);
+            }
+        }
+        for &id in ids {
+            if !input(id) {
+                self.ev.eval_array(id)?;
+                self.done.insert(id);
+            }
+        }
+        for &id in ids.iter().filter(|&&id| !input(id)) {
+            let (Some(arr), Some(buf)) = (&self.ev.vals[id.index()], &mut self.vals[id.index()])
+            else {
+                continue;
+            };
+            let words = arr.words();
+            let n = words.len().min(buf.len());
+            let mut dst = buf.slice_mut(0..n);
+            st.memcpy_htod(&words[..n], &mut dst).map_err(&e)?;
+        }
+        Ok(())
+    }
+}
+
 /// The CUDA backend of the strategy driver.
 struct Cuda<'a> {
+    /// Data parallel: the array stages on the host.
+    host: Option<HostArrays<'a>>,
     st: &'a Arc<CudaStream>,
     gemm: Gemm<'a>,
     prof: &'a Profiler<'a>,
@@ -767,6 +857,12 @@ impl Cuda<'_> {
 
 impl Backend for Cuda<'_> {
     fn array(&mut self, stage: ArrayStage) -> Result<(), Error> {
+        if let Some(h) = self.host.as_mut() {
+            let st = self.st;
+            return self
+                .prof
+                .time("pre/group stages on the host", || h.stage(st, stage));
+        }
         let kind = match stage {
             ArrayStage::Pre => KernelKind::Pre,
             ArrayStage::PreLate => KernelKind::PreLate,
@@ -1161,9 +1257,13 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
         opts,
         live,
         into,
+        comm,
     } = job;
     opts.grad_dtypes.check()?;
     let (g, sched) = (p.grad(), p.schedule());
+    if comm.is_some() {
+        batch_sizes_only_in_arrays(g, sched)?;
+    }
     let r = s * t;
     let (dtype, cdt) = match hd {
         HDType::BF16 => (GemmDType::BF16, cudaDataType::CUDA_R_16BF),
@@ -1223,7 +1323,7 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
             .map(|h| h.h)
             .sum(),
     };
-    let pl = plan(p, &dims, opts.chunk_memory, opts.schedule, opts.rows, &mem)?;
+    let pl = crate::plan::plan_ranked(p, &dims, opts, &mem, comm.map(crate::plan::Ranks::Data))?;
     let strategy = pl.strategy;
     let chunk = pl.chunk_rows;
     let stage = pl.stage_rows.max(chunk);
@@ -1387,10 +1487,27 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
             .sum::<usize>();
 
     let t0 = event(st)?;
+    let mut vals = vals;
+    let findings;
     let streams = sched.streams(g, strategy);
     let groups = sched.groups(s, t);
     let driven = {
+        let host = match comm {
+            Some(c) => {
+                let mut ev = crate::cpu::eval::Eval::new(g, s, t, v);
+                ev.comm = Some(c);
+                Some(HostArrays {
+                    g,
+                    sched,
+                    ev,
+                    vals: &mut vals,
+                    done: Default::default(),
+                })
+            }
+            None => None,
+        };
         let mut cuda = Cuda {
+            host,
             st,
             gemm: Gemm {
                 blas: &blas.handle,
@@ -1421,6 +1538,11 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
             live.as_deref(),
         )?;
         dev = std::mem::take(&mut cuda.dev);
+        findings = cuda
+            .host
+            .as_ref()
+            .map(|h| h.ev.findings)
+            .unwrap_or_default();
         driven
     };
 
@@ -1602,7 +1724,6 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
         peak_extra_bytes: None,
         profile: Vec::new(),
     };
-    let mut vals = vals;
     for b in vals.iter_mut().flatten() {
         let (_, _written) = b.device_ptr_mut(st);
     }
@@ -1616,7 +1737,51 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
         io_bytes,
         work_bytes,
         marks: prof.into_marks(),
+        findings,
     })
+}
+
+/// Whether the CUDA executor can run `p` data-parallel: its array stages run on the host,
+/// where the batch sizes (`num_seqs`, `num_pairs`) are the whole batch's, but the generated
+/// kernels inline them as this rank's `S`, so a loss whose vocabulary streams read a batch size
+/// directly is refused with a typed error (no built-in loss does: their streams read
+/// whole-batch values from the array stages).
+pub fn data_parallel_ready(p: &Pipeline) -> Result<(), Error> {
+    batch_sizes_only_in_arrays(p.grad(), p.schedule())
+}
+
+fn batch_sizes_only_in_arrays(g: &LossFn, sched: &liger_ir::Schedule) -> Result<(), Error> {
+    use liger_ir::op::Size;
+    let in_arrays = |v: ValueId| {
+        [
+            &sched.pre,
+            &sched.pre_late,
+            &sched.group_needed,
+            &sched.group,
+        ]
+        .iter()
+        .any(|l| l.contains(&v))
+    };
+    for v in g.ids() {
+        let node = g.node(v);
+        if in_arrays(v) || matches!(node.op, Op::Input(_) | Op::Const(_) | Op::Size(_)) {
+            continue;
+        }
+        for &a in &node.args {
+            if matches!(g.node(a).op, Op::Size(Size::NumSeqs | Size::NumPairs)) {
+                return Err(Error::Device {
+                    device: "cuda".into(),
+                    why: format!(
+                        "data parallel: value {} is computed in a vocabulary stream from the \
+                         batch's number of sequences or pairs, which the CUDA executor's \
+                         streams know only for this rank; run this loss data-parallel on the CPU",
+                        v.0
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

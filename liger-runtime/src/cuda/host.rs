@@ -42,6 +42,19 @@ pub fn run(
     hyper: &BTreeMap<String, f32>,
     opts: &RunOptions,
 ) -> Result<LossOutput, Error> {
+    run_ranked(engine, p, inputs, hyper, opts, None)
+}
+
+/// [`run`] as one rank of a data-parallel group when `comm` is given: the array stages run
+/// on the host with the ranks' whole-batch values combined (see `HostArrays` in the backend).
+pub(crate) fn run_ranked(
+    engine: &Engine,
+    p: &Pipeline,
+    inputs: &InputSet<'_>,
+    hyper: &BTreeMap<String, f32>,
+    opts: &RunOptions,
+    comm: Option<&dyn crate::comm::Communicator>,
+) -> Result<LossOutput, Error> {
     let start = Instant::now();
     opts.grad_dtypes.check()?;
     let g = p.grad();
@@ -121,6 +134,7 @@ pub fn run(
             opts,
             live,
             into: Vec::new(),
+            comm,
         },
     )?;
     let device_ms = f64::from(
