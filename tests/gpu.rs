@@ -2746,6 +2746,67 @@ fn gpu_data_parallel_matches_one_device() {
     check_data(&custom, &params, &b, 2, &opts, "cuda");
 }
 
+/// NCCL (feature `nccl`) as the communicator of a data-parallel run, in a group of one (one
+/// GPU here; two processes on two GPUs is `examples/nccl_ranks.rs`): collectives return their
+/// input, the run equals the single-device run, and after `abort` every collective is a typed
+/// error instead of a wait.
+#[cfg(feature = "nccl")]
+fn gpu_nccl_group_of_one_runs_data_parallel() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    use common::ranks::{batch, builtin, with_inputs};
+    use liger::runtime::comm::{Communicator, GradShare};
+    use liger::runtime::nccl::{NcclGroup, unique_id};
+    let rt = liger::Runtime::cuda(0).expect("cuda runtime");
+    let stream = rt
+        .cuda_context()
+        .expect("context")
+        .new_stream()
+        .expect("stream");
+    let id = unique_id().expect("libnccl");
+    let group = NcclGroup::new(stream, 0, 1, &id).expect("a group of one");
+    let mut v = [1.5, -2.0, 1e300];
+    group.all_reduce_sum(&mut v).expect("sum");
+    assert_eq!(v, [1.5, -2.0, 1e300]);
+    group.all_reduce_max(&mut v).expect("max");
+    assert_eq!(v, [1.5, -2.0, 1e300]);
+    let b = batch("flce", 5, 9, 6, 37, 3);
+    let opts = RunOptions::default();
+    let (full, ranked) = with_inputs(&b, |set| {
+        let loss = builtin("flce");
+        (
+            liger::run(loss, &rt, set, &ParamSet::new(), &opts).expect("single device"),
+            liger::run_data_parallel(
+                loss,
+                &rt,
+                set,
+                &ParamSet::new(),
+                &opts,
+                &group,
+                GradShare::Summed,
+            )
+            .expect("a group of one"),
+        )
+    });
+    assert!(
+        (ranked.loss - full.loss).abs() <= 1e-6 * full.loss.abs(),
+        "{} vs {}",
+        ranked.loss,
+        full.loss
+    );
+    let (gw, fw) = (
+        ranked.grads[0].w.as_ref().expect("dW").to_f32(),
+        full.grads[0].w.as_ref().expect("dW").to_f32(),
+    );
+    for (a, b) in gw.iter().zip(&fw) {
+        assert!((a - b).abs() <= 1e-6 + 1e-5 * b.abs(), "dW {a} vs {b}");
+    }
+    group.abort("test");
+    let e = group.all_reduce_sum(&mut v).expect_err("aborted");
+    assert!(matches!(e, RtError::Rank { .. }), "{e}");
+}
+
 /// The GPU suite's harness (libtest-mimic, so that a test that cannot run here says
 /// `ignored` instead of looking like a pass): without a GPU every test is ignored with the
 /// reason printed first, unless `LIGER_REQUIRE_GPU=1` makes that a failure.
@@ -2759,7 +2820,8 @@ fn main() -> std::process::ExitCode {
         }
         eprintln!("skipping the GPU tests (reported as ignored): no GPU: {w}");
     }
-    let tests = vec![
+    #[cfg_attr(not(feature = "nccl"), allow(unused_mut))]
+    let mut tests = vec![
         trial(
             "gpu_stream_kernels_match_the_cpu_executor",
             gpu_stream_kernels_match_the_cpu_executor,
@@ -2846,6 +2908,11 @@ fn main() -> std::process::ExitCode {
             gpu_data_parallel_matches_one_device,
         ),
     ];
+    #[cfg(feature = "nccl")]
+    tests.push(trial(
+        "gpu_nccl_group_of_one_runs_data_parallel",
+        gpu_nccl_group_of_one_runs_data_parallel,
+    ));
     let tests = tests
         .into_iter()
         .map(|t| t.with_ignored_flag(why.is_some()))

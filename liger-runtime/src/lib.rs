@@ -25,6 +25,8 @@ pub mod error;
 mod host;
 pub use host::MIN_DEAD_RUN;
 pub mod inputs;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod output;
 pub mod plan;
 pub mod policy;
