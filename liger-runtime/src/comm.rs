@@ -77,6 +77,25 @@ pub fn agree(
     Ok(())
 }
 
+/// Sums `values` over the ranks in place, in f64 pieces of at most [`SUM_PIECE`] elements (a
+/// gradient of 128256 x 4096 entries never has a whole f64 copy). Every rank calls it with the
+/// same length, so the pieces match.
+pub(crate) fn sum_f32(comm: &dyn Communicator, values: &mut [f32]) -> Result<(), Error> {
+    let mut buf = Vec::with_capacity(values.len().min(SUM_PIECE));
+    for piece in values.chunks_mut(SUM_PIECE) {
+        buf.clear();
+        buf.extend(piece.iter().map(|&x| f64::from(x)));
+        comm.all_reduce_sum(&mut buf)?;
+        for (x, s) in piece.iter_mut().zip(&buf) {
+            *x = *s as f32;
+        }
+    }
+    Ok(())
+}
+
+/// The most elements one collective of [`sum_f32`] carries (32 MiB of f64).
+pub(crate) const SUM_PIECE: usize = 1 << 22;
+
 /// What a data-parallel run does with each rank's weight gradients (`dW`, `db`): each rank's
 /// are its rows' share of the whole batch's, so their sum over ranks is the single-device
 /// gradient. `dx` is always this rank's rows' own.
@@ -358,6 +377,34 @@ impl Communicator for LocalRank {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_sums_go_in_pieces_that_match_across_ranks() {
+        // Two pieces and a rest: every element is the sum of the ranks' values.
+        let n = 2 * super::SUM_PIECE + 3;
+        let ranks = LocalGroup::ranks(2);
+        let outs: Vec<Vec<f32>> = std::thread::scope(|sc| {
+            let hs: Vec<_> = ranks
+                .iter()
+                .enumerate()
+                .map(|(r, c)| {
+                    sc.spawn(move || {
+                        let mut v: Vec<f32> = (0..n)
+                            .map(|i| (i % 1000) as f32 * (r as f32 + 1.0))
+                            .collect();
+                        super::sum_f32(c, &mut v).expect("sum");
+                        v
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().expect("rank")).collect()
+        });
+        for v in &outs {
+            for i in [0, 1, super::SUM_PIECE - 1, super::SUM_PIECE, n - 2, n - 1] {
+                assert_eq!(v[i], (i % 1000) as f32 * 3.0, "element {i}");
+            }
+        }
+    }
 
     #[test]
     fn ranks_sum_and_max_and_an_abort_frees_the_others() {

@@ -173,11 +173,13 @@ impl Runtime {
             };
             for g in &mut out.grads {
                 for buf in [g.w.as_mut(), g.b.as_mut()].into_iter().flatten() {
-                    let mut v: Vec<f64> = buf.to_f32().iter().map(|&x| f64::from(x)).collect();
+                    let mut f = buf.to_f32();
                     if share == comm::GradShare::Summed {
-                        comm.all_reduce_sum(&mut v)?;
+                        comm::sum_f32(comm, &mut f)?;
                     }
-                    let f: Vec<f32> = v.iter().map(|&x| (x as f32) * scale).collect();
+                    if scale != 1.0 {
+                        f.iter_mut().for_each(|x| *x *= scale);
+                    }
                     *buf = GradBuf::from_f32(f, buf.dtype());
                 }
             }
@@ -251,9 +253,9 @@ impl Runtime {
             // dx = Σ_r dz_r W_r: the ranks' partial products summed.
             for g in &mut out.grads {
                 if let Some(x) = g.x.as_mut() {
-                    let mut v: Vec<f64> = x.to_f32().iter().map(|&a| f64::from(a)).collect();
-                    comm.all_reduce_sum(&mut v)?;
-                    *x = GradBuf::from_f32(v.iter().map(|&a| a as f32).collect(), want_x);
+                    let mut f = x.to_f32();
+                    comm::sum_f32(comm, &mut f)?;
+                    *x = GradBuf::from_f32(f, want_x);
                 }
             }
             Ok(out)
