@@ -13,8 +13,10 @@
 //! (`--seqs` sequences per rank, bf16, random, the first eighth of each sequence a masked
 //! prompt) from one seed and keeps its own sequences (pairs for DPO, chosen first); each
 //! runs the loss data-parallel `--reps` times with `dW` summed over the ranks and reports the
-//! median device time, the peak memory above its inputs and the loss. Rank 0 then runs the
-//! whole batch alone and reports the relative differences of the loss and of `dW`.
+//! median time of a run (device events around it: the GPU work, the host's whole-batch stages
+//! and the waits for the other ranks; not the summing of `dW` after it), the peak memory above
+//! its inputs and the loss. Rank 0 then runs the whole batch alone and reports the relative
+//! differences of the loss and of `dW`.
 //!
 //! `--loss`: `flce` (one head) or `dpo` (policy and reference heads).
 
@@ -76,22 +78,41 @@ fn launch(a: &BTreeMap<String, String>) -> Res<()> {
     let world = num(a, "ranks")?;
     let id: String = unique_id()?.iter().map(|b| format!("{b:02x}")).collect();
     let exe = std::env::current_exe()?;
-    let children: Vec<_> = (0..world)
+    let mut children: Vec<_> = (0..world)
         .map(|r| {
             Command::new(&exe)
                 .args(std::env::args().skip(1))
                 .env("LIGER_RANK", r.to_string())
                 .env("LIGER_WORLD", world.to_string())
+                .env("LIGER_LOCAL_DEVICE", r.to_string())
                 .env("LIGER_NCCL_ID", &id)
                 .stdout(Stdio::piped())
                 .spawn()
         })
         .collect::<Result<_, _>>()?;
-    let mut reports = Vec::new();
+    // A rank that fails leaves its peers waiting in NCCL (until their timeout): stop them.
     let mut failed = false;
+    loop {
+        let mut running = 0;
+        for c in &mut children {
+            match c.try_wait()? {
+                Some(st) => failed |= !st.success(),
+                None => running += 1,
+            }
+        }
+        if running == 0 {
+            break;
+        }
+        if failed {
+            for c in &mut children {
+                let _ = c.kill();
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut reports = Vec::new();
     for (r, c) in children.into_iter().enumerate() {
         let out = c.wait_with_output()?;
-        failed |= !out.status.success();
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             match serde_json::from_str::<serde_json::Value>(line) {
                 Ok(v) => reports.push(v),
@@ -240,7 +261,13 @@ fn rank(a: &BTreeMap<String, String>, r: usize) -> Res<()> {
         (r * per..(r + 1) * per).collect()
     };
     let mine = select(&whole, &seqs, t, h);
-    let rt = Runtime::cuda(r)?;
+    // The GPU: the launcher's LIGER_LOCAL_DEVICE (another launcher that gives each process
+    // one visible GPU leaves it unset: device 0).
+    let device = match std::env::var("LIGER_LOCAL_DEVICE") {
+        Ok(d) => d.parse()?,
+        Err(_) => 0,
+    };
+    let rt = Runtime::cuda(device)?;
     let stream = rt
         .cuda_context()
         .ok_or("a CUDA runtime has a context")?

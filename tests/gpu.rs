@@ -2744,6 +2744,75 @@ fn gpu_data_parallel_matches_one_device() {
     let b = batch("custom", 5, 7, 4, 29, 12);
     let params = ParamSet::new().float("temperature", 0.7);
     check_data(&custom, &params, &b, 2, &opts, "cuda");
+    // Whole-batch normalisers of variants (GRPO's DAPO token count, DPO's per-token averages
+    // and NLL), and a per-vocabulary input read by the pre stream (class weights: the pre-late
+    // stage reads the stream's row values from the device).
+    let b = batch("grpo", 7, 9, 6, 37, 8);
+    let dapo = ParamSet::new().variant("loss_type", "Dapo");
+    check_data(builtin("grpo"), &dapo, &b, 3, &opts, "cuda");
+    let b = batch("dpo", 10, 9, 6, 37, 9);
+    let avg = ParamSet::new()
+        .variant("average", "true")
+        .variant("nll", "true");
+    check_data(builtin("dpo"), &avg, &b, 2, &opts, "cuda");
+    let mut b = batch("flce", 7, 9, 6, 37, 22);
+    let mut rng = fastrand::Rng::with_seed(23);
+    let cw: Vec<f32> = (0..37).map(|_| 0.5 + rng.f32()).collect();
+    b.side.push(("class_weight", Data::F(cw), 0, vec![37]));
+    let ps = ParamSet::new()
+        .float("label_smoothing", 0.1)
+        .float("z_loss_scale", 1e-3);
+    check_data(builtin("flce"), &ps, &b, 3, &opts, "cuda");
+    // A rank with a target out of the vocabulary: every rank gets an error, none waits.
+    let mut b = batch("flce", 6, 9, 5, 41, 11);
+    if let Some((_, Data::I(t), _, _)) = b.side.iter_mut().find(|s| s.0 == "target") {
+        t[4 * 9 + 3] = 41;
+    }
+    let parts: Vec<_> = common::ranks::split(6, 3, false)
+        .iter()
+        .map(|q| common::ranks::select(&b, q))
+        .collect();
+    let res = common::ranks::run_data_ranks(
+        builtin("flce"),
+        &ParamSet::new(),
+        &parts,
+        &opts,
+        liger::runtime::comm::GradShare::Share,
+        "cuda",
+    );
+    assert!(res.iter().all(Result::is_err), "every rank fails: {res:?}");
+    // A loss whose stream reads the number of sequences is refused on every rank.
+    let src = "use liger::prelude::*;\n\
+        #[chunked_loss]\n\
+        pub fn per_seq(logits: Logits, target: Target) -> Loss {\n\
+            mean(-logprob(logits, target) / num_seqs())\n\
+        }\n";
+    let per_seq = liger::compile_loss(src, "gpu test")
+        .expect("compiles")
+        .remove(0);
+    let b = batch("custom", 4, 7, 4, 29, 13);
+    let parts: Vec<_> = common::ranks::split(4, 2, false)
+        .iter()
+        .map(|q| common::ranks::select(&b, q))
+        .collect();
+    let res = common::ranks::run_data_ranks(
+        &per_seq,
+        &ParamSet::new(),
+        &parts,
+        &opts,
+        liger::runtime::comm::GradShare::Share,
+        "cuda",
+    );
+    for r in &res {
+        match r {
+            Err(e) => assert!(
+                e.to_string().contains("number of sequences")
+                    || e.to_string().contains("another rank"),
+                "{e}"
+            ),
+            Ok(_) => panic!("a stream reading num_seqs must be refused"),
+        }
+    }
 }
 
 /// NCCL (feature `nccl`) as the communicator of a data-parallel run, in a group of one (one

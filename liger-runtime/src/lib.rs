@@ -147,8 +147,8 @@ impl Runtime {
     /// and not summed. Ranks that disagree on the loss or inputs, or a rank that fails, make
     /// every rank return [`Error::Rank`] (no rank waits forever). On a CUDA runtime the
     /// GEMMs and vocabulary streams run on the GPU as for one device and the whole-batch
-    /// array stages (O(rows) values) on the host, where the ranks' values are combined; one
-    /// synchronisation per stage.
+    /// array stages (O(rows) values) on the host, where the ranks' values are combined (a few
+    /// small blocking copies per stage).
     pub fn run_data_parallel(
         &self,
         p: &Pipeline,

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use super::{randn, targets};
-use liger::runtime::comm::{GradShare, LocalGroup, LocalRank};
+use liger::runtime::comm::{Communicator, GradShare, LocalGroup, LocalRank};
 use liger::{ChunkedLoss, Head, InputSet, LossOutput, ParamSet, RunOptions, TensorView};
 
 /// A side input's values.
@@ -278,9 +278,15 @@ pub fn run_data_ranks(
     share: GradShare,
     device: &str,
 ) -> Vec<Result<LossOutput, liger::Error>> {
+    // Made before the threads: a rank that panicked before its first collective would leave
+    // the others waiting.
+    let rts: Vec<liger::Runtime> = parts
+        .iter()
+        .map(|_| liger::Runtime::for_device(device).expect("a runtime per rank"))
+        .collect();
     on_ranks(parts, |set, comm| {
-        let rt = liger::Runtime::for_device(device).expect("a runtime per rank");
-        liger::run_data_parallel(loss, &rt, set, params, opts, comm, share)
+        let rt = &rts[comm.rank()];
+        liger::run_data_parallel(loss, rt, set, params, opts, comm, share)
     })
 }
 

@@ -589,64 +589,90 @@ struct Units {
 /// Data parallel on CUDA: the array stages (whole-batch values over O(rows) elements) run on
 /// the host through the CPU executor's evaluator, whose whole-batch values combine every
 /// rank's partial sums ([`crate::comm`]), so the device needs no collective of its own. The
-/// values a stage reads come from the device (inputs, the streams' row values), what it
-/// computes goes back before the next kernel reads it: one synchronisation per stage. The
-/// stream kernels and GEMMs run as on one device.
+/// host inputs are loaded once; the values a stage reads from the streams come from the
+/// device, and what it computes goes back before the next kernel reads it: a few small
+/// blocking copies per stage. The stream kernels and GEMMs run as on one device.
 struct HostArrays<'a> {
     g: &'a LossFn,
     sched: &'a liger_ir::Schedule,
     ev: crate::cpu::eval::Eval<'a>,
     vals: &'a mut [Option<CudaSlice<u32>>],
-    /// The nodes evaluated here so far (no kernel writes them: their host copies stay exact).
+    /// The nodes whose host values are exact: the host inputs, and every node evaluated here
+    /// (no kernel writes either).
     done: std::collections::BTreeSet<ValueId>,
 }
 
-impl HostArrays<'_> {
+/// Value-table words (the kernel ABI's layout) as the evaluator's array of `dtype`.
+fn arr_of_words(dtype: DType, words: &[u32]) -> crate::host::Arr {
+    use crate::host::Arr;
+    match dtype {
+        DType::F32 => Arr::F(words.iter().map(|&w| f32::from_bits(w)).collect()),
+        DType::Bool => Arr::B(words.iter().map(|&w| f32::from_bits(w) != 0.0).collect()),
+        DType::Idx => Arr::I(
+            words
+                .iter()
+                .map(|&w| u32::try_from(w as i32).ok())
+                .collect(),
+        ),
+    }
+}
+
+impl<'a> HostArrays<'a> {
+    fn new(
+        g: &'a LossFn,
+        sched: &'a liger_ir::Schedule,
+        (s, t, v): (usize, usize, usize),
+        comm: &'a dyn crate::comm::Communicator,
+        words: &BTreeMap<ValueId, Vec<u32>>,
+        vals: &'a mut [Option<CudaSlice<u32>>],
+    ) -> Self {
+        let mut ev = crate::cpu::eval::Eval::new(g, s, t, v);
+        ev.comm = Some(comm);
+        let mut done = std::collections::BTreeSet::new();
+        for (&id, w) in words {
+            ev.load(id, arr_of_words(g.ty(id).dtype, w));
+            done.insert(id);
+        }
+        HostArrays {
+            g,
+            sched,
+            ev,
+            vals,
+            done,
+        }
+    }
+
     /// Evaluates array stage `stage` on the host, reading its nodes' other arguments from
     /// the device and writing their values back.
     fn stage(&mut self, st: &Arc<CudaStream>, stage: ArrayStage) -> Result<(), Error> {
         let ids = stage.nodes(self.sched);
         let e = drv("moving a whole-batch value between the device and the host");
-        let input = |v: ValueId| matches!(self.g.node(v).op, Op::Input(_));
+        let g = self.g;
+        let input = |v: ValueId| matches!(g.node(v).op, Op::Input(_));
+        // Arguments not computed in this stage and not exact on the host: the streams' values
+        // (read afresh: a stream may have written them since the last stage), device inputs.
+        let mut read = std::collections::BTreeSet::new();
         for &id in ids {
-            for &a in &self.g.node(id).args {
-                // Computed here (earlier in this stage or in an earlier one): already exact.
-                if self.done.contains(&a) || (ids.contains(&a) && !input(a)) {
-                    continue;
+            for &a in &g.node(id).args {
+                if !self.done.contains(&a) && (input(a) || !ids.contains(&a)) {
+                    read.insert(a);
                 }
-                if matches!(self.g.node(a).op, Op::Const(_) | Op::Size(_)) {
-                    self.ev.eval_array(a)?;
-                    self.done.insert(a);
-                    continue;
-                }
-                // Inputs and the streams' values: read afresh at every stage (a stream may
-                // have written them since the last one).
-                let Some(buf) = &self.vals[a.index()] else {
-                    return Err(Error::Internal(format!(
-                        "array node {} reads value {} that has no device array",
-                        id.0, a.0
-                    )));
-                };
-                let words = st.clone_dtoh(buf).map_err(&e)?;
-                let arr = match self.g.ty(a).dtype {
-                    DType::F32 => {
-                        crate::host::Arr::F(words.into_iter().map(f32::from_bits).collect())
-                    }
-                    DType::Bool => crate::host::Arr::B(
-                        words
-                            .into_iter()
-                            .map(|w| f32::from_bits(w) != 0.0)
-                            .collect(),
-                    ),
-                    DType::Idx => crate::host::Arr::I(
-                        words
-                            .into_iter()
-                            .map(|w| u32::try_from(w as i32).ok())
-                            .collect(),
-                    ),
-                };
-                self.ev.load(a, arr);
             }
+        }
+        for a in read {
+            if matches!(g.node(a).op, Op::Const(_) | Op::Size(_)) {
+                self.ev.eval_array(a)?;
+                self.done.insert(a);
+                continue;
+            }
+            let Some(buf) = &self.vals[a.index()] else {
+                return Err(Error::Internal(format!(
+                    "an array stage reads value {} that has no device array",
+                    a.0
+                )));
+            };
+            let words = st.clone_dtoh(buf).map_err(&e)?;
+            self.ev.load(a, arr_of_words(g.ty(a).dtype, &words));
         }
         for &id in ids {
             if !input(id) {
@@ -660,9 +686,21 @@ impl HostArrays<'_> {
                 continue;
             };
             let words = arr.words();
-            let n = words.len().min(buf.len());
-            let mut dst = buf.slice_mut(0..n);
-            st.memcpy_htod(&words[..n], &mut dst).map_err(&e)?;
+            // The device keeps one word for an empty pair level (`upload_values`).
+            let pair_pad = g.ty(id).level == liger_ir::Level::Pair && words.is_empty();
+            if words.len() != buf.len() && !(pair_pad && buf.len() == 1) {
+                return Err(Error::Internal(format!(
+                    "value {} has {} words on the host and {} on the device",
+                    id.0,
+                    words.len(),
+                    buf.len()
+                )));
+            }
+            if words.is_empty() {
+                continue;
+            }
+            let mut dst = buf.slice_mut(0..words.len());
+            st.memcpy_htod(&words, &mut dst).map_err(&e)?;
         }
         Ok(())
     }
@@ -1492,20 +1530,7 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
     let streams = sched.streams(g, strategy);
     let groups = sched.groups(s, t);
     let driven = {
-        let host = match comm {
-            Some(c) => {
-                let mut ev = crate::cpu::eval::Eval::new(g, s, t, v);
-                ev.comm = Some(c);
-                Some(HostArrays {
-                    g,
-                    sched,
-                    ev,
-                    vals: &mut vals,
-                    done: Default::default(),
-                })
-            }
-            None => None,
-        };
+        let host = comm.map(|c| HostArrays::new(g, sched, (s, t, v), c, &words, &mut vals));
         let mut cuda = Cuda {
             host,
             st,
@@ -1762,7 +1787,15 @@ fn batch_sizes_only_in_arrays(g: &LossFn, sched: &liger_ir::Schedule) -> Result<
         .iter()
         .any(|l| l.contains(&v))
     };
-    for v in g.ids() {
+    // The nodes some output needs (a dead node is never computed).
+    let mut live = std::collections::BTreeSet::new();
+    let mut stack: Vec<ValueId> = g.outputs.iter().map(|o| o.value).collect();
+    while let Some(v) = stack.pop() {
+        if live.insert(v) {
+            stack.extend(g.node(v).args.iter().copied());
+        }
+    }
+    for v in live {
         let node = g.node(v);
         if in_arrays(v) || matches!(node.op, Op::Input(_) | Op::Const(_) | Op::Size(_)) {
             continue;
