@@ -36,7 +36,7 @@ use crate::stream::StreamKind;
 const PRELUDE: &str = include_str!("prelude.cu");
 
 /// The emitter's version: bump on any change of the generated code's shape.
-pub const EMITTER_VERSION: &str = "cuda-emitter-4";
+pub const EMITTER_VERSION: &str = "cuda-emitter-5";
 
 /// What identifies the code generator in cache keys: its version, the ABI constants and the
 /// prelude.
