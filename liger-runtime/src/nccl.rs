@@ -9,7 +9,7 @@
 //! [`Communicator`] itself.
 //!
 //! libnccl is opened at run time by path (`libnccl.so.2`, searched like the other CUDA
-//! libraries, pip's `nvidia/nccl/lib` included) and only the six functions used here are
+//! libraries, pip's `nvidia/nccl/lib` included) and only the seven functions used here are
 //! bound, so a machine without it gets a typed error from every call, never a panic.
 //!
 //! **Failures.** NCCL cannot cancel a peer's pending collective, so each collective here is
