@@ -504,7 +504,14 @@ pub fn plan(
         }
         let min = fp.min_rows.max(1);
         let unstaged = fp.per_row + fp.stage.map_or(0, |st| st.per_row);
-        let mut chunk = ((budget - fp.fixed) / unstaged.max(1)).clamp(min, rows.max(min));
+        // Group-aligned packs whole groups' live rows: a chunk of the live rows rounded up to
+        // whole groups holds them all whenever the budget allows.
+        let upper = if s == Strategy::GroupAligned {
+            rows.next_multiple_of(min)
+        } else {
+            rows.max(min)
+        };
+        let mut chunk = ((budget - fp.fixed) / unstaged.max(1)).clamp(min, upper);
         if s == Strategy::GroupAligned {
             chunk = (chunk / min).max(1) * min;
         }
