@@ -2704,7 +2704,7 @@ fn gpu_data_parallel_matches_one_device() {
     if gpu_or_skip().is_none() {
         return;
     }
-    use common::ranks::{Data, batch, builtin, check_data};
+    use common::ranks::{Data, batch, builtin, check_data, per_seq, tempered_ce};
     let opts = RunOptions::default();
     for loss in liger::losses::builtin() {
         let loss = builtin(loss.name());
@@ -2733,14 +2733,7 @@ fn gpu_data_parallel_matches_one_device() {
         }
     }
     check_data(builtin("flce"), &ParamSet::new(), &b, 3, &opts, "cuda");
-    let src = "use liger::prelude::*;\n\
-        #[chunked_loss]\n\
-        pub fn tempered_ce(logits: Logits, target: Target, #[default(2.0)] temperature: f32) -> Loss {\n\
-            mean(-logprob(logits / temperature, target)) + 0.1 * mean(seq_sum(logsumexp(logits), valid(target)))\n\
-        }\n";
-    let custom = liger::compile_loss(src, "gpu test")
-        .expect("compiles")
-        .remove(0);
+    let custom = tempered_ce();
     let b = batch("custom", 5, 7, 4, 29, 12);
     let params = ParamSet::new().float("temperature", 0.7);
     check_data(&custom, &params, &b, 2, &opts, "cuda");
@@ -2782,21 +2775,14 @@ fn gpu_data_parallel_matches_one_device() {
     );
     assert!(res.iter().all(Result::is_err), "every rank fails: {res:?}");
     // A loss whose stream reads the number of sequences is refused on every rank.
-    let src = "use liger::prelude::*;\n\
-        #[chunked_loss]\n\
-        pub fn per_seq(logits: Logits, target: Target) -> Loss {\n\
-            mean(-logprob(logits, target) / num_seqs())\n\
-        }\n";
-    let per_seq = liger::compile_loss(src, "gpu test")
-        .expect("compiles")
-        .remove(0);
+    let refused = per_seq();
     let b = batch("custom", 4, 7, 4, 29, 13);
     let parts: Vec<_> = common::ranks::split(4, 2, false)
         .iter()
         .map(|q| common::ranks::select(&b, q))
         .collect();
     let res = common::ranks::run_data_ranks(
-        &per_seq,
+        &refused,
         &ParamSet::new(),
         &parts,
         &opts,

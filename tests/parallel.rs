@@ -75,14 +75,7 @@ fn a_rank_with_every_row_masked_and_a_custom_loss() {
         }
         check(builtin(name), &ParamSet::new(), &b, 3, &opts);
     }
-    let src = "use liger::prelude::*;\n\
-        #[chunked_loss]\n\
-        pub fn tempered_ce(logits: Logits, target: Target, #[default(2.0)] temperature: f32) -> Loss {\n\
-            mean(-logprob(logits / temperature, target)) + 0.1 * mean(seq_sum(logsumexp(logits), valid(target)))\n\
-        }\n";
-    let custom = liger::compile_loss(src, "test")
-        .expect("compiles")
-        .remove(0);
+    let custom = tempered_ce();
     let b = batch("custom", 5, 7, 4, 29, 12);
     check(
         &custom,
@@ -297,14 +290,7 @@ fn every_builtin_loss_splits_over_vocabulary_shards() {
         &b,
         2,
     );
-    let src = "use liger::prelude::*;\n\
-        #[chunked_loss]\n\
-        pub fn tempered_ce(logits: Logits, target: Target, #[default(2.0)] temperature: f32) -> Loss {\n\
-            mean(-logprob(logits / temperature, target)) + 0.1 * mean(seq_sum(logsumexp(logits), valid(target)))\n\
-        }\n";
-    let custom = liger::compile_loss(src, "test")
-        .expect("compiles")
-        .remove(0);
+    let custom = tempered_ce();
     let b = batch("custom", 3, 7, 4, 29, 25);
     check_vocab(&custom, &ParamSet::new().float("temperature", 0.7), &b, 3);
 }
@@ -414,14 +400,7 @@ fn every_builtin_specialisation_can_run_data_parallel_on_cuda() {
         }
     }
     // A custom loss whose stream reads the number of sequences is refused by name.
-    let src = "use liger::prelude::*;\n\
-        #[chunked_loss]\n\
-        pub fn per_seq(logits: Logits, target: Target) -> Loss {\n\
-            mean(-logprob(logits, target) / num_seqs())\n\
-        }\n";
-    let custom = liger::compile_loss(src, "test")
-        .expect("compiles")
-        .remove(0);
+    let custom = per_seq();
     let (p, _) =
         liger::pipeline_for(&custom, &["logits", "target"], &ParamSet::new()).expect("pipeline");
     match liger::runtime::cuda::backend::data_parallel_ready(&p) {

@@ -319,3 +319,29 @@ pub fn check_data(
         &outs,
     );
 }
+
+/// A custom loss from source for the rank tests: a tempered cross-entropy plus a per-sequence
+/// term (a `seq_sum` and a `mean` over the batch).
+pub fn tempered_ce() -> liger::DynLoss {
+    let src = "use liger::prelude::*;\n\
+        #[chunked_loss]\n\
+        pub fn tempered_ce(logits: Logits, target: Target, #[default(2.0)] temperature: f32) -> Loss {\n\
+            mean(-logprob(logits / temperature, target)) + 0.1 * mean(seq_sum(logsumexp(logits), valid(target)))\n\
+        }\n";
+    liger::compile_loss(src, "rank tests")
+        .expect("compiles")
+        .remove(0)
+}
+
+/// A custom loss whose vocabulary stream reads the number of sequences (which the CUDA
+/// executor's data-parallel path refuses).
+pub fn per_seq() -> liger::DynLoss {
+    let src = "use liger::prelude::*;\n\
+        #[chunked_loss]\n\
+        pub fn per_seq(logits: Logits, target: Target) -> Loss {\n\
+            mean(-logprob(logits, target) / num_seqs())\n\
+        }\n";
+    liger::compile_loss(src, "rank tests")
+        .expect("compiles")
+        .remove(0)
+}
