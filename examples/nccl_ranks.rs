@@ -1,10 +1,10 @@
-//! Data parallel over NCCL, one process per GPU (feature `nccl`): the launcher for several
-//! GPUs of one host.
+//! Data or vocab parallel over NCCL, one process per GPU (feature `nccl`): the launcher for
+//! several GPUs of one host.
 //!
 //! ```text
 //! cargo run --release --features nccl --example nccl_ranks -- \
 //!     --ranks 2 --loss flce --seqs 8 --seq-len 1024 --hidden 4096 --vocab 128256 \
-//!     --budget 2GiB --reps 5 [--json out.json]
+//!     --budget 2GiB --reps 5 [--mode data|vocab] [--json out.json]
 //! ```
 //!
 //! Without `LIGER_RANK` in its environment the program is the launcher: it makes an NCCL unique
@@ -17,6 +17,15 @@
 //! and the waits for the other ranks; not the summing of `dW` after it), the peak memory above
 //! its inputs and the loss. Rank 0 then runs the whole batch alone and reports the relative
 //! differences of the loss and of `dW`.
+//!
+//! `--mode vocab`: every rank holds the whole batch of `--seqs` sequences and its shard of
+//! each head's vocabulary rows (rank `r` rows `r·V/ranks .. (r+1)·V/ranks`); each runs the
+//! loss vocab-parallel (the streams' reductions and `dx` combined with NCCL all-reduces on
+//! the device, inside the timed part), and rank 0 compares the loss, `dx` and its shard's
+//! `dW` with one GPU on the same batch at the same budget.
+//!
+//! Gradients: `dx` in bf16, `dW` returned in f32 (its accumulator is the returned buffer, so
+//! it is not working memory), as `liger bench` does.
 //!
 //! `--loss`: `flce` (one head) or `dpo` (policy and reference heads).
 
@@ -41,6 +50,7 @@ fn args() -> Res<BTreeMap<String, String>> {
         ("vocab", "128256"),
         ("budget", "2GiB"),
         ("reps", "5"),
+        ("mode", "data"),
         ("json", ""),
     ]
     .into_iter()
@@ -121,8 +131,25 @@ fn launch(a: &BTreeMap<String, String>) -> Res<()> {
         }
     }
     println!(
-        "{} ranks, {} per rank: {} sequences x {}, H {}, V {}, bf16, budget {}",
-        world, a["loss"], a["seqs"], a["seq-len"], a["hidden"], a["vocab"], a["budget"]
+        "{} ranks, {} parallel, {}: {} sequences x {}{}, H {}, V {}{}, bf16, budget {} per rank",
+        world,
+        a["mode"],
+        a["loss"],
+        a["seqs"],
+        a["seq-len"],
+        if a["mode"] == "vocab" {
+            ""
+        } else {
+            " per rank"
+        },
+        a["hidden"],
+        a["vocab"],
+        if a["mode"] == "vocab" {
+            " split between the ranks"
+        } else {
+            ""
+        },
+        a["budget"]
     );
     println!("rank  strategy     chunk   fwd+bwd ms   peak GiB   loss");
     for v in &reports {
@@ -203,13 +230,34 @@ fn select(b: &Batch, seqs: &[usize], t: usize, h: usize) -> Batch {
     }
 }
 
+/// How a run relates to the other ranks.
+#[derive(Clone, Copy)]
+enum Mode<'g> {
+    Single,
+    Data(&'g NcclGroup),
+    Vocab(&'g NcclGroup),
+}
+
+/// `b` with each head's vocabulary rows `a..e` of `h` entries.
+fn shard(b: &Batch, a: usize, e: usize, h: usize) -> Batch {
+    Batch {
+        s: b.s,
+        heads: b
+            .heads
+            .iter()
+            .map(|(n, x, w)| (*n, x.clone(), w[a * h..e * h].to_vec()))
+            .collect(),
+        target: b.target.clone(),
+    }
+}
+
 fn run(
     loss: &dyn ChunkedLoss,
     rt: &Runtime,
     b: &Batch,
     (t, h, v): (usize, usize, usize),
     opts: &RunOptions,
-    group: Option<&NcclGroup>,
+    mode: Mode<'_>,
 ) -> Result<LossOutput, liger::Error> {
     let (xs, ws, ts) = ([b.s, t, h], [v, h], [b.s, t]);
     let mut set = InputSet::new();
@@ -221,13 +269,16 @@ fn run(
     }
     let set = set.tensor("target", TensorView::new(&b.target, &ts)?);
     let params = ParamSet::new();
-    match group {
-        Some(g) => liger::run_data_parallel(loss, rt, &set, &params, opts, g, GradShare::Summed),
-        None => liger::run(loss, rt, &set, &params, opts),
+    match mode {
+        Mode::Data(g) => {
+            liger::run_data_parallel(loss, rt, &set, &params, opts, g, GradShare::Summed)
+        }
+        Mode::Vocab(g) => liger::run_vocab_parallel(loss, rt, &set, &params, opts, g),
+        Mode::Single => liger::run(loss, rt, &set, &params, opts),
     }
 }
 
-/// One rank: its part of the batch, data parallel over the NCCL group.
+/// One rank: its part of the batch (data) or of the vocabulary (vocab) over the NCCL group.
 fn rank(a: &BTreeMap<String, String>, r: usize) -> Res<()> {
     let world: usize = std::env::var("LIGER_WORLD")?.parse()?;
     let hex = std::env::var("LIGER_NCCL_ID")?;
@@ -250,7 +301,12 @@ fn rank(a: &BTreeMap<String, String>, r: usize) -> Res<()> {
     if pairs && per % 2 != 0 {
         return Err("DPO needs an even --seqs (pairs, chosen first)".into());
     }
-    let whole = batch(&a["loss"], per * world, t, h, v);
+    let vocab = match a["mode"].as_str() {
+        "data" => false,
+        "vocab" => true,
+        other => return Err(format!("--mode {other}: data or vocab").into()),
+    };
+    let whole = batch(&a["loss"], if vocab { per } else { per * world }, t, h, v);
     // This rank's sequences: contiguous, or its pairs' chosen then rejected sequences.
     let seqs: Vec<usize> = if pairs {
         let (n, k) = (per * world / 2, per / 2);
@@ -260,7 +316,13 @@ fn rank(a: &BTreeMap<String, String>, r: usize) -> Res<()> {
     } else {
         (r * per..(r + 1) * per).collect()
     };
-    let mine = select(&whole, &seqs, t, h);
+    // Vocab parallel: the whole batch, this rank's vocabulary rows.
+    let (va, ve) = (r * v / world, (r + 1) * v / world);
+    let mine = if vocab {
+        shard(&whole, va, ve, h)
+    } else {
+        select(&whole, &seqs, t, h)
+    };
     // The GPU: the launcher's LIGER_LOCAL_DEVICE (another launcher that gives each process
     // one visible GPU leaves it unset: device 0).
     let device = match std::env::var("LIGER_LOCAL_DEVICE") {
@@ -275,14 +337,23 @@ fn rank(a: &BTreeMap<String, String>, r: usize) -> Res<()> {
     let group = NcclGroup::new(stream, r, world, &id)?;
     let opts = RunOptions {
         chunk_memory: liger::runtime::plan::parse_bytes(&a["budget"])?,
-        grad_dtypes: liger::runtime::plan::GradDTypes::all(liger::runtime::tensor::DType::BF16),
+        grad_dtypes: liger::runtime::plan::GradDTypes {
+            x: liger::runtime::tensor::DType::BF16,
+            w: liger::runtime::tensor::DType::F32,
+            b: liger::runtime::tensor::DType::F32,
+        },
         ..RunOptions::default()
     };
     let reps = num(a, "reps")?.max(1);
     let mut times = Vec::new();
     let mut last = None;
     for _ in 0..reps + 1 {
-        let out = run(loss, &rt, &mine, (t, h, v), &opts, Some(&group))?;
+        let (vr, mode) = if vocab {
+            (ve - va, Mode::Vocab(&group))
+        } else {
+            (v, Mode::Data(&group))
+        };
+        let out = run(loss, &rt, &mine, (t, h, vr), &opts, mode)?;
         times.push(out.report.device_ms.unwrap_or(f64::NAN));
         last = Some(out);
     }
@@ -292,6 +363,8 @@ fn rank(a: &BTreeMap<String, String>, r: usize) -> Res<()> {
     let mut report = serde_json::json!({
         "rank": r,
         "world": world,
+        "mode": a["mode"],
+        "vocab_rows": if vocab { ve - va } else { v },
         "loss": out.loss,
         "ms": times[times.len() / 2],
         "peak_gib": out.report.peak_extra_bytes.map(|b| b as f64 / 2f64.powi(30)),
@@ -299,25 +372,39 @@ fn rank(a: &BTreeMap<String, String>, r: usize) -> Res<()> {
         "chunk_rows": out.report.chunk_rows,
     });
     if r == 0 {
-        let single = run(loss, &rt, &whole, (t, h, v), &opts, None)?;
-        let dw = |o: &LossOutput| {
-            o.grads[0]
-                .w
-                .as_ref()
-                .map(|g| g.to_f32())
-                .unwrap_or_default()
+        let single = run(loss, &rt, &whole, (t, h, v), &opts, Mode::Single)?;
+        let grad = |o: &LossOutput, part: char| {
+            let g = &o.grads[0];
+            match part {
+                'x' => g.x.as_ref(),
+                _ => g.w.as_ref(),
+            }
+            .map(|g| g.to_f32())
+            .unwrap_or_default()
         };
-        let (a, b) = (dw(&out), dw(&single));
-        let num: f64 = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| f64::from(x - y).powi(2))
-            .sum();
-        let den: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
+        // Relative L2 difference of `got` from `want`.
+        let rel = |got: &[f32], want: &[f32]| {
+            let num: f64 = got
+                .iter()
+                .zip(want)
+                .map(|(x, y)| f64::from(x - y).powi(2))
+                .sum();
+            let den: f64 = want.iter().map(|y| f64::from(*y).powi(2)).sum();
+            (num / den.max(1e-300)).sqrt()
+        };
+        let (dw, dw1) = (grad(&out, 'w'), grad(&single, 'w'));
+        // Vocab parallel: this rank's rows of the single run's dW.
+        let dw1 = if vocab {
+            dw1[va * h..ve * h].to_vec()
+        } else {
+            dw1
+        };
         report["vs_single"] = serde_json::json!({
             "loss_rel": ((out.loss - single.loss) / single.loss).abs(),
-            "dw_rel": (num / den.max(1e-300)).sqrt(),
+            "dw_rel": rel(&dw, &dw1),
+            "dx_rel": if vocab { Some(rel(&grad(&out, 'x'), &grad(&single, 'x'))) } else { None },
             "single_ms": single.report.device_ms,
+            "single_strategy": single.report.strategy.name(),
         });
     }
     println!("{report}");

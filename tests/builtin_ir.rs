@@ -42,9 +42,7 @@ fn every_specialisation_is_snapshotted_and_differentiable() {
                     // them in tests/nvrtc.rs).
                     let p = liger::pipeline(loss, spec).expect("pipeline");
                     let first = p.schedule().candidates[0];
-                    let bf16 = liger::ir::emit::EmitOptions {
-                        gemm_dtype: liger::ir::emit::GemmDType::BF16,
-                    };
+                    let bf16 = liger::ir::emit::EmitOptions::new(liger::ir::emit::GemmDType::BF16);
                     p.module(first, &bf16)
                         .unwrap_or_else(|e| panic!("{} ({}): {e}", loss.name(), spec.describe()));
                     verify(&f).expect("verifies");

@@ -70,9 +70,7 @@ fn key_of(p: &Pipeline, r: &Req) -> KeyParts {
     module_key(
         p,
         s,
-        &EmitOptions {
-            gemm_dtype: r.dtype,
-        },
+        &EmitOptions::new(r.dtype),
         &Target {
             arch: r.arch.into(),
             nvrtc: r.nvrtc,
@@ -87,16 +85,7 @@ fn parts_of(loss: &dyn ChunkedLoss, r: &Req) -> KeyParts {
 fn build(loss: &dyn ChunkedLoss, cache: &Cache) -> Compiled {
     let p = pipe(loss, 0);
     let s = p.strategy(None).expect("a strategy");
-    compile(
-        &p,
-        s,
-        &EmitOptions {
-            gemm_dtype: GemmDType::BF16,
-        },
-        "sm_90",
-        cache,
-    )
-    .expect("compiles")
+    compile(&p, s, &EmitOptions::new(GemmDType::BF16), "sm_90", cache).expect("compiles")
 }
 
 #[test]
@@ -226,9 +215,7 @@ fn warm_writes_the_keys_a_run_reads() {
             let k = module_key(
                 &p,
                 *s,
-                &EmitOptions {
-                    gemm_dtype: GemmDType::BF16,
-                },
+                &EmitOptions::new(GemmDType::BF16),
                 &Target {
                     arch: "sm_90".into(),
                     nvrtc: nv,
@@ -271,9 +258,7 @@ fn disk_hits_misses_explain_and_modes() {
     assert_eq!(again.entries()[0].hits, 1);
     // A miss explains itself.
     let p = pipe(&Flce, 0);
-    let f32_opts = EmitOptions {
-        gemm_dtype: GemmDType::F32,
-    };
+    let f32_opts = EmitOptions::new(GemmDType::F32);
     let miss = compile(&p, Strategy::Fused, &f32_opts, "sm_90", &again).expect("compiles");
     match &miss.origin {
         Origin::Compiled { why } => assert!(why.contains("dtype: bf16 -> f32"), "{why}"),

@@ -12,9 +12,7 @@ fn ir_stages_and_cuda_of_every_builtin() {
         let module = p
             .module(
                 p.schedule().candidates[0],
-                &EmitOptions {
-                    gemm_dtype: GemmDType::BF16,
-                },
+                &EmitOptions::new(GemmDType::BF16),
             )
             .expect("emits");
         let mut surface = p.surface().expect("a surface IR").clone();
@@ -29,5 +27,25 @@ fn ir_stages_and_cuda_of_every_builtin() {
         );
         insta::assert_snapshot!(format!("{}_stages", loss.name()), stages);
         insta::assert_snapshot!(format!("{}_cuda", loss.name()), module.source);
+    }
+}
+
+/// The vocab-parallel form of two losses' modules: FLCE (a log-sum-exp and a target logit in
+/// one round) and DPO (log-probabilities of two heads, the sequence values after them).
+#[test]
+fn vocab_shard_modules_of_flce_and_dpo() {
+    for name in ["flce", "dpo"] {
+        let loss = liger::losses::builtin()
+            .into_iter()
+            .find(|l| l.name() == name)
+            .expect("built-in");
+        let spec = &loss.specializations()[0];
+        let p = liger::pipeline(loss, spec).expect("pipeline");
+        let opts = EmitOptions {
+            vocab_shards: true,
+            ..EmitOptions::new(GemmDType::BF16)
+        };
+        let module = p.module(p.schedule().candidates[0], &opts).expect("emits");
+        insta::assert_snapshot!(format!("{name}_cuda_shards"), module.source);
     }
 }

@@ -112,7 +112,7 @@ fn gpu_stream_kernels_match_the_cpu_executor() {
                     if dtype == GemmDType::F32 && v != 123 {
                         continue;
                     }
-                    let opts = EmitOptions { gemm_dtype: dtype };
+                    let opts = EmitOptions::new(dtype);
                     let k = compile(&p, strategy, &opts, &arch, &cache).expect("compiles");
                     let module = gpu.load(&k.binary).expect("loads");
                     let opts = RunOptions::default();
@@ -205,9 +205,7 @@ fn gpu_cache_fill_and_load() {
     for loss in liger::losses::builtin() {
         let p = liger::pipeline(loss, &loss.specializations()[0]).expect("pipeline");
         let strategy = p.schedule().candidates[0];
-        let opts = EmitOptions {
-            gemm_dtype: GemmDType::BF16,
-        };
+        let opts = EmitOptions::new(GemmDType::BF16);
         let start = Instant::now();
         let k = compile(&p, strategy, &opts, &arch, &cache).expect("compiles");
         let module = gpu.load(&k.binary).expect("loads");
@@ -2801,7 +2799,73 @@ fn gpu_data_parallel_matches_one_device() {
     }
 }
 
-/// NCCL (feature `nccl`) as the communicator of a data-parallel run, in a group of one (one
+/// Vocab parallel on the CUDA executor: every built-in loss with its vocabulary split over 2
+/// and 3 rank threads on one GPU (V = 37: unequal shards), under every strategy it has and
+/// with many chunks, equals the single-device CUDA run: loss, metrics, `dx` (the ranks'
+/// partial products summed on the device) and each shard's rows of `dW`/`db`. Variants with
+/// every reduction kind (label smoothing: a vocabulary sum; z-loss and softcap: log-sum-exps
+/// of transformed rows; class weights: a sharded per-vocabulary input; GRPO's DAPO), a
+/// masked batch and a custom loss from source. The device all-reduces go through the host
+/// here (`LocalGroup`); NCCL's are run by `examples/nccl_ranks.rs` on two GPUs.
+fn gpu_vocab_parallel_matches_one_device() {
+    if gpu_or_skip().is_none() {
+        return;
+    }
+    use common::ranks::{Data, batch, builtin, check_vocab_on, tempered_ce};
+    let opts = RunOptions::default();
+    for loss in liger::losses::builtin() {
+        let name = loss.name();
+        let loss = builtin(name);
+        let pairs = matches!(name, "dpo" | "cpo" | "simpo" | "orpo");
+        let b = batch(name, if pairs { 4 } else { 3 }, 9, 6, 37, 21);
+        for world in [2, 3] {
+            check_vocab_on(loss, &ParamSet::new(), &b, world, &opts, "cuda");
+        }
+        // Every strategy, in chunks of 5 rows (several per sequence and per group) where the
+        // strategy takes any chunk (group-aligned chunks hold whole groups: planned).
+        let p = liger::pipeline(loss, &loss.specializations()[0]).expect("pipeline");
+        for strategy in p.schedule().candidates.clone() {
+            let forced = RunOptions {
+                schedule: Some(strategy),
+                rows: (strategy != liger::ir::Strategy::GroupAligned).then_some(
+                    liger::ForcedRows {
+                        chunk: 5,
+                        stage: None,
+                    },
+                ),
+                ..RunOptions::default()
+            };
+            check_vocab_on(loss, &ParamSet::new(), &b, 2, &forced, "cuda");
+        }
+    }
+    let mut b = batch("flce", 3, 9, 6, 37, 22);
+    let mut rng = fastrand::Rng::with_seed(23);
+    let cw: Vec<f32> = (0..37).map(|_| 0.5 + rng.f32()).collect();
+    b.side.push(("class_weight", Data::F(cw), 0, vec![37]));
+    let ps = ParamSet::new()
+        .float("label_smoothing", 0.1)
+        .float("z_loss_scale", 1e-3)
+        .variant("softcap", "true")
+        .float("softcap_value", 5.0);
+    check_vocab_on(builtin("flce"), &ps, &b, 3, &opts, "cuda");
+    let mut b = batch("flce", 4, 9, 5, 41, 11);
+    if let Some((_, Data::I(t), _, _)) = b.side.iter_mut().find(|s| s.0 == "target") {
+        for x in &mut t[9..2 * 9] {
+            *x = -100;
+        }
+    }
+    check_vocab_on(builtin("flce"), &ParamSet::new(), &b, 2, &opts, "cuda");
+    let b = batch("grpo", 3, 9, 6, 37, 24);
+    let dapo = ParamSet::new().variant("loss_type", "Dapo");
+    check_vocab_on(builtin("grpo"), &dapo, &b, 2, &opts, "cuda");
+    let custom = tempered_ce();
+    let b = batch("custom", 3, 7, 4, 29, 25);
+    let params = ParamSet::new().float("temperature", 0.7);
+    check_vocab_on(&custom, &params, &b, 3, &opts, "cuda");
+}
+
+/// NCCL (feature `nccl`) as the communicator of a data-parallel and a vocab-parallel run, in
+/// a group of one (one
 /// GPU here; two processes on two GPUs is `examples/nccl_ranks.rs`): collectives return their
 /// input, the run equals the single-device run, and after `abort` every collective is a typed
 /// error instead of a wait.
@@ -2856,6 +2920,24 @@ fn gpu_nccl_group_of_one_runs_data_parallel() {
     );
     for (a, b) in gw.iter().zip(&fw) {
         assert!((a - b).abs() <= 1e-6 + 1e-5 * b.abs(), "dW {a} vs {b}");
+    }
+    // Vocab parallel through NCCL's device all-reduces (the whole vocabulary as one shard).
+    let vocab = with_inputs(&b, |set| {
+        liger::run_vocab_parallel(builtin("flce"), &rt, set, &ParamSet::new(), &opts, &group)
+            .expect("a vocab-parallel group of one")
+    });
+    assert!(
+        (vocab.loss - full.loss).abs() <= 1e-6 * full.loss.abs(),
+        "{} vs {}",
+        vocab.loss,
+        full.loss
+    );
+    let (gx, fx) = (
+        vocab.grads[0].x.as_ref().expect("dx").to_f32(),
+        full.grads[0].x.as_ref().expect("dx").to_f32(),
+    );
+    for (a, b) in gx.iter().zip(&fx) {
+        assert!((a - b).abs() <= 1e-6 + 1e-5 * b.abs(), "dx {a} vs {b}");
     }
     group.abort("test");
     let e = group.all_reduce_sum(&mut v).expect_err("aborted");
@@ -2961,6 +3043,10 @@ fn main() -> std::process::ExitCode {
         trial(
             "gpu_data_parallel_matches_one_device",
             gpu_data_parallel_matches_one_device,
+        ),
+        trial(
+            "gpu_vocab_parallel_matches_one_device",
+            gpu_vocab_parallel_matches_one_device,
         ),
     ];
     #[cfg(feature = "nccl")]

@@ -63,19 +63,30 @@ fn every_builtin_kernel_compiles_for_sm80_and_sm90_without_spills() {
             } else {
                 (vec![sched.candidates[0]], vec![GemmDType::BF16])
             };
+            // Vocab-parallel modules too (every strategy of the first specialisation, bf16).
+            let shard_opts = EmitOptions {
+                vocab_shards: true,
+                ..EmitOptions::new(GemmDType::BF16)
+            };
+            let variants: Vec<EmitOptions> = dtypes
+                .iter()
+                .copied()
+                .map(EmitOptions::new)
+                .chain((k == 0).then_some(shard_opts))
+                .collect();
             for s in &strategies {
-                for dt in dtypes.iter().copied() {
-                    let m = p
-                        .module(*s, &EmitOptions { gemm_dtype: dt })
-                        .expect("emits");
+                for opts in &variants {
+                    let dt = opts.gemm_dtype;
+                    let m = p.module(*s, opts).expect("emits");
                     if sources.insert(m.source.clone()) {
                         modules.push((
                             format!(
-                                "{} [{}] {} {}",
+                                "{} [{}] {} {}{}",
                                 loss.name(),
                                 spec.describe(),
                                 s.name(),
-                                dt.name()
+                                dt.name(),
+                                if opts.vocab_shards { " shards" } else { "" }
                             ),
                             m,
                         ));
@@ -168,9 +179,7 @@ fn ptx_fallback_targets_isa_9_0_or_older() {
     let m = p
         .module(
             p.schedule().candidates[0],
-            &EmitOptions {
-                gemm_dtype: GemmDType::BF16,
-            },
+            &EmitOptions::new(GemmDType::BF16),
         )
         .expect("emits");
     let c = nvrtc::compile(&m.source, "liger.cu", "compute_90").expect("PTX");

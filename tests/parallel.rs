@@ -172,91 +172,17 @@ fn ranks_that_disagree_all_get_a_typed_error() {
 }
 
 /// The batch with every head's vocabulary rows `a..b` (and the bias and per-vocabulary inputs').
-fn shard(b: &Batch, a: usize, e: usize) -> Batch {
-    let mut out = b.clone();
-    out.v = e - a;
-    for (_, h, _, w) in &mut out.heads {
-        *w = w[a * *h..e * *h].to_vec();
-    }
-    for (name, d, _, tail) in &mut out.side {
-        if *name == "class_weight" {
-            if let Data::F(x) = d {
-                *x = x[a..e].to_vec();
-            }
-            *tail = vec![e - a];
-        }
-    }
-    out
-}
-
 fn run_vocab_ranks(
     loss: &(dyn ChunkedLoss + Sync),
     params: &ParamSet,
     parts: &[Batch],
     opts: &RunOptions,
 ) -> Vec<Result<LossOutput, liger::Error>> {
-    let rt = liger::Runtime::cpu();
-    on_ranks(parts, |set, comm| {
-        liger::run_vocab_parallel(loss, &rt, set, params, opts, comm)
-    })
+    vocab_ranks(loss, params, parts, opts, "cpu")
 }
 
 fn check_vocab(loss: &(dyn ChunkedLoss + Sync), params: &ParamSet, b: &Batch, world: usize) {
-    let opts = RunOptions::default();
-    let what = format!("{} vocab x{world}", loss.name());
-    let full = with_inputs(b, |set| {
-        liger::run(loss, &liger::Runtime::cpu(), set, params, &opts).expect("single device")
-    });
-    let bounds: Vec<(usize, usize)> = (0..world)
-        .map(|r| (r * b.v / world, (r + 1) * b.v / world))
-        .collect();
-    let parts: Vec<Batch> = bounds.iter().map(|&(a, e)| shard(b, a, e)).collect();
-    let outs: Vec<LossOutput> = run_vocab_ranks(loss, params, &parts, &opts)
-        .into_iter()
-        .map(|o| o.unwrap_or_else(|e| panic!("{what}: {e}")))
-        .collect();
-    for (r, (out, &(a, e))) in outs.iter().zip(&bounds).enumerate() {
-        close(&format!("{what} rank {r} loss"), out.loss, full.loss);
-        for (m, fm) in out.metrics.iter().zip(&full.metrics) {
-            assert_eq!(m.values.len(), fm.values.len(), "{what}: metric {}", m.name);
-            for (i, (x, y)) in m.values.iter().zip(&fm.values).enumerate() {
-                close(&format!("{what} rank {r} metric {}[{i}]", m.name), *x, *y);
-            }
-        }
-        for (g, fg) in out.grads.iter().zip(&full.grads) {
-            let h = b.heads.iter().find(|x| x.0 == g.head).expect("head").1;
-            let pairs: [(
-                &str,
-                Option<&liger::GradBuf>,
-                Option<&liger::GradBuf>,
-                usize,
-            ); 3] = [
-                ("x", g.x.as_ref(), fg.x.as_ref(), 0),
-                ("w", g.w.as_ref(), fg.w.as_ref(), a * h),
-                ("b", g.b.as_ref(), fg.b.as_ref(), a),
-            ];
-            for (part, got, want, from) in pairs {
-                let (Some(got), Some(want)) = (got, want) else {
-                    assert!(got.is_none() == want.is_none(), "{what}: {part}");
-                    continue;
-                };
-                let (got, want) = (got.to_f32(), want.to_f32());
-                let n = match part {
-                    "x" => want.len(),
-                    "w" => (e - a) * h,
-                    _ => e - a,
-                };
-                assert_eq!(got.len(), n, "{what} rank {r} d{part} length");
-                for (i, x) in got.iter().enumerate() {
-                    close(
-                        &format!("{what} rank {r} d{part} {}[{i}]", g.head),
-                        *x,
-                        want[from + i],
-                    );
-                }
-            }
-        }
-    }
+    check_vocab_on(loss, params, b, world, &RunOptions::default(), "cpu");
 }
 
 #[test]

@@ -33,6 +33,7 @@ pub mod pipeline;
 pub mod rowskip;
 pub mod scalar;
 pub mod schedule;
+pub mod shard;
 pub mod stream;
 pub mod text;
 pub mod types;

@@ -20,7 +20,7 @@ use crate::op::{Op, VocabReduce};
 use crate::types::Level;
 
 /// What a stream kernel does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum StreamKind {
     /// The pre stream: row values that reduce head-free vocab values, over every row before
     /// the chunk loop, reading no logits.
@@ -201,6 +201,18 @@ impl StreamPlan {
             .copied()
             .filter(|v| f.ty(*v).level == Level::Row)
             .collect()
+    }
+
+    /// The row items of this stream that value `v` needs through vocab expressions: row
+    /// values of the program, and the log-sum-exps that `log_softmax`/`softmax` need.
+    pub fn row_needs(&self, f: &LossFn, v: ValueId, out: &mut BTreeSet<RowItem>) {
+        let mut b = Build {
+            f,
+            in_prog: self.program.iter().copied().collect(),
+            stages: BTreeMap::new(),
+            externals: BTreeSet::new(),
+        };
+        b.needs(v, out, &mut BTreeSet::new());
     }
 
     /// The reductions of pass `stage` (in item order).

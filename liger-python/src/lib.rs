@@ -377,7 +377,7 @@ impl NativeLoss {
             let names: Vec<&str> = given.iter().map(String::as_str).collect();
             let (p, _) = liger::pipeline_for(loss, &names, &params).map_err(|e| e.to_string())?;
             let cache = open_cache(root);
-            let opts = EmitOptions { gemm_dtype };
+            let opts = EmitOptions::new(gemm_dtype);
             let mut out = Vec::new();
             for strategy in p.schedule().candidates.clone() {
                 let k = liger::runtime::cuda::compile::compile(&p, strategy, &opts, &arch, &cache)

@@ -16,9 +16,13 @@
 //! collective after it, on every rank, returns [`Error::Rank`] instead of waiting.
 //!
 //! [`LocalGroup`] simulates ranks as threads of one process (tests, and CPU data parallelism
-//! within a process); NCCL is the communicator across GPUs (not built yet).
+//! within a process); [`crate::nccl`] (cargo feature `nccl`) is the communicator across GPUs.
+//! Vocab parallel on CUDA also reduces device buffers ([`Communicator::all_reduce_device`]):
+//! through the host by default, as NCCL all-reduces queued on the executor's stream with NCCL.
 
 use std::sync::{Arc, Condvar, Mutex};
+
+use cudarc::driver::{CudaStream, CudaViewMut};
 
 use crate::Error;
 
@@ -35,6 +39,66 @@ pub trait Communicator: Send + Sync {
     fn all_reduce_max(&self, values: &mut [f64]) -> Result<(), Error>;
     /// This rank gives up with `why`: every pending and later collective of every rank fails.
     fn abort(&self, why: &str);
+
+    /// Elementwise `op` over every rank of the `f32` values in device memory `buf`, in place,
+    /// queued on `stream` after the work already queued there (vocab parallel: a round's
+    /// partials, O(rows) values per chunk, and `dx` once). The ranks call it in the same order
+    /// with the same lengths, as the host collectives. The default goes through the host
+    /// (waits for the stream, copies, reduces in `f64` with the host collectives, copies
+    /// back); NCCL queues its own all-reduce on the stream without waiting.
+    fn all_reduce_device(
+        &self,
+        stream: &Arc<CudaStream>,
+        buf: &mut CudaViewMut<'_, f32>,
+        op: ReduceOp,
+    ) -> Result<(), Error> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let e = |what: &'static str| {
+            let rank = self.rank();
+            move |err: cudarc::driver::DriverError| Error::Rank {
+                rank,
+                why: format!("{what}: {err}"),
+            }
+        };
+        let host = stream
+            .clone_dtoh(&*buf)
+            .map_err(e("copying device values to the host"))?;
+        let mut v: Vec<f64> = host.iter().map(|&x| f64::from(x)).collect();
+        match op {
+            ReduceOp::Sum => self.all_reduce_sum(&mut v)?,
+            ReduceOp::Max => self.all_reduce_max(&mut v)?,
+            ReduceOp::Min => {
+                v.iter_mut().for_each(|x| *x = -*x);
+                self.all_reduce_max(&mut v)?;
+                v.iter_mut().for_each(|x| *x = -*x);
+            }
+        }
+        let back: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+        stream
+            .memcpy_htod(&back, buf)
+            .map_err(e("copying reduced values to the device"))
+    }
+
+    /// Waits until the device collectives queued on `stream` have run, giving up with
+    /// [`Error::Rank`] when a peer never joins them (NCCL: its asynchronous error and
+    /// timeout). The default has nothing queued of its own.
+    fn settle(&self, stream: &Arc<CudaStream>) -> Result<(), Error> {
+        let _ = stream;
+        Ok(())
+    }
+}
+
+/// The elementwise operation of a device all-reduce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReduceOp {
+    /// Sum.
+    Sum,
+    /// Maximum.
+    Max,
+    /// Minimum.
+    Min,
 }
 
 /// Checks that every rank runs the same loss on the same kind of batch: `fingerprint` (a hash

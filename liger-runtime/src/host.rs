@@ -248,19 +248,8 @@ pub(crate) fn side_inputs_ids(
     Ok(out)
 }
 
-/// Checks and loads every input of `g`.
-pub(crate) fn load<'a>(
-    g: &LossFn,
-    sched: &Schedule,
-    inputs: &InputSet<'a>,
-    hyper: &BTreeMap<String, f32>,
-    opts: &RunOptions,
-) -> Result<HostInputs<'a>, Error> {
-    load_ids(g, sched, inputs, hyper, opts, None)
-}
-
-/// [`load`], with token ids checked against a vocabulary of `ids` when given (vocab parallel:
-/// the heads hold one shard).
+/// Checks and loads every input of `g`, with token ids checked against a vocabulary of `ids`
+/// when given (vocab parallel: the heads hold one shard), else against the heads' own.
 pub(crate) fn load_ids<'a>(
     g: &LossFn,
     sched: &Schedule,

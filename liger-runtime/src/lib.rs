@@ -161,9 +161,14 @@ impl Runtime {
         self.agree_ranks(p, inputs, hyper, options, comm, false)?;
         let run = || -> Result<LossOutput, Error> {
             let mut out = match (&self.device, &self.cuda) {
-                (Device::Cuda, Some(e)) => {
-                    cuda::host::run_ranked(e, p, inputs, hyper, options, Some(comm))?
-                }
+                (Device::Cuda, Some(e)) => cuda::host::run_ranked(
+                    e,
+                    p,
+                    inputs,
+                    hyper,
+                    options,
+                    Some(cpu::Ranked::Data(comm)),
+                )?,
                 _ => cpu::run_ranked(p, inputs, hyper, options, Some(cpu::Ranked::Data(comm)))?,
             };
             let scale = match share {
@@ -199,7 +204,10 @@ impl Runtime {
     /// vocabulary's logits; which reductions those are comes from the IR, for every built-in
     /// and custom loss. Every rank returns the loss and metrics, the whole `dx` (summed over
     /// the ranks' partial products), and its shard's `dW`/`db`. Disagreeing ranks or a failing
-    /// rank make every rank return [`Error::Rank`]. On the CPU executor only in this build.
+    /// rank make every rank return [`Error::Rank`]. On a CUDA runtime each stream kernel runs
+    /// once per round of partials ([`liger_ir::shard`]), the rounds combined with device
+    /// all-reduces ([`comm::Communicator::all_reduce_device`]: NCCL's own, or through the
+    /// host), and `dx` is summed on the device in f32.
     pub fn run_vocab_parallel(
         &self,
         p: &Pipeline,
@@ -235,21 +243,20 @@ impl Runtime {
                     ),
                 });
             }
+            let ranked = cpu::Ranked::Vocab {
+                comm,
+                offset,
+                vocab,
+            };
+            if let (Device::Cuda, Some(e)) = (&self.device, &self.cuda) {
+                // dx is summed over the ranks on the device, in f32.
+                return cuda::host::run_ranked(e, p, inputs, hyper, options, Some(ranked));
+            }
             // dx is summed over the ranks in f32, then rounded to the dtype asked for.
             let want_x = options.grad_dtypes.x;
             let mut opts = *options;
             opts.grad_dtypes.x = tensor::DType::F32;
-            let mut out = cpu::run_ranked(
-                p,
-                inputs,
-                hyper,
-                &opts,
-                Some(cpu::Ranked::Vocab {
-                    comm,
-                    offset,
-                    vocab,
-                }),
-            )?;
+            let mut out = cpu::run_ranked(p, inputs, hyper, &opts, Some(ranked))?;
             // dx = Σ_r dz_r W_r: the ranks' partial products summed.
             for g in &mut out.grads {
                 if let Some(x) = g.x.as_mut() {
@@ -265,8 +272,7 @@ impl Runtime {
 
     /// The ranks' first collective ([`comm::agree`]): the same loss, options and shapes on
     /// every rank (past `S` for data parallel, past `V` for vocab parallel), and a runtime
-    /// that can take part (the CUDA executor takes part in data parallel, not yet in vocab
-    /// parallel).
+    /// that can take part.
     fn agree_ranks(
         &self,
         p: &Pipeline,
@@ -277,12 +283,7 @@ impl Runtime {
         vocab: bool,
     ) -> Result<(), Error> {
         let local = match (&self.device, &self.cuda) {
-            (Device::Cuda, Some(_)) if vocab => Err(Error::Device {
-                device: "cuda".into(),
-                why: "vocab-parallel runs use the CPU executor in this build (the CUDA \
-                      executor's vocabulary streams do not combine across ranks yet)"
-                    .into(),
-            }),
+            (Device::Cuda, Some(_)) if vocab => Ok(()),
             (Device::Cuda, Some(_)) => cuda::backend::data_parallel_ready(p),
             _ => Ok(()),
         };

@@ -34,10 +34,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use cudarc::driver::{CudaStream, DevicePtrMut};
+use cudarc::driver::{CudaStream, CudaViewMut, DevicePtrMut};
 
 use crate::Error;
-use crate::comm::Communicator;
+use crate::comm::{Communicator, ReduceOp};
 
 type NcclResult = c_int;
 type NcclComm = *mut c_void;
@@ -51,9 +51,11 @@ struct UniqueId {
 
 const NCCL_SUCCESS: NcclResult = 0;
 const NCCL_IN_PROGRESS: NcclResult = 7;
+const NCCL_FLOAT32: c_int = 7;
 const NCCL_FLOAT64: c_int = 8;
 const NCCL_SUM: c_int = 0;
 const NCCL_MAX: c_int = 2;
+const NCCL_MIN: c_int = 3;
 
 /// The functions used, bound from libnccl.
 struct Lib {
@@ -285,6 +287,35 @@ impl NcclGroup {
         self.fail(why)
     }
 
+    /// Waits for the work queued on `st` by polling it, NCCL's asynchronous error and the
+    /// timeout (an error or a timeout aborts the communicator).
+    fn wait(&self, h: &mut Handle, st: &Arc<CudaStream>) -> Result<(), Error> {
+        let done = st
+            .record_event(None)
+            .map_err(|e| self.fail(format!("recording an event: {e}")))?;
+        let start = Instant::now();
+        while !done.is_complete() {
+            let mut async_rc: NcclResult = NCCL_SUCCESS;
+            // SAFETY: live communicator under the lock; `async_rc` is a valid out-pointer.
+            let rc = unsafe { (self.lib.comm_get_async_error)(h.comm, &mut async_rc) };
+            if rc != NCCL_SUCCESS || (async_rc != NCCL_SUCCESS && async_rc != NCCL_IN_PROGRESS) {
+                let code = if rc != NCCL_SUCCESS { rc } else { async_rc };
+                let why = format!("all-reduce failed: {}", describe(self.lib, code));
+                return Err(self.give_up(h, why));
+            }
+            if start.elapsed() > self.timeout {
+                let why = format!(
+                    "no peer answered within {:?} (a rank crashed, was killed, or never \
+                     reached this collective)",
+                    self.timeout
+                );
+                return Err(self.give_up(h, why));
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        Ok(())
+    }
+
     /// One all-reduce of `values` in place: queued on the group's stream, then waited for
     /// by polling (the stream, NCCL's asynchronous error, the timeout).
     fn reduce(&self, h: &mut Handle, values: &mut [f64], op: c_int) -> Result<(), Error> {
@@ -319,29 +350,7 @@ impl NcclGroup {
             let why = format!("ncclAllReduce: {}", describe(self.lib, rc));
             return Err(self.give_up(h, why));
         }
-        let done = st
-            .record_event(None)
-            .map_err(|e| self.fail(format!("recording an event: {e}")))?;
-        let start = Instant::now();
-        while !done.is_complete() {
-            let mut async_rc: NcclResult = NCCL_SUCCESS;
-            // SAFETY: live communicator under the lock; `async_rc` is a valid out-pointer.
-            let rc = unsafe { (self.lib.comm_get_async_error)(h.comm, &mut async_rc) };
-            if rc != NCCL_SUCCESS || (async_rc != NCCL_SUCCESS && async_rc != NCCL_IN_PROGRESS) {
-                let code = if rc != NCCL_SUCCESS { rc } else { async_rc };
-                let why = format!("all-reduce failed: {}", describe(self.lib, code));
-                return Err(self.give_up(h, why));
-            }
-            if start.elapsed() > self.timeout {
-                let why = format!(
-                    "no peer answered within {:?} (a rank crashed, was killed, or never \
-                     reached this collective)",
-                    self.timeout
-                );
-                return Err(self.give_up(h, why));
-            }
-            std::thread::sleep(Duration::from_micros(50));
-        }
+        self.wait(h, st)?;
         let out = st
             .clone_dtoh(&buf)
             .map_err(|e| self.fail(format!("copying to the host: {e}")))?;
@@ -394,6 +403,66 @@ impl Communicator for NcclGroup {
 
     fn all_reduce_max(&self, values: &mut [f64]) -> Result<(), Error> {
         self.collective(values, NCCL_MAX)
+    }
+
+    /// An NCCL all-reduce of `f32` device values queued on the executor's `stream` (no
+    /// status word and no wait: the ranks agreed on the loss, shapes and plan before the run,
+    /// so they queue the same device collectives; [`Communicator::settle`] waits for them).
+    fn all_reduce_device(
+        &self,
+        stream: &Arc<CudaStream>,
+        buf: &mut CudaViewMut<'_, f32>,
+        op: ReduceOp,
+    ) -> Result<(), Error> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let mut h = self
+            .handle
+            .lock()
+            .map_err(|_| self.fail("a thread panicked while holding the communicator".into()))?;
+        if self.aborted.load(Ordering::SeqCst) || h.comm.is_null() {
+            return Err(self.fail("the group was aborted earlier (a rank failed)".into()));
+        }
+        let code = match op {
+            ReduceOp::Sum => NCCL_SUM,
+            ReduceOp::Max => NCCL_MAX,
+            ReduceOp::Min => NCCL_MIN,
+        };
+        let n = buf.len();
+        let rc = {
+            let (ptr, _guard) = buf.device_ptr_mut(stream);
+            // SAFETY: `ptr` holds `n` f32 on the stream's device, reduced in place (send and
+            // receive buffers the same); the communicator is live under the lock; the stream
+            // is cudarc's live stream of the communicator's device (the caller's runtime).
+            unsafe {
+                (self.lib.all_reduce)(
+                    ptr as *const c_void,
+                    ptr as *mut c_void,
+                    n,
+                    NCCL_FLOAT32,
+                    code,
+                    h.comm,
+                    stream.cu_stream() as *mut c_void,
+                )
+            }
+        };
+        if rc != NCCL_SUCCESS && rc != NCCL_IN_PROGRESS {
+            let why = format!("ncclAllReduce: {}", describe(self.lib, rc));
+            return Err(self.give_up(&mut h, why));
+        }
+        Ok(())
+    }
+
+    fn settle(&self, stream: &Arc<CudaStream>) -> Result<(), Error> {
+        let mut h = self
+            .handle
+            .lock()
+            .map_err(|_| self.fail("a thread panicked while holding the communicator".into()))?;
+        if h.comm.is_null() {
+            return Err(self.fail("the communicator was aborted".into()));
+        }
+        self.wait(&mut h, stream)
     }
 
     fn abort(&self, _why: &str) {

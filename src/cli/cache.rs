@@ -158,9 +158,7 @@ pub(crate) fn cache(what: CacheCommand) -> Result<(), Error> {
             out(&format!("removed {} entries\n", c.prune(max)?));
         }
         CacheCommand::Warm { target, arch } => {
-            let opts = EmitOptions {
-                gemm_dtype: dtype_of(&target.dtype)?,
-            };
+            let opts = EmitOptions::new(dtype_of(&target.dtype)?);
             // The runtime's I/O kernels, which device-API runs and bf16/f16 gradients use.
             let (key, _, origin) = crate::runtime::cuda::compile::io_module(&arch, &c)?;
             out(&format!(

@@ -31,9 +31,7 @@ pub(crate) fn ir(what: IrCommand) -> Result<(), Error> {
         IrCommand::Emit { target, arch } => {
             let (p, _) = pipeline_of(&target)?;
             let strategy = strategy_for(&p, &target)?;
-            let opts = EmitOptions {
-                gemm_dtype: dtype_of(&target.dtype)?,
-            };
+            let opts = EmitOptions::new(dtype_of(&target.dtype)?);
             let module = p
                 .module(strategy, &opts)
                 .map_err(|e| crate::runtime::Error::Internal(e.to_string()))?;

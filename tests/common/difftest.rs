@@ -239,7 +239,7 @@ pub fn check(case: &DiffCase, rt: &Runtime, tol: f64) -> Result<Checked, String>
     let p = Pipeline::new(case.f.clone()).map_err(|e| format!("{}: {e}", case.name))?;
     for s in &p.schedule().candidates {
         for dt in [GemmDType::BF16, GemmDType::F32] {
-            p.module(*s, &EmitOptions { gemm_dtype: dt })
+            p.module(*s, &EmitOptions::new(dt))
                 .map_err(|e| format!("{} {s}: {e}", case.name))?;
         }
     }

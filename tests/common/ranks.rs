@@ -1,7 +1,7 @@
 //! Several ranks as threads of one process (`LocalGroup`): batches of every built-in loss, split
 //! by sequences (by pairs for the paired losses), each rank's run against the single-device
-//! run of the whole batch. Shared by the CPU suite (`tests/parallel.rs`) and the GPU suite
-//! (data parallel on the CUDA executor).
+//! run of the whole batch; and batches split by vocabulary shards. Shared by the CPU suite
+//! (`tests/parallel.rs`) and the GPU suite (both modes on the CUDA executor).
 #![allow(dead_code)]
 
 use super::{randn, targets};
@@ -318,6 +318,111 @@ pub fn check_data(
         &seqs,
         &outs,
     );
+}
+
+/// `b` with every head's vocabulary rows `a..e` (and the per-vocabulary inputs' entries).
+pub fn shard(b: &Batch, a: usize, e: usize) -> Batch {
+    let mut out = b.clone();
+    out.v = e - a;
+    for (_, h, _, w) in &mut out.heads {
+        *w = w[a * *h..e * *h].to_vec();
+    }
+    for (name, d, _, tail) in &mut out.side {
+        if *name == "class_weight" {
+            if let Data::F(x) = d {
+                *x = x[a..e].to_vec();
+            }
+            *tail = vec![e - a];
+        }
+    }
+    out
+}
+
+/// Every rank of a vocab-parallel group over `parts` (shards of one batch), each with its own
+/// runtime for `device`.
+pub fn vocab_ranks(
+    loss: &(dyn ChunkedLoss + Sync),
+    params: &ParamSet,
+    parts: &[Batch],
+    opts: &RunOptions,
+    device: &str,
+) -> Vec<Result<LossOutput, liger::Error>> {
+    let rts: Vec<liger::Runtime> = parts
+        .iter()
+        .map(|_| liger::Runtime::for_device(device).expect("a runtime per rank"))
+        .collect();
+    on_ranks(parts, |set, comm| {
+        let rt = &rts[comm.rank()];
+        liger::run_vocab_parallel(loss, rt, set, params, opts, comm)
+    })
+}
+
+/// `b`'s vocabulary split over `world` ranks (unequal shards where `world` does not divide
+/// V) on `device`, against the single-device run on `device`: every rank's loss, metrics and
+/// `dx` equal it, and its `dW`/`db` are the shard's rows of it.
+pub fn check_vocab_on(
+    loss: &(dyn ChunkedLoss + Sync),
+    params: &ParamSet,
+    b: &Batch,
+    world: usize,
+    opts: &RunOptions,
+    device: &str,
+) {
+    let what = format!("{} vocab x{world} on {device}", loss.name());
+    let rt = liger::Runtime::for_device(device).expect("a runtime");
+    let full = with_inputs(b, |set| {
+        liger::run(loss, &rt, set, params, opts).expect("single device")
+    });
+    let bounds: Vec<(usize, usize)> = (0..world)
+        .map(|r| (r * b.v / world, (r + 1) * b.v / world))
+        .collect();
+    let parts: Vec<Batch> = bounds.iter().map(|&(a, e)| shard(b, a, e)).collect();
+    let outs: Vec<LossOutput> = vocab_ranks(loss, params, &parts, opts, device)
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|e| panic!("{what}: {e}")))
+        .collect();
+    for (r, (out, &(a, e))) in outs.iter().zip(&bounds).enumerate() {
+        close(&format!("{what} rank {r} loss"), out.loss, full.loss);
+        for (m, fm) in out.metrics.iter().zip(&full.metrics) {
+            assert_eq!(m.values.len(), fm.values.len(), "{what}: metric {}", m.name);
+            for (i, (x, y)) in m.values.iter().zip(&fm.values).enumerate() {
+                close(&format!("{what} rank {r} metric {}[{i}]", m.name), *x, *y);
+            }
+        }
+        for (g, fg) in out.grads.iter().zip(&full.grads) {
+            let h = b.heads.iter().find(|x| x.0 == g.head).expect("head").1;
+            let pairs: [(
+                &str,
+                Option<&liger::GradBuf>,
+                Option<&liger::GradBuf>,
+                usize,
+            ); 3] = [
+                ("x", g.x.as_ref(), fg.x.as_ref(), 0),
+                ("w", g.w.as_ref(), fg.w.as_ref(), a * h),
+                ("b", g.b.as_ref(), fg.b.as_ref(), a),
+            ];
+            for (part, got, want, from) in pairs {
+                let (Some(got), Some(want)) = (got, want) else {
+                    assert!(got.is_none() == want.is_none(), "{what}: {part}");
+                    continue;
+                };
+                let (got, want) = (got.to_f32(), want.to_f32());
+                let n = match part {
+                    "x" => want.len(),
+                    "w" => (e - a) * h,
+                    _ => e - a,
+                };
+                assert_eq!(got.len(), n, "{what} rank {r} d{part} length");
+                for (i, x) in got.iter().enumerate() {
+                    close(
+                        &format!("{what} rank {r} d{part} {}[{i}]", g.head),
+                        *x,
+                        want[from + i],
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// A custom loss from source for the rank tests: a tempered cross-entropy plus a per-sequence

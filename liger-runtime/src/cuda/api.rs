@@ -738,7 +738,7 @@ pub fn run_device(
             // The masks stay on the device: every row runs (no hidden synchronisation).
             live: None,
             into,
-            comm: None,
+            ranked: None,
         },
     )?;
     drop(guards);

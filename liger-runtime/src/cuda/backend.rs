@@ -30,7 +30,7 @@ use crate::cuda::device::upload_values;
 use crate::cuda::drv;
 use crate::cuda::engine::{Engine, lock};
 use crate::cuda::gemm::Gemm;
-use crate::cuda::launch::{Arg, i32_of, launch};
+use crate::cuda::launch::{Arg, StreamArgs, i32_of, launch};
 use crate::cuda::profile::{Marks, Profiler};
 use crate::driver::{self, ArrayStage, Backend, Rows};
 use crate::output::{GradBuf, HeadGrads, MetricOutput, Report};
@@ -292,8 +292,9 @@ pub(crate) struct Job<'a> {
     /// Gradients written into the caller's buffers instead of returned (checked by the
     /// device API).
     pub into: Vec<GradInto>,
-    /// Data parallel: this rank's group ([`HostArrays`]); `None` for a single device.
-    pub comm: Option<&'a dyn crate::comm::Communicator>,
+    /// This rank's group: data parallel ([`HostArrays`]) or vocab parallel ([`Shards`]);
+    /// `None` for a single device.
+    pub ranked: Option<crate::cpu::Ranked<'a>>,
 }
 
 /// A caller's buffer that one gradient is written into (`DeviceInputs::grad_into`): checked
@@ -706,10 +707,29 @@ impl<'a> HostArrays<'a> {
     }
 }
 
+/// Vocab parallel on CUDA: this rank's shard of the vocabulary and the buffer of the rounds'
+/// partials ([`liger_ir::shard`]). Each stream kernel runs once per round; between rounds the
+/// partials are combined over the ranks with device all-reduces
+/// ([`crate::comm::Communicator::all_reduce_device`]) queued on the stream.
+struct Shards<'a> {
+    comm: &'a dyn crate::comm::Communicator,
+    /// The shard's first vocabulary entry.
+    offset: usize,
+    /// The whole vocabulary.
+    vocab: usize,
+    /// The rounds of each stream kernel.
+    plans: BTreeMap<StreamKind, liger_ir::shard::ShardPlan>,
+    /// Partials, `slots · rows` floats (grown to the largest stream and chunk).
+    part: Option<CudaSlice<f32>>,
+}
+
 /// The CUDA backend of the strategy driver.
 struct Cuda<'a> {
+    g: &'a LossFn,
     /// Data parallel: the array stages on the host.
     host: Option<HostArrays<'a>>,
+    /// Vocab parallel: the shard and its rounds.
+    shards: Option<Shards<'a>>,
     st: &'a Arc<CudaStream>,
     gemm: Gemm<'a>,
     prof: &'a Profiler<'a>,
@@ -753,8 +773,11 @@ impl Cuda<'_> {
         })
     }
 
+    /// `(S, T, V)` as the generated kernels take them: `V` is the whole vocabulary (a shard's
+    /// own entries are `dims.2`).
     fn sizes(&self) -> Result<(i32, i32, i32), Error> {
         let (s, t, v) = self.dims;
+        let v = self.shards.as_ref().map_or(v, |sh| sh.vocab);
         Ok((i32_of("S", s)?, i32_of("T", t)?, i32_of("V", v)?))
     }
 
@@ -1004,25 +1027,94 @@ impl Backend for Cuda<'_> {
         let (si, ti, vi) = self.sizes()?;
         let (rows, row0) = self.row_args();
         let c = self.chunk_rows();
-        let v = self.dims.2 as i64;
-        let f = self.func(kind, None)?;
-        let args = [
-            Arg::Ptr(self.table),
-            Arg::Ptr(self.ztab),
-            Arg::Ptr(rows),
-            Arg::I32(row0),
-            Arg::I32(i32_of("rows", c)?),
-            Arg::I32(si),
-            Arg::I32(ti),
-            Arg::I32(vi),
-            Arg::I64(v),
-            Arg::Ptr(outs),
-            Arg::I64(v),
-        ];
-        // The logits and output tables point at chunk buffers of at least c rows of V entries;
-        // a row map holds c row indices below S·T.
-        self.prof
-            .time("stream kernels", || launch(self.st, f, kind, &args, c))
+        let vl = i32_of("V", v)?;
+        let f = self.func(kind, None)?.clone();
+        let args = |part: u64, voff: i32, round: i32| {
+            StreamArgs {
+                vals: self.table,
+                logits: self.ztab,
+                rows,
+                row0,
+                nrows: c as i32,
+                sizes: (si, ti, vi),
+                ld: v as i64,
+                outs,
+                shard: (vl, voff, part, round),
+            }
+            .list()
+        };
+        i32_of("rows", c)?;
+        let fix = match self.shards {
+            Some(_) => Some(self.func(KernelKind::ShardFix, None)?.clone()),
+            None => None,
+        };
+        let (Some(sh), Some(fix)) = (self.shards.as_mut(), fix) else {
+            // The logits and output tables point at chunk buffers of at least c rows of V
+            // entries; a row map holds c row indices below S·T.
+            let a = args(0, 0, 0);
+            return self
+                .prof
+                .time("stream kernels", || launch(self.st, &f, kind, &a, c));
+        };
+        // Vocab parallel: the rounds, their partials combined between them.
+        let sp = sh
+            .plans
+            .entry(plan.kind)
+            .or_insert_with(|| liger_ir::shard::ShardPlan::new(self.g, plan))
+            .clone();
+        let need = sp.slots().max(1) * c;
+        if sh.part.as_ref().is_none_or(|p| p.len() < need) {
+            sh.part = None;
+            sh.part = Some(
+                self.st
+                    .alloc_zeros(need)
+                    .map_err(drv("allocating the shards' partials"))?,
+            );
+        }
+        let voff = i32_of("vocabulary offset", sh.offset)?;
+        let comm = sh.comm;
+        let Some(part) = sh.part.as_mut() else {
+            return Err(Error::Internal("no partials buffer".into()));
+        };
+        let pp = dptr(part, self.st);
+        for k in 1..=sp.partial_rounds() + 1 {
+            let a = args(pp, voff, k as i32);
+            // As above; part holds slots · c floats, the round's at its base.
+            self.prof
+                .time("stream kernels", || launch(self.st, &f, kind, &a, c))?;
+            let Some(lay) = sp.rounds.get(k - 1) else {
+                break;
+            };
+            let base = sp.base(k) * c;
+            let (m0, _, s0, n0) = lay.blocks();
+            let (nm, ns, nn) = (lay.nm(), lay.ns(), lay.nn());
+            self.prof.time("shard all-reduces", || {
+                let mut view = part.slice_mut(base + m0 * c..base + (m0 + nm) * c);
+                comm.all_reduce_device(self.st, &mut view, crate::comm::ReduceOp::Max)
+            })?;
+            let (nl, na) = (lay.lse.len(), lay.argmax.len());
+            if nl + na > 0 {
+                let fa = [
+                    Arg::Ptr(pp + (base * 4) as u64),
+                    Arg::I32(c as i32),
+                    Arg::I32(i32_of("slots", nm)?),
+                    Arg::I32(i32_of("slots", ns)?),
+                    Arg::I32(i32_of("slots", nl)?),
+                    Arg::I32(i32_of("slots", na)?),
+                ];
+                // The round's slots start at base and hold (2·nm + ns + nn)·c floats.
+                self.prof.time("shard all-reduces", || {
+                    launch(self.st, &fix, KernelKind::ShardFix, &fa, (nl + na) * c)
+                })?;
+            }
+            self.prof.time("shard all-reduces", || {
+                let mut view = part.slice_mut(base + s0 * c..base + (s0 + ns) * c);
+                comm.all_reduce_device(self.st, &mut view, crate::comm::ReduceOp::Sum)?;
+                let mut view = part.slice_mut(base + n0 * c..base + (n0 + nn) * c);
+                comm.all_reduce_device(self.st, &mut view, crate::comm::ReduceOp::Min)
+            })?;
+        }
+        Ok(())
     }
 
     fn grads(&mut self, rows: &Rows) -> Result<(), Error> {
@@ -1295,8 +1387,28 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
         opts,
         live,
         into,
-        comm,
+        ranked,
     } = job;
+    let (comm, shard) = match ranked {
+        Some(crate::cpu::Ranked::Data(c)) => (Some(c), None),
+        Some(crate::cpu::Ranked::Vocab {
+            comm,
+            offset,
+            vocab,
+        }) => (None, Some((comm, offset, vocab))),
+        None => (None, None),
+    };
+    if let Some((_, _, vocab)) = shard {
+        // A round's argmax index travels as an f32 (exact below 2^24).
+        if vocab > 1 << 24 {
+            return Err(Error::Device {
+                device: "cuda".into(),
+                why: format!(
+                    "vocab parallel on CUDA takes vocabularies of up to 2^24 entries, not {vocab}"
+                ),
+            });
+        }
+    }
     opts.grad_dtypes.check()?;
     let (g, sched) = (p.grad(), p.schedule());
     if comm.is_some() {
@@ -1361,7 +1473,12 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
             .map(|h| h.h)
             .sum(),
     };
-    let pl = crate::plan::plan_ranked(p, &dims, opts, &mem, comm.map(crate::plan::Ranks::Data))?;
+    let ranks = match (comm, shard) {
+        (Some(c), _) => Some(crate::plan::Ranks::Data(c)),
+        (None, Some((c, _, _))) => Some(crate::plan::Ranks::Vocab(c)),
+        (None, None) => None,
+    };
+    let pl = crate::plan::plan_ranked(p, &dims, opts, &mem, ranks)?;
     let strategy = pl.strategy;
     let chunk = pl.chunk_rows;
     let stage = pl.stage_rows.max(chunk);
@@ -1369,7 +1486,10 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
     let compiled = crate::cuda::compile::compile(
         p,
         strategy,
-        &EmitOptions { gemm_dtype: dtype },
+        &EmitOptions {
+            gemm_dtype: dtype,
+            vocab_shards: shard.is_some(),
+        },
         &arch,
         &engine.cache,
     )?;
@@ -1532,7 +1652,15 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
     let driven = {
         let host = comm.map(|c| HostArrays::new(g, sched, (s, t, v), c, &words, &mut vals));
         let mut cuda = Cuda {
+            g,
             host,
+            shards: shard.map(|(comm, offset, vocab)| Shards {
+                comm,
+                offset,
+                vocab,
+                plans: BTreeMap::new(),
+                part: None,
+            }),
             st,
             gemm: Gemm {
                 blas: &blas.handle,
@@ -1563,6 +1691,20 @@ pub(crate) fn enqueue(engine: &Engine, st: &Arc<CudaStream>, job: Job<'_>) -> Re
             live.as_deref(),
         )?;
         dev = std::mem::take(&mut cuda.dev);
+        // Vocab parallel: dx = Σ_r dz_r W_r, the ranks' partial products summed (in f32,
+        // before any rounding to the dtype asked for).
+        if let Some(sh) = &cuda.shards {
+            for d in dev.iter_mut() {
+                if let Some(dx) = d.dx.as_mut() {
+                    let n = dx.len();
+                    let mut view = dx.slice_mut(0..n);
+                    prof.time("shard all-reduces", || {
+                        sh.comm
+                            .all_reduce_device(st, &mut view, crate::comm::ReduceOp::Sum)
+                    })?;
+                }
+            }
+        }
         findings = cuda
             .host
             .as_ref()

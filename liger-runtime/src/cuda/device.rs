@@ -15,7 +15,7 @@ use crate::Error;
 use crate::cache::Binary;
 use crate::cpu::StreamsOut;
 use crate::cuda::drv;
-use crate::cuda::launch::{Arg, i32_of, launch};
+use crate::cuda::launch::{Arg, StreamArgs, i32_of, launch};
 
 /// A GPU: its context and a stream.
 pub struct Gpu {
@@ -352,19 +352,18 @@ pub fn streams_on_gpu(
         launch(st, &f(kind)?, kind, &args, 1)
     };
     let stream_k = |kind: KernelKind| -> Result<(), Error> {
-        let args = [
-            Arg::Ptr(ptr(&table_d, st)),
-            Arg::Ptr(ptr(&ztable_d, st)),
-            Arg::Ptr(0),
-            Arg::I32(0),
-            Arg::I32(ri),
-            Arg::I32(si),
-            Arg::I32(ti),
-            Arg::I32(vi),
-            Arg::I64(v as i64),
-            Arg::Ptr(ptr(&otable_d, st)),
-            Arg::I64(v as i64),
-        ];
+        let args = StreamArgs {
+            vals: ptr(&table_d, st),
+            logits: ptr(&ztable_d, st),
+            rows: 0,
+            row0: 0,
+            nrows: ri,
+            sizes: (si, ti, vi),
+            ld: v as i64,
+            outs: ptr(&otable_d, st),
+            shard: (vi, 0, 0, 0),
+        }
+        .list();
         // Logits and outputs hold `r` rows of `v` entries with row stride `v`.
         launch(st, &f(kind)?, kind, &args, r)
     };

@@ -45,20 +45,26 @@ pub fn run(
     run_ranked(engine, p, inputs, hyper, opts, None)
 }
 
-/// [`run`] as one rank of a data-parallel group when `comm` is given: the array stages run
-/// on the host with the ranks' whole-batch values combined (see `HostArrays` in the backend).
+/// [`run`] as one rank of a group when `ranked` is given: data parallel (the array stages run
+/// on the host with the ranks' whole-batch values combined, `HostArrays` in the backend) or
+/// vocab parallel (the heads hold a shard of the vocabulary; the streams' reductions and
+/// `dx` are combined on the device, `Shards` in the backend).
 pub(crate) fn run_ranked(
     engine: &Engine,
     p: &Pipeline,
     inputs: &InputSet<'_>,
     hyper: &BTreeMap<String, f32>,
     opts: &RunOptions,
-    comm: Option<&dyn crate::comm::Communicator>,
+    ranked: Option<crate::cpu::Ranked<'_>>,
 ) -> Result<LossOutput, Error> {
     let start = Instant::now();
     opts.grad_dtypes.check()?;
     let g = p.grad();
-    let loaded = crate::host::load(g, p.schedule(), inputs, hyper, opts)?;
+    let ids = match ranked {
+        Some(crate::cpu::Ranked::Vocab { vocab, .. }) => Some(vocab),
+        _ => None,
+    };
+    let loaded = crate::host::load_ids(g, p.schedule(), inputs, hyper, opts, ids)?;
     let live = crate::host::live_rows(
         p.schedule(),
         &loaded.values,
@@ -134,9 +140,14 @@ pub(crate) fn run_ranked(
             opts,
             live,
             into: Vec::new(),
-            comm,
+            ranked,
         },
     )?;
+    // The device collectives queued with the run (vocab parallel) have run, or a peer that
+    // never joined them is an error here rather than a wait without end.
+    if let Some(crate::cpu::Ranked::Data(comm) | crate::cpu::Ranked::Vocab { comm, .. }) = ranked {
+        comm.settle(&st)?;
+    }
     let device_ms = f64::from(
         ran.events
             .0

@@ -32,6 +32,49 @@ impl Arg {
     }
 }
 
+/// The arguments of a stream kernel ([`liger_ir::emit::abi`]'s stream parameters), in order.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StreamArgs {
+    pub vals: u64,
+    pub logits: u64,
+    pub rows: u64,
+    pub row0: i32,
+    pub nrows: i32,
+    /// `(S, T, V)`, `V` the whole vocabulary.
+    pub sizes: (i32, i32, i32),
+    /// Row stride of the logits and of the outputs.
+    pub ld: i64,
+    pub outs: u64,
+    /// Vocab parallel: the shard's entries, its first entry, the partials and the round
+    /// (`(V, 0, 0, 0)` for the whole vocabulary).
+    pub shard: (i32, i32, u64, i32),
+}
+
+impl StreamArgs {
+    /// The checked argument list of [`launch`].
+    pub(crate) fn list(&self) -> [Arg; 15] {
+        let (s, t, v) = self.sizes;
+        let (vl, voff, part, round) = self.shard;
+        [
+            Arg::Ptr(self.vals),
+            Arg::Ptr(self.logits),
+            Arg::Ptr(self.rows),
+            Arg::I32(self.row0),
+            Arg::I32(self.nrows),
+            Arg::I32(s),
+            Arg::I32(t),
+            Arg::I32(v),
+            Arg::I64(self.ld),
+            Arg::Ptr(self.outs),
+            Arg::I64(self.ld),
+            Arg::I32(vl),
+            Arg::I32(voff),
+            Arg::Ptr(part),
+            Arg::I32(round),
+        ]
+    }
+}
+
 /// A size as a kernel's `int`, or an error (no silent truncation).
 pub(crate) fn i32_of(what: &str, n: usize) -> Result<i32, Error> {
     i32::try_from(n).map_err(|_| {

@@ -105,6 +105,9 @@ pub enum KernelKind {
     /// Copies rows through row maps (one thread per 2- or 4-byte word): gathers a chunk's
     /// rows of `x` into one contiguous block, scatters its `dx` rows back.
     MoveRows,
+    /// Vocab parallel: rescales a round's partials between its all-reduces (one thread per
+    /// slot and row).
+    ShardFix,
 }
 
 const ARRAY: &[Param] = &[
@@ -127,6 +130,22 @@ const STREAM: &[Param] = &[
     p("ld", ParamTy::I64, "long long"),
     p("outs", ParamTy::Ptr, "void* const* __restrict__"),
     p("ldo", ParamTy::I64, "long long"),
+    // Vocab parallel (see `crate::shard`): the shard's entries and first entry, the rounds'
+    // partials and the round to run. A module for the whole vocabulary reads none of them
+    // (`Vl = V`, `voff = 0`, `part` null, `round` 0).
+    p("Vl", ParamTy::I32, "int"),
+    p("voff", ParamTy::I32, "int"),
+    p("part", ParamTy::Ptr, "float* __restrict__"),
+    p("round", ParamTy::I32, "int"),
+];
+
+const SHARD_FIX: &[Param] = &[
+    p("part", ParamTy::Ptr, "float* __restrict__"),
+    p("nrows", ParamTy::I32, "int"),
+    p("nm", ParamTy::I32, "int"),
+    p("ns", ParamTy::I32, "int"),
+    p("nl", ParamTy::I32, "int"),
+    p("na", ParamTy::I32, "int"),
 ];
 
 const BIAS: &[Param] = &[
@@ -187,7 +206,7 @@ const ADD_BIAS: &[Param] = &[
 
 impl KernelKind {
     /// Every kind.
-    pub const ALL: [KernelKind; 15] = [
+    pub const ALL: [KernelKind; 16] = [
         KernelKind::Pre,
         KernelKind::PreStream,
         KernelKind::PreLate,
@@ -203,6 +222,7 @@ impl KernelKind {
         KernelKind::ScaledCopy,
         KernelKind::AddBias,
         KernelKind::MoveRows,
+        KernelKind::ShardFix,
     ];
 
     /// The parameter list, in order.
@@ -222,6 +242,7 @@ impl KernelKind {
             KernelKind::ScaledCopy => SCALED_COPY,
             KernelKind::AddBias => ADD_BIAS,
             KernelKind::MoveRows => MOVE_ROWS,
+            KernelKind::ShardFix => SHARD_FIX,
         }
     }
 
@@ -241,7 +262,8 @@ impl KernelKind {
             | KernelKind::ScaleRows
             | KernelKind::ScaledCopy
             | KernelKind::AddBias
-            | KernelKind::MoveRows => Grid::PerElement,
+            | KernelKind::MoveRows
+            | KernelKind::ShardFix => Grid::PerElement,
         }
     }
 

@@ -31,6 +31,19 @@ pub(super) fn move_rows_kernel() -> String {
     )
 }
 
+/// Between a vocab-parallel round's max all-reduce and its sum and min all-reduces
+/// ([`crate::shard::RoundLayout`]): each rank's log-sum-exp sums rescaled to the ranks'
+/// maximum (`s · exp(m − M)`, 0 where the shard's maximum is −∞), and each argmax index
+/// replaced by a value no index reaches where the shard's maximum is not the ranks' (so the
+/// min all-reduce keeps the first global index holding the maximum). `part` points at the
+/// round's slots, `nrows` per slot: `M` (`nm`), its copy (`nm`), `S` (`ns`), `N`.
+pub(super) fn shard_fix_kernel() -> String {
+    format!(
+        "{} {{\n    const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;\n    if (e >= (long long)nrows * (nl + na)) {{ return; }}\n    const int j = (int)(e / nrows), i = (int)(e % nrows);\n    const float* M = part;\n    const float* Mc = part + (long long)nm * nrows;\n    float* Sm = part + 2LL * nm * nrows;\n    float* N = Sm + (long long)ns * nrows;\n    const long long q = (long long)j * nrows + i;\n    if (j < nl) {{\n        Sm[q] = (Mc[q] == LIGER_NEG_INF) ? 0.0f : Sm[q] * expf(Mc[q] - M[q]);\n    }} else if (!(Mc[q] == M[q])) {{\n        N[(long long)(j - nl) * nrows + i] = 3.0e38f;\n    }}\n}}\n",
+        c_signature(KernelKind::ShardFix, "liger_shard_fix")
+    )
+}
+
 /// `db[v] += Σ_q coef[q] · dz[q, v]` (`coef` null: 1).
 pub(super) fn bias_kernel(opts: &EmitOptions) -> String {
     let load = opts.gemm_dtype.load(&format!(

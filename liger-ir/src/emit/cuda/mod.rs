@@ -36,7 +36,7 @@ use crate::stream::StreamKind;
 const PRELUDE: &str = include_str!("prelude.cu");
 
 /// The emitter's version: bump on any change of the generated code's shape.
-pub const EMITTER_VERSION: &str = "cuda-emitter-5";
+pub const EMITTER_VERSION: &str = "cuda-emitter-6";
 
 /// What identifies the code generator in cache keys: its version, the ABI constants and the
 /// prelude.
@@ -114,14 +114,33 @@ impl GemmDType {
 pub struct EmitOptions {
     /// GEMM input dtype.
     pub gemm_dtype: GemmDType,
+    /// Vocab parallel: the stream kernels run one round of their [`crate::shard::ShardPlan`]
+    /// per launch over a shard of the vocabulary, and the module has `liger_shard_fix`.
+    pub vocab_shards: bool,
 }
 
 impl EmitOptions {
+    /// The options of a whole-vocabulary module with GEMM dtype `gemm_dtype`.
+    pub fn new(gemm_dtype: GemmDType) -> Self {
+        EmitOptions {
+            gemm_dtype,
+            vocab_shards: false,
+        }
+    }
+
     /// The options as named kernel-cache key components (every field: a new option enters
     /// the key by being listed here, which the destructuring below enforces).
     pub fn key_components(&self) -> Vec<(&'static str, String)> {
-        let EmitOptions { gemm_dtype } = *self;
-        vec![("dtype", gemm_dtype.name().to_string())]
+        let EmitOptions {
+            gemm_dtype,
+            vocab_shards,
+        } = *self;
+        let mut key = vec![("dtype", gemm_dtype.name().to_string())];
+        // Listed only when set, so a whole-vocabulary module keeps its key.
+        if vocab_shards {
+            key.push(("vocab", "shards".to_string()));
+        }
+        key
     }
 }
 
@@ -166,6 +185,21 @@ fn stream_kernel_kind(k: StreamKind) -> (KernelKind, &'static str) {
     }
 }
 
+/// A stream kernel for the whole vocabulary, or its vocab-parallel rounds.
+fn stream_text(
+    g: &LossFn,
+    name: &str,
+    kind: KernelKind,
+    plan: &crate::stream::StreamPlan,
+    opts: &EmitOptions,
+) -> Result<String, EmitError> {
+    if opts.vocab_shards {
+        stream::shard_kernel(g, name, kind, plan, opts)
+    } else {
+        stream::stream_kernel(g, name, kind, plan, opts)
+    }
+}
+
 /// Emits the module of `strategy` for the scheduled gradient IR `g`.
 pub fn emit_cuda(
     g: &LossFn,
@@ -181,10 +215,15 @@ pub fn emit_cuda(
     let mut src = String::new();
     let _ = writeln!(
         src,
-        "// liger kernels: {} ({}), gemm dtype {}",
+        "// liger kernels: {} ({}), gemm dtype {}{}",
         if g.name.is_empty() { "_" } else { &g.name },
         strategy.name(),
-        opts.gemm_dtype.name()
+        opts.gemm_dtype.name(),
+        if opts.vocab_shards {
+            ", vocabulary in shards"
+        } else {
+            ""
+        }
     );
     src += &abi::c_defines();
     src += PRELUDE;
@@ -225,7 +264,7 @@ pub fn emit_cuda(
             &mut src,
             name,
             kind,
-            stream::stream_kernel(g, name, kind, &plan, opts)?,
+            stream_text(g, name, kind, &plan, opts)?,
         );
         push(
             &mut src,
@@ -241,7 +280,7 @@ pub fn emit_cuda(
             &mut src,
             name,
             kind,
-            stream::stream_kernel(g, name, kind, plan, opts)?,
+            stream_text(g, name, kind, plan, opts)?,
         );
         // The group values the backward (or the deferred coefficients) need come between a
         // forward stream and what follows it.
@@ -272,6 +311,14 @@ pub fn emit_cuda(
         KernelKind::Bias,
         aux::bias_kernel(opts),
     );
+    if opts.vocab_shards {
+        push(
+            &mut src,
+            "liger_shard_fix",
+            KernelKind::ShardFix,
+            aux::shard_fix_kernel(),
+        );
+    }
     if strategy == Strategy::Deferred {
         src.push('\n');
         src += &aux::deferred_kernels(g, sched, opts, &mut kernels);
