@@ -16,7 +16,7 @@
 //! collective after it, on every rank, returns [`Error::Rank`] instead of waiting.
 //!
 //! [`LocalGroup`] simulates ranks as threads of one process (tests, and CPU data parallelism
-//! within a process); [`crate::nccl`] (cargo feature `nccl`) is the communicator across GPUs.
+//! within a process); `nccl::NcclGroup` (cargo feature `nccl`) is the communicator across GPUs.
 //! Vocab parallel on CUDA also reduces device buffers ([`Communicator::all_reduce_device`]):
 //! through the host by default, as NCCL all-reduces queued on the executor's stream with NCCL.
 
