@@ -267,6 +267,13 @@ impl NcclGroup {
         self
     }
 
+    /// The communicator, under its lock.
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Handle>, Error> {
+        self.handle
+            .lock()
+            .map_err(|_| self.fail("a thread panicked while holding the communicator".into()))
+    }
+
     fn fail(&self, why: String) -> Error {
         Error::Rank {
             rank: self.rank,
@@ -360,10 +367,7 @@ impl NcclGroup {
 
     /// The status word, then the payload (see the module docs).
     fn collective(&self, values: &mut [f64], op: c_int) -> Result<(), Error> {
-        let mut h = self
-            .handle
-            .lock()
-            .map_err(|_| self.fail("a thread panicked while holding the communicator".into()))?;
+        let mut h = self.lock()?;
         if self.aborted.load(Ordering::SeqCst) {
             return Err(self.fail("the group was aborted earlier (a rank failed)".into()));
         }
@@ -417,10 +421,7 @@ impl Communicator for NcclGroup {
         if buf.is_empty() {
             return Ok(());
         }
-        let mut h = self
-            .handle
-            .lock()
-            .map_err(|_| self.fail("a thread panicked while holding the communicator".into()))?;
+        let mut h = self.lock()?;
         if self.aborted.load(Ordering::SeqCst) || h.comm.is_null() {
             return Err(self.fail("the group was aborted earlier (a rank failed)".into()));
         }
@@ -455,10 +456,7 @@ impl Communicator for NcclGroup {
     }
 
     fn settle(&self, stream: &Arc<CudaStream>) -> Result<(), Error> {
-        let mut h = self
-            .handle
-            .lock()
-            .map_err(|_| self.fail("a thread panicked while holding the communicator".into()))?;
+        let mut h = self.lock()?;
         if h.comm.is_null() {
             return Err(self.fail("the communicator was aborted".into()));
         }

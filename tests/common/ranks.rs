@@ -268,6 +268,14 @@ pub fn compare(what: &str, full: &LossOutput, b: &Batch, seqs: &[Vec<usize>], ou
     }
 }
 
+/// One runtime per rank for `device`, made before the rank threads start: a rank that
+/// panicked before its first collective would leave the others waiting.
+fn runtimes(n: usize, device: &str) -> Vec<liger::Runtime> {
+    (0..n)
+        .map(|_| liger::Runtime::for_device(device).expect("a runtime per rank"))
+        .collect()
+}
+
 /// Every rank of a data-parallel group over `parts`, each with its own runtime for `device`
 /// (`"cpu"`, `"cuda"`).
 pub fn run_data_ranks(
@@ -278,12 +286,7 @@ pub fn run_data_ranks(
     share: GradShare,
     device: &str,
 ) -> Vec<Result<LossOutput, liger::Error>> {
-    // Made before the threads: a rank that panicked before its first collective would leave
-    // the others waiting.
-    let rts: Vec<liger::Runtime> = parts
-        .iter()
-        .map(|_| liger::Runtime::for_device(device).expect("a runtime per rank"))
-        .collect();
+    let rts = runtimes(parts.len(), device);
     on_ranks(parts, |set, comm| {
         let rt = &rts[comm.rank()];
         liger::run_data_parallel(loss, rt, set, params, opts, comm, share)
@@ -347,10 +350,7 @@ pub fn vocab_ranks(
     opts: &RunOptions,
     device: &str,
 ) -> Vec<Result<LossOutput, liger::Error>> {
-    let rts: Vec<liger::Runtime> = parts
-        .iter()
-        .map(|_| liger::Runtime::for_device(device).expect("a runtime per rank"))
-        .collect();
+    let rts = runtimes(parts.len(), device);
     on_ranks(parts, |set, comm| {
         let rt = &rts[comm.rank()];
         liger::run_vocab_parallel(loss, rt, set, params, opts, comm)
